@@ -1,0 +1,3 @@
+from tapad.cli import main
+
+main()

@@ -1,0 +1,52 @@
+"""UTC hour buckets.
+
+An hour is stored as an integer: whole hours since the Unix epoch. Integers keep
+store keys short and arithmetic trivial; people see hours as ``YYYY-MM-DDTHH``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime
+
+MS_PER_HOUR = 3_600_000
+MAX_TIMESTAMP_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+_HOUR_TEXT = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2})")
+
+
+def hour_of(timestamp_ms: int) -> int:
+    """The hour bucket that contains a timestamp in milliseconds."""
+    return timestamp_ms // MS_PER_HOUR
+
+
+def current_hour() -> int:
+    return int(time.time() * 1000) // MS_PER_HOUR
+
+
+def format_hour(hour: int) -> str:
+    return datetime.fromtimestamp(hour * 3600, tz=UTC).strftime("%Y-%m-%dT%H")
+
+
+def parse_hour(text: str) -> int:
+    """Read an hour as a person writes it: ``YYYY-MM-DDTHH``, ``now`` or epoch milliseconds.
+
+    Raises ValueError with a message fit to show the user.
+    """
+    text = text.strip()
+    if text == "now":
+        return current_hour()
+    if text.isdigit():
+        ms = int(text)
+        if ms > MAX_TIMESTAMP_MS:
+            raise ValueError(f"{text!r} is past the end of year 9999")
+        return hour_of(ms)
+    match = _HOUR_TEXT.fullmatch(text)
+    if not match:
+        raise ValueError(f"{text!r} is not an hour: use YYYY-MM-DDTHH, 'now' or epoch milliseconds")
+    year, month, day, hh = (int(g) for g in match.groups())
+    try:
+        moment = datetime(year, month, day, hh, tzinfo=UTC)
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not a valid hour: {exc}") from None
+    return int(moment.timestamp()) // 3600

@@ -1,0 +1,1 @@
+"""The HTTP server: request parsing, the group-commit write path, coalesced reads."""

@@ -1,0 +1,105 @@
+"""Request parsing and validation: raw query string in, an Event or an hour out.
+
+Pure functions, no aiohttp: the contract's rules live here and are unit-tested
+(and fuzzed) on their own. Every refusal is a BadRequest whose text is the one
+line the client sees, naming the parameter.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import unquote_plus
+
+from tapad.hours import MAX_TIMESTAMP_MS, MS_PER_HOUR
+from tapad.store.base import Event
+
+MAX_USER_CHARS = 256
+_KINDS = {"click": True, "impression": False}
+
+
+class BadRequest(ValueError):
+    """A client error; ``str()`` is the one-line 400 body."""
+
+
+def _decode(name: str, raw: str) -> str:
+    if "%" not in raw and "+" not in raw:
+        return raw
+    try:
+        return unquote_plus(raw, errors="strict")
+    except UnicodeDecodeError:
+        raise BadRequest(f"{name}: not valid UTF-8 after percent-decoding") from None
+
+
+def _show(value: str) -> str:
+    return repr(value if len(value) <= 40 else value[:40] + "...")
+
+
+def split_query(query: str) -> dict[str, list[str]]:
+    """Every parameter with all its values, so 'given twice' can be told from 'given once'."""
+    params: dict[str, list[str]] = {}
+    for pair in query.split("&"):
+        if not pair:
+            continue
+        name, _, value = pair.partition("=")
+        name = _decode("parameter name", name)
+        params.setdefault(name, []).append(value)
+    return params
+
+
+def _only(params: dict[str, list[str]], name: str, what: str) -> str:
+    values = params.get(name)
+    if values is None:
+        raise BadRequest(f"{name}: required ({what})")
+    if len(values) > 1:
+        raise BadRequest(f"{name}: given {len(values)} times, must be given once")
+    return _decode(name, values[0])
+
+
+def parse_timestamp(params: dict[str, list[str]]) -> int:
+    """The hour bucket of the request's timestamp."""
+    text = _only(params, "timestamp", "milliseconds since the Unix epoch")
+    digits = text.lstrip("0") or "0"
+    if not text.isascii() or not text.isdigit():
+        raise BadRequest(
+            f"timestamp: must be a decimal integer of milliseconds since the Unix epoch, "
+            f"got {_show(text)}"
+        )
+    if len(digits) > 15 or int(digits) > MAX_TIMESTAMP_MS:
+        raise BadRequest(f"timestamp: must be between 0 and {MAX_TIMESTAMP_MS}, got {_show(text)}")
+    return int(digits) // MS_PER_HOUR
+
+
+def parse_user(params: dict[str, list[str]]) -> str:
+    user = _only(params, "user", "the user name")
+    if not user:
+        raise BadRequest("user: must not be empty")
+    if len(user) > MAX_USER_CHARS:
+        raise BadRequest(f"user: at most {MAX_USER_CHARS} characters, got {len(user)}")
+    if not user.isprintable() and any(ord(ch) < 32 or ord(ch) == 127 for ch in user):
+        raise BadRequest("user: must not contain control characters")
+    return user
+
+
+def parse_kind(params: dict[str, list[str]]) -> bool:
+    """True for a click, False for an impression."""
+    named: list[bool] = []
+    for key, is_click in _KINDS.items():
+        named.extend([is_click] * len(params.get(key, ())))
+    for raw in params.get("event", ()):
+        value = _decode("event", raw)
+        if value not in _KINDS:
+            raise BadRequest(f"event: must be click or impression, got {_show(value)}")
+        named.append(_KINDS[value])
+    if not named:
+        raise BadRequest("click/impression: one of click, impression or event= is required")
+    if len(named) > 1:
+        raise BadRequest("click/impression: the kind of event must be named exactly once")
+    return named[0]
+
+
+def parse_post(query: str) -> Event:
+    params = split_query(query)
+    return Event(parse_timestamp(params), parse_user(params), parse_kind(params))
+
+
+def parse_get(query: str) -> int:
+    return parse_timestamp(split_query(query))

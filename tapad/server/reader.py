@@ -1,0 +1,51 @@
+"""GET coalescing: concurrent GETs for one hour share one store read.
+
+Read-your-writes forbids joining a read that is already on its way to the
+store: it may have been sent before the writes a late GET must see. So each
+hour has at most one read in flight and one *open* read that has not been sent;
+a GET joins the open one (creating it if needed), and the open read is sent only
+when the one in flight has come back. Every GET is therefore answered by a read
+that left after it arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from tapad.store.base import HourCounts, Store, StoreError
+
+
+class CoalescingReader:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._open: dict[int, asyncio.Future[HourCounts]] = {}
+        self._in_flight: set[int] = set()
+        self._loop = asyncio.get_running_loop()
+        self.store_reads = 0  # how many reads went to the store (tests and metrics)
+
+    def read(self, hour: int) -> asyncio.Future[HourCounts]:
+        fut = self._open.get(hour)
+        if fut is None:
+            fut = self._open[hour] = self._loop.create_future()
+            fut.add_done_callback(_retrieve)
+            if hour not in self._in_flight:
+                self._loop.create_task(self._send(hour))
+        return fut
+
+    async def _send(self, hour: int) -> None:
+        while (fut := self._open.pop(hour, None)) is not None:
+            self._in_flight.add(hour)
+            self.store_reads += 1
+            try:
+                fut.set_result(await self._store.read(hour))
+            except StoreError as exc:
+                fut.set_exception(exc)
+            except Exception as exc:
+                fut.set_exception(StoreError(f"internal error: {type(exc).__name__}"))
+            finally:
+                self._in_flight.discard(hour)
+
+
+def _retrieve(fut: asyncio.Future[HourCounts]) -> None:
+    if not fut.cancelled():
+        fut.exception()

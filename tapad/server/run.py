@@ -1,0 +1,124 @@
+"""Start, run and stop one server process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from tapad.server.app import TapadHandler
+from tapad.server.reader import CoalescingReader
+from tapad.server.writer import GroupCommitter
+from tapad.store import StoreConfigError, StoreError, open_store, redact
+
+log = logging.getLogger("tapad.server")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    store_url: str = "sqlite:///tapad-data/tapad.db"
+    store_timeout: float = 1.0
+    max_pending: int = 50_000
+    max_batch: int = 2048
+    shutdown_timeout: float = 10.0
+    workers: int = 1
+    shards: int | None = None
+    unique: str = "exact"
+    reuse_port: bool = False
+
+
+class StartupError(Exception):
+    """The server cannot start; ``str()`` is the one line the user sees."""
+
+
+def install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def serve(settings: ServeSettings) -> None:
+    """Run one server process until SIGTERM or SIGINT; raise StartupError if it cannot start."""
+    install_uvloop()
+    asyncio.run(run_server(settings))
+
+
+async def run_server(settings: ServeSettings, *, announce: bool = True) -> None:
+    store = open_store(
+        settings.store_url,
+        timeout=settings.store_timeout,
+        shards=settings.shards,
+        unique=settings.unique,
+    )
+    try:
+        await store.connect()
+    except StoreConfigError:
+        await store.close()
+        raise
+    except StoreError as exc:
+        log.warning("store not reachable yet (%s); answering 503 until it is", exc)
+
+    committer = GroupCommitter(
+        store, max_batch=settings.max_batch, max_pending=settings.max_pending
+    )
+    committer.start()
+    handler = TapadHandler(store, committer, CoalescingReader(store))
+    runner = web.ServerRunner(
+        web.Server(handler, access_log=None),
+        handle_signals=False,
+        shutdown_timeout=settings.shutdown_timeout,
+    )
+    await runner.setup()
+    site = web.TCPSite(
+        runner,
+        settings.host,
+        settings.port,
+        backlog=2048,
+        reuse_port=settings.reuse_port,
+        shutdown_timeout=settings.shutdown_timeout,
+    )
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        await committer.drain()
+        await store.close()
+        raise StartupError(
+            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
+        ) from None
+
+    if announce:
+        host = f"[{settings.host}]" if ":" in settings.host else settings.host
+        print(
+            f"tapad listening on http://{host}:{settings.port} "
+            f"store {redact(settings.store_url)} (unique users: {store.unique_mode})",
+            flush=True,
+        )
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping: finishing requests in flight")
+    try:
+        async with asyncio.timeout(settings.shutdown_timeout):
+            await runner.cleanup()  # stop accepting, let in-flight handlers answer
+            await committer.drain()
+    except TimeoutError:
+        log.warning("shutdown took longer than %.1fs; exiting", settings.shutdown_timeout)
+    await store.close()
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )

@@ -1,0 +1,104 @@
+"""Group commit: many POSTs, one store transaction, and no timer.
+
+A POST appends its event to the open batch and waits on that batch's future.
+One committer task writes batches one after another; whatever arrives while a
+batch is being committed forms the next one (up to ``max_batch`` events). Under
+light load a batch holds one event and commits at once; under heavy load batches
+grow by themselves, which is where the throughput comes from. No POST is
+answered before the batch holding its event is committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+
+from tapad.store.base import Event, Store, StoreConfigError, StoreError
+
+log = logging.getLogger("tapad.writer")
+
+
+class Overloaded(StoreError):
+    """More events are waiting than ``max_pending`` allows; refuse instead of growing memory."""
+
+
+class _Batch:
+    __slots__ = ("done", "events")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.events: list[Event] = []
+        self.done: asyncio.Future[None] = loop.create_future()
+
+
+def _retrieve(fut: asyncio.Future[None]) -> None:
+    """Mark a batch's error as seen even if every waiting client has gone away."""
+    if not fut.cancelled():
+        fut.exception()
+
+
+class GroupCommitter:
+    def __init__(self, store: Store, *, max_batch: int = 2048, max_pending: int = 50_000) -> None:
+        self._store = store
+        self._max_batch = max_batch
+        self._max_pending = max_pending
+        self._batches: deque[_Batch] = deque()
+        self._pending = 0
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._loop = asyncio.get_running_loop()
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._commit_forever(), name="tapad-group-commit")
+
+    def submit(self, event: Event) -> asyncio.Future[None]:
+        """Queue an event; the returned future resolves once it is committed."""
+        if self._pending >= self._max_pending:
+            raise Overloaded(f"{self._pending} events already waiting")
+        batches = self._batches
+        if batches and len(batches[-1].events) < self._max_batch:
+            batch = batches[-1]
+        else:
+            batch = _Batch(self._loop)
+            batch.done.add_done_callback(_retrieve)
+            batches.append(batch)
+            self._wakeup.set()
+        batch.events.append(event)
+        self._pending += 1
+        return batch.done
+
+    async def _commit_forever(self) -> None:
+        while True:
+            if not self._batches:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch = self._batches.popleft()
+            try:
+                await self._store.write(batch.events)
+            except (StoreError, StoreConfigError) as exc:
+                log.warning("batch of %d events not committed: %s", len(batch.events), exc)
+                batch.done.set_exception(StoreError(str(exc)))
+            except Exception as exc:
+                log.exception("batch of %d events failed", len(batch.events))
+                batch.done.set_exception(StoreError(f"internal error: {type(exc).__name__}"))
+            else:
+                batch.done.set_result(None)
+            finally:
+                self._pending -= len(batch.events)
+
+    async def drain(self) -> None:
+        """Wait until every queued batch is committed (or failed), then stop the committer."""
+        while self._batches or self._pending:
+            last = self._batches[-1].done if self._batches else None
+            if last is not None:
+                await asyncio.wait([last])
+            else:
+                await asyncio.sleep(0.005)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)

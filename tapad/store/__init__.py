@@ -1,0 +1,41 @@
+"""Stores behind one small interface (see ``base.Store``); ``open_store`` picks one by URL."""
+
+from __future__ import annotations
+
+from tapad.store.base import Event, HourCounts, Store, StoreConfigError, StoreError
+from tapad.store.url import DEFAULT_STORE_URL, StoreSettings, parse_store_url, redact
+
+__all__ = [
+    "DEFAULT_STORE_URL",
+    "Event",
+    "HourCounts",
+    "Store",
+    "StoreConfigError",
+    "StoreError",
+    "StoreSettings",
+    "open_store",
+    "parse_store_url",
+    "redact",
+]
+
+
+def open_store(
+    url: str, *, timeout: float = 1.0, shards: int | None = None, unique: str = "exact"
+) -> Store:
+    """Open the store a URL names. Raises StoreConfigError with one line for a bad URL."""
+    settings = parse_store_url(url)
+    if settings.scheme == "sqlite":
+        from tapad.store.sqlite import SQLiteStore
+
+        if unique != "exact":
+            raise StoreConfigError(
+                "the sqlite store counts unique users exactly; --unique hll needs Redis"
+            )
+        return SQLiteStore(
+            settings.path, timeout=timeout, synchronous=settings.options.get("synchronous", "full")
+        )
+    if settings.scheme == "redis+cluster":
+        raise StoreConfigError("redis+cluster:// is not supported yet")
+    from tapad.store.redis import RedisStore
+
+    return RedisStore(settings, timeout=timeout, shards=shards or 1, unique=unique)

@@ -1,0 +1,73 @@
+"""The one small interface every store implements.
+
+The server only ever needs four things from a store: apply a batch of events
+atomically, read one hour, say whether it is alive, and close. ``tally`` also
+lists the hours that have data. Keeping the interface this small is what lets
+SQLite, Redis and Redis Cluster stand behind the same hot path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+
+class Event(NamedTuple):
+    hour: int
+    user: str
+    click: bool  # False means an impression
+
+
+@dataclass(frozen=True, slots=True)
+class HourCounts:
+    unique_users: int = 0
+    clicks: int = 0
+    impressions: int = 0
+
+    def __add__(self, other: HourCounts) -> HourCounts:
+        return HourCounts(
+            self.unique_users + other.unique_users,
+            self.clicks + other.clicks,
+            self.impressions + other.impressions,
+        )
+
+
+class StoreError(Exception):
+    """The store could not do what was asked; the caller may retry later (HTTP 503)."""
+
+
+class StoreConfigError(Exception):
+    """The store refuses this configuration (bad URL, mismatched layout); retrying won't help."""
+
+
+class Store(Protocol):
+    unique_mode: str  # "exact" or "hll"
+
+    async def connect(self) -> None:
+        """Check the store at start: StoreConfigError is fatal, StoreError means not yet."""
+
+    async def write(self, events: Sequence[Event]) -> None:
+        """Apply all events or none; raise StoreError on failure."""
+
+    async def read(self, hour: int) -> HourCounts: ...
+
+    async def hours(self) -> list[int]:
+        """Every hour that has data, newest first."""
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def aggregate(events: Sequence[Event]) -> dict[int, tuple[set[str], int, int]]:
+    """Fold a batch into per-hour (users, clicks, impressions) so a store does one write per hour."""
+    per_hour: dict[int, tuple[set[str], int, int]] = {}
+    for hour, user, click in events:
+        entry = per_hour.get(hour)
+        if entry is None:
+            per_hour[hour] = ({user}, 1 if click else 0, 0 if click else 1)
+        else:
+            entry[0].add(user)
+            per_hour[hour] = (entry[0], entry[1] + click, entry[2] + (not click))
+    return per_hour

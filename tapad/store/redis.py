@@ -1,0 +1,204 @@
+"""Redis store: per (hour, shard) a set of users and a hash of counts.
+
+Keys of one (hour, shard) share a hash tag, ``tapad:{491234.3}:u`` and
+``tapad:{491234.3}:n``, so on a Redis Cluster each shard's part of a batch lands
+on one node and is applied atomically there; on a single Redis the whole batch is
+one MULTI/EXEC. ``tapad:hours`` indexes the hours that have data (for ``tally``).
+The layout (shard count, unique-users mode) is written once to ``tapad:layout``;
+a server with other values refuses to start rather than silently disagree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import Sequence
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from redis import exceptions as redis_errors
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from tapad.store.base import Event, HourCounts, StoreConfigError, StoreError
+from tapad.store.url import StoreSettings
+
+UNIQUE_MODES = ("exact", "hll")
+TAPAD_OPTIONS = ("prefix",)  # query options tapad reads itself; redis-py must not see them
+
+
+class KeyLayout:
+    """Where an event goes: which shard, which keys. Shared by the single and cluster stores."""
+
+    def __init__(self, prefix: str, shards: int, unique: str) -> None:
+        self.prefix = prefix
+        self.shards = shards
+        self.unique = unique
+        self.hours_key = f"{prefix}hours"
+        self.layout_key = f"{prefix}layout"
+
+    def shard_of(self, user: str) -> int:
+        if self.shards == 1:
+            return 0
+        return zlib.crc32(user.encode("utf-8", "surrogatepass")) % self.shards
+
+    def users_key(self, hour: int, shard: int) -> str:
+        return f"{self.prefix}{{{hour}.{shard}}}:u"
+
+    def counts_key(self, hour: int, shard: int) -> str:
+        return f"{self.prefix}{{{hour}.{shard}}}:n"
+
+    def split(self, events: Sequence[Event]) -> dict[tuple[int, int], tuple[set[str], int, int]]:
+        """Fold a batch per (hour, shard): users, clicks, impressions."""
+        parts: dict[tuple[int, int], tuple[set[str], int, int]] = {}
+        for hour, user, click in events:
+            key = (hour, self.shard_of(user))
+            entry = parts.get(key)
+            if entry is None:
+                parts[key] = ({user}, int(click), int(not click))
+            else:
+                entry[0].add(user)
+                parts[key] = (entry[0], entry[1] + click, entry[2] + (not click))
+        return parts
+
+    def queue_write(self, pipe, hour: int, shard: int, users, clicks: int, imps: int) -> None:
+        if self.unique == "hll":
+            pipe.pfadd(self.users_key(hour, shard), *users)
+        else:
+            pipe.sadd(self.users_key(hour, shard), *users)
+        counts = self.counts_key(hour, shard)
+        if clicks:
+            pipe.hincrby(counts, "c", clicks)
+        if imps:
+            pipe.hincrby(counts, "i", imps)
+
+    def queue_read(self, pipe, hour: int, shard: int) -> None:
+        users = self.users_key(hour, shard)
+        pipe.pfcount(users) if self.unique == "hll" else pipe.scard(users)
+        pipe.hmget(self.counts_key(hour, shard), "c", "i")
+
+    @staticmethod
+    def sum_replies(replies: list) -> HourCounts:
+        users = clicks = imps = 0
+        for i in range(0, len(replies), 2):
+            users += replies[i]
+            c, n = replies[i + 1]
+            clicks += int(c or 0)
+            imps += int(n or 0)
+        return HourCounts(users, clicks, imps)
+
+    async def check(self, client) -> None:
+        """Write the layout if the store has none; refuse if it has another."""
+        mine = {"shards": str(self.shards), "unique": self.unique}
+        await client.hsetnx(self.layout_key, "shards", mine["shards"])
+        await client.hsetnx(self.layout_key, "unique", mine["unique"])
+        raw = await client.hgetall(self.layout_key)
+        theirs = {k.decode(): v.decode() for k, v in raw.items()}
+        if theirs != mine:
+            raise StoreConfigError(
+                f"the store was set up with shards={theirs.get('shards')} "
+                f"unique={theirs.get('unique')}, this server asks for shards={self.shards} "
+                f"unique={self.unique}: start it with the store's values (or a new --store prefix)"
+            )
+
+
+def client_url(settings: StoreSettings) -> str:
+    """The URL without tapad's own query options, for redis-py."""
+    parts = urlsplit(settings.url)
+    query = [
+        (k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in TAPAD_OPTIONS
+    ]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+class RedisStore:
+    """One Redis server (or a replica set's primary) shared by any number of tapad servers."""
+
+    def __init__(
+        self,
+        settings: StoreSettings,
+        *,
+        timeout: float = 1.0,
+        shards: int = 1,
+        unique: str = "exact",
+        max_connections: int = 64,
+    ) -> None:
+        if unique not in UNIQUE_MODES:
+            raise StoreConfigError(f"unique users mode {unique!r}: use exact or hll")
+        if shards < 1:
+            raise StoreConfigError("shards must be at least 1")
+        self.unique_mode = unique
+        self.layout = KeyLayout(settings.prefix, shards, unique)
+        self._timeout = timeout
+        self._name = settings.redacted()
+        try:
+            pool = BlockingConnectionPool.from_url(
+                client_url(settings),
+                max_connections=max_connections,
+                timeout=timeout,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+            )
+        except (ValueError, TypeError) as exc:
+            raise StoreConfigError(f"store URL {self._name!r}: {exc}") from None
+        # No retries inside redis-py: a write retried after a lost reply could apply twice.
+        self._redis = Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
+        self._layout_checked = False
+
+    async def _call(self, coro):
+        """Bound every store call in time and turn every Redis failure into StoreError."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                if not self._layout_checked:
+                    await self.layout.check(self._redis)
+                    self._layout_checked = True
+                return await coro
+        except StoreConfigError:
+            coro.close()
+            raise
+        except (redis_errors.RedisError, OSError, TimeoutError) as exc:
+            coro.close()
+            raise StoreError(f"redis {self._name}: {describe(exc)}") from None
+
+    async def connect(self) -> None:
+        await self._call(self._redis.ping())
+
+    async def write(self, events: Sequence[Event]) -> None:
+        await self._call(self._write(events))
+
+    async def _write(self, events: Sequence[Event]) -> None:
+        layout = self.layout
+        async with self._redis.pipeline(transaction=True) as pipe:
+            hours: dict[str, int] = {}
+            for (hour, shard), (users, clicks, imps) in layout.split(events).items():
+                layout.queue_write(pipe, hour, shard, users, clicks, imps)
+                hours[str(hour)] = hour
+            pipe.zadd(layout.hours_key, hours)
+            await pipe.execute()
+
+    async def read(self, hour: int) -> HourCounts:
+        return await self._call(self._read(hour))
+
+    async def _read(self, hour: int) -> HourCounts:
+        async with self._redis.pipeline(transaction=self.layout.shards == 1) as pipe:
+            for shard in range(self.layout.shards):
+                self.layout.queue_read(pipe, hour, shard)
+            return self.layout.sum_replies(await pipe.execute())
+
+    async def hours(self) -> list[int]:
+        raw = await self._call(self._redis.zrevrange(self.layout.hours_key, 0, -1))
+        return [int(h) for h in raw]
+
+    async def ping(self) -> None:
+        await self._call(self._redis.ping())
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+def describe(exc: BaseException) -> str:
+    """One line about a Redis failure, without any password the URL may carry."""
+    if isinstance(exc, TimeoutError | redis_errors.TimeoutError):
+        return "timed out"
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:200]
