@@ -29,7 +29,7 @@ class ServeSettings:
     shutdown_timeout: float = 10.0
     workers: int = 1
     shards: int | None = None
-    unique: str = "exact"
+    unique: str | None = None
     reuse_port: bool = False
 
 

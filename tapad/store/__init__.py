@@ -20,9 +20,14 @@ __all__ = [
 
 
 def open_store(
-    url: str, *, timeout: float = 1.0, shards: int | None = None, unique: str = "exact"
+    url: str, *, timeout: float = 1.0, shards: int | None = None, unique: str | None = None
 ) -> Store:
-    """Open the store a URL names. Raises StoreConfigError with one line for a bad URL."""
+    """Open the store a URL names. Raises StoreConfigError with one line for a bad URL.
+
+    ``shards`` and ``unique`` left as None adopt what the store was set up with (the
+    defaults for a new store); given explicitly, a store set up otherwise is refused.
+    Call ``await store.connect()`` before relying on ``store.unique_mode``.
+    """
     settings = parse_store_url(url)
     if settings.scheme == "sqlite":
         from tapad.store.sqlite import SQLiteStore
@@ -38,4 +43,4 @@ def open_store(
         raise StoreConfigError("redis+cluster:// is not supported yet")
     from tapad.store.redis import RedisStore
 
-    return RedisStore(settings, timeout=timeout, shards=shards or 1, unique=unique)
+    return RedisStore(settings, timeout=timeout, shards=shards, unique=unique)

@@ -61,7 +61,7 @@ class Store(Protocol):
 
 
 def aggregate(events: Sequence[Event]) -> dict[int, tuple[set[str], int, int]]:
-    """Fold a batch into per-hour (users, clicks, impressions) so a store does one write per hour."""
+    """Fold a batch into per-hour (users, clicks, impressions): one store write per hour."""
     per_hour: dict[int, tuple[set[str], int, int]] = {}
     for hour, user, click in events:
         entry = per_hour.get(hour)

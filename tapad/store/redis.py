@@ -30,10 +30,14 @@ TAPAD_OPTIONS = ("prefix",)  # query options tapad reads itself; redis-py must n
 class KeyLayout:
     """Where an event goes: which shard, which keys. Shared by the single and cluster stores."""
 
-    def __init__(self, prefix: str, shards: int, unique: str) -> None:
+    def __init__(
+        self, prefix: str, shards: int | None, unique: str | None, default_shards: int
+    ) -> None:
         self.prefix = prefix
-        self.shards = shards
-        self.unique = unique
+        # None means "whatever the store was set up with" (or the default for a new store).
+        self.asked = {"shards": None if shards is None else str(shards), "unique": unique}
+        self.shards = shards or default_shards
+        self.unique = unique or "exact"
         self.hours_key = f"{prefix}hours"
         self.layout_key = f"{prefix}layout"
 
@@ -88,18 +92,20 @@ class KeyLayout:
         return HourCounts(users, clicks, imps)
 
     async def check(self, client) -> None:
-        """Write the layout if the store has none; refuse if it has another."""
-        mine = {"shards": str(self.shards), "unique": self.unique}
-        await client.hsetnx(self.layout_key, "shards", mine["shards"])
-        await client.hsetnx(self.layout_key, "unique", mine["unique"])
+        """Adopt the store's layout, writing ours first if it has none; refuse a mismatch."""
+        await client.hsetnx(self.layout_key, "shards", str(self.shards))
+        await client.hsetnx(self.layout_key, "unique", self.unique)
         raw = await client.hgetall(self.layout_key)
         theirs = {k.decode(): v.decode() for k, v in raw.items()}
-        if theirs != mine:
-            raise StoreConfigError(
-                f"the store was set up with shards={theirs.get('shards')} "
-                f"unique={theirs.get('unique')}, this server asks for shards={self.shards} "
-                f"unique={self.unique}: start it with the store's values (or a new --store prefix)"
-            )
+        for name, value in self.asked.items():
+            if value is not None and theirs.get(name) != value:
+                raise StoreConfigError(
+                    f"the store was set up with shards={theirs.get('shards')} "
+                    f"unique={theirs.get('unique')}, this server asks for {name}={value}: "
+                    "start it with the store's values, or use another key prefix (?prefix=)"
+                )
+        self.shards = int(theirs["shards"])
+        self.unique = theirs["unique"]
 
 
 def client_url(settings: StoreSettings) -> str:
@@ -119,16 +125,15 @@ class RedisStore:
         settings: StoreSettings,
         *,
         timeout: float = 1.0,
-        shards: int = 1,
-        unique: str = "exact",
+        shards: int | None = None,
+        unique: str | None = None,
         max_connections: int = 64,
     ) -> None:
-        if unique not in UNIQUE_MODES:
+        if unique is not None and unique not in UNIQUE_MODES:
             raise StoreConfigError(f"unique users mode {unique!r}: use exact or hll")
-        if shards < 1:
+        if shards is not None and shards < 1:
             raise StoreConfigError("shards must be at least 1")
-        self.unique_mode = unique
-        self.layout = KeyLayout(settings.prefix, shards, unique)
+        self.layout = KeyLayout(settings.prefix, shards, unique, default_shards=1)
         self._timeout = timeout
         self._name = settings.redacted()
         try:
@@ -159,6 +164,10 @@ class RedisStore:
         except (redis_errors.RedisError, OSError, TimeoutError) as exc:
             coro.close()
             raise StoreError(f"redis {self._name}: {describe(exc)}") from None
+
+    @property
+    def unique_mode(self) -> str:
+        return self.layout.unique
 
     async def connect(self) -> None:
         await self._call(self._redis.ping())
