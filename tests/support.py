@@ -109,7 +109,7 @@ class TapadServer:
 
     def __init__(
         self,
-        store_url: str,
+        store_url: str | None,
         *extra: str,
         port: int | None = None,
         cwd: Path | None = None,
@@ -128,19 +128,10 @@ class TapadServer:
         return f"http://{LOOPBACK}:{self.port}"
 
     def start(self, wait: bool = True) -> TapadServer:
-        cmd = [
-            sys.executable,
-            "-m",
-            "tapad",
-            "serve",
-            "--host",
-            LOOPBACK,
-            "--port",
-            str(self.port),
-            "--store",
-            self.store_url,
-            *self.extra,
-        ]
+        cmd = [sys.executable, "-m", "tapad", "serve", "--host", LOOPBACK, "--port", str(self.port)]
+        if self.store_url is not None:  # None: the default store, as a user gets it
+            cmd += ["--store", self.store_url]
+        cmd += self.extra
         env = {**os.environ, **(self.env or {})}
         self.proc = subprocess.Popen(
             cmd, cwd=self.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -47,11 +48,19 @@ def install_uvloop() -> None:
 
 def serve(settings: ServeSettings) -> None:
     """Run one server process until SIGTERM or SIGINT; raise StartupError if it cannot start."""
+    if settings.workers > 1:  # a supervisor and N worker processes on one port
+        from tapad.server.workers import supervise
+
+        supervise(settings)
+        return
     install_uvloop()
     asyncio.run(run_server(settings))
 
 
-async def run_server(settings: ServeSettings, *, announce: bool = True) -> None:
+async def run_server(
+    settings: ServeSettings, *, announce: bool = True, ready: Callable[[str], None] | None = None
+) -> None:
+    """Serve until SIGTERM/SIGINT. ``ready`` gets the startup line once listening (workers)."""
     store = open_store(
         settings.store_url,
         timeout=settings.store_timeout,
@@ -95,18 +104,19 @@ async def run_server(settings: ServeSettings, *, announce: bool = True) -> None:
             f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
         ) from None
 
-    if announce:
-        host = f"[{settings.host}]" if ":" in settings.host else settings.host
-        print(
-            f"tapad listening on http://{host}:{settings.port} "
-            f"store {redact(settings.store_url)} (unique users: {store.unique_mode})",
-            flush=True,
-        )
-
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    line = (
+        f"tapad listening on http://{host}:{settings.port} "
+        f"store {redact(settings.store_url)} (unique users: {store.unique_mode})"
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if announce:
+        print(line, flush=True)
+    if ready is not None:
+        ready(line)
     await stop.wait()
     log.info("stopping: finishing requests in flight")
     try:

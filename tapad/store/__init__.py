@@ -32,7 +32,7 @@ def open_store(
     if settings.scheme == "sqlite":
         from tapad.store.sqlite import SQLiteStore
 
-        if unique != "exact":
+        if unique not in (None, "exact"):
             raise StoreConfigError(
                 "the sqlite store counts unique users exactly; --unique hll needs Redis"
             )
