@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -82,6 +83,58 @@ def serve(
         raise fail(str(exc), 2) from None
     except KeyboardInterrupt:
         pass
+
+
+# -- load tools: usernames, loadgen, tally (issue 4) -----------------------------
+
+usernames_app = typer.Typer(
+    help="User names for load tests: fetch them from the web or generate them offline.",
+    no_args_is_help=True,
+)
+app.add_typer(usernames_app, name="usernames")
+
+
+@usernames_app.command("fetch")
+def usernames_fetch(
+    url: Annotated[
+        str, typer.Option(help="Source: randomuser.me JSON or plain text, one name a line.")
+    ] = "https://randomuser.me/api/?results=100&inc=login",
+    count: Annotated[int, typer.Option(min=1, help="Distinct names the --out file holds.")] = 1000,
+    threads: Annotated[int, typer.Option(min=1, max=256, help="Requests in parallel.")] = 8,
+    out: Annotated[
+        Path, typer.Option(help="Names file, merged with what it already holds.")
+    ] = Path("usernames.txt"),
+    timeout: Annotated[float, typer.Option(min=0.01, help="Seconds per request.")] = 10.0,
+    max_failures: Annotated[
+        int, typer.Option(min=1, help="Failed requests in a row before giving up.")
+    ] = 20,
+) -> None:
+    """Download distinct user names with a pool of threads into a text file."""
+    from tapad.usernames.command import UsernamesError, run_fetch
+
+    try:
+        typer.echo(run_fetch(url, count, threads, out, timeout, max_failures))
+    except UsernamesError as exc:
+        raise fail(str(exc)) from None
+
+
+@usernames_app.command("generate")
+def usernames_generate(
+    count: Annotated[int, typer.Option(min=1, help="Distinct names to make.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Same seed, same names.")] = 0,
+    out: Annotated[
+        Path, typer.Option(help="Names file to write ('-' for standard output).")
+    ] = Path("usernames.txt"),
+) -> None:
+    """Make realistic user names offline, the same ones for the same seed."""
+    from tapad.usernames.command import UsernamesError, run_generate
+
+    try:
+        line = run_generate(count, seed, out)
+    except UsernamesError as exc:
+        raise fail(str(exc)) from None
+    if line:
+        typer.echo(line)
 
 
 def main() -> None:

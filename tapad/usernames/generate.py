@@ -9,34 +9,40 @@ from __future__ import annotations
 
 import random
 
-ADJECTIVES = (
+
+def _words(text: str) -> list[str]:
+    return text.split()
+
+
+ADJECTIVES = _words(
     "happy silver crazy lazy brave quiet angry golden purple orange tiny heavy small big "
     "organic red blue green black white yellow beautiful sad wild lucky clever fuzzy proud "
     "swift calm bold bright dark frozen gentle grumpy jolly mighty noisy rapid shiny sleepy "
-    "snappy sunny tidy witty zesty cosmic dusty eager fancy giant humble icy jumpy kind lively"
-).split()
+    "snappy sunny tidy witty zesty cosmic dusty eager fancy giant humble icy jumpy kind "
+    "lively"
+)
 
-NOUNS = (
+NOUNS = _words(
     "wolf koala tiger lion bear fish bird cat dog swan goose duck rabbit frog snake panda "
     "zebra monkey leopard gorilla elephant butterfly ladybug peacock owl eagle falcon otter "
-    "badger beaver bison camel cobra coyote crane dolphin dragon ferret fox gecko hawk heron "
-    "horse jaguar lemur lizard llama lynx moose mouse octopus parrot penguin pony raven shark "
-    "sparrow squirrel tortoise turtle walrus whale"
-).split()
+    "badger beaver bison camel cobra coyote crane dolphin dragon ferret fox gecko hawk "
+    "heron horse jaguar lemur lizard llama lynx moose mouse octopus parrot penguin pony "
+    "raven shark sparrow squirrel tortoise turtle walrus whale"
+)
 
-FIRST_NAMES = (
+FIRST_NAMES = _words(
     "anna ben carla david emma felix greta hugo ida jonas karin leo mia noah olga paul "
     "quinn rosa sam tara ugo vera will xena yusuf zoe liam olivia lucas sofia mateo amelia "
-    "elias nora arjun priya kenji yuki omar layla ivan sasha pierre chloe diego lucia "
-    "sean aoife lars freya marco giulia"
-).split()
+    "elias nora arjun priya kenji yuki omar layla ivan sasha pierre chloe diego lucia sean "
+    "aoife lars freya marco giulia"
+)
 
-LAST_NAMES = (
+LAST_NAMES = _words(
     "meyer smith garcia muller rossi novak kowalski johansson dubois silva tanaka kim "
     "nguyen patel khan cohen obrien murphy walker young king wright lopez hill scott green "
     "adams baker nelson carter mitchell perez roberts turner phillips campbell parker evans "
     "edwards collins stewart morris rogers reed cook morgan bell"
-).split()
+)
 
 
 def _one(rng: random.Random) -> str:
