@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -47,6 +48,11 @@ StoreOption = Annotated[
 ]
 
 
+class UniqueMode(StrEnum):
+    exact = "exact"
+    hll = "hll"
+
+
 @app.command()
 def serve(
     host: Annotated[
@@ -63,6 +69,28 @@ def serve(
     shutdown_timeout: Annotated[
         float, typer.Option(min=0.0, help="Seconds to finish in-flight requests on SIGTERM.")
     ] = 10.0,
+    workers: Annotated[
+        int,
+        typer.Option(
+            envvar="TAPAD_WORKERS", min=1, help="Worker processes sharing the port (SO_REUSEPORT)."
+        ),
+    ] = 1,
+    shards: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=4096,
+            help="Shards per hour on Redis (default: the store's, else 1; 16 on a cluster).",
+        ),
+    ] = None,
+    unique: Annotated[
+        UniqueMode | None,
+        typer.Option(
+            case_sensitive=False,
+            help="Unique users: exact (a set) or hll (HyperLogLog, ~0.81% error; Redis only). "
+            "Default: the store's, else exact.",
+        ),
+    ] = None,
 ) -> None:
     """Run the HTTP server."""
     from tapad.server.run import ServeSettings, StartupError, configure_logging
@@ -76,6 +104,9 @@ def serve(
         store_timeout=store_timeout,
         max_pending=max_pending,
         shutdown_timeout=shutdown_timeout,
+        workers=workers,
+        shards=shards,
+        unique=unique.value if unique is not None else None,
     )
     try:
         run(settings)

@@ -1,0 +1,176 @@
+"""``tapad serve --workers N`` with real processes: one port, supervision, drain, errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.support import LOOPBACK, TapadServer, free_port, http, parse_counts
+
+TS = 1_800_000_000_000  # any hour will do; one hour per test keeps the counts clear
+
+
+def children(pid: int) -> set[int]:
+    """The pids of a process's direct children, from /proc."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found.update(int(p) for p in text)
+    return found
+
+
+def wait_until(check, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def listening_pids(port: int) -> set[int]:
+    """Which processes hold a listening socket on ``port`` (SO_REUSEPORT: one per worker)."""
+    inodes: set[str] = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+            inodes.add(fields[9])
+    pids: set[int] = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:[") and target[8:-1] in inodes:
+                    pids.add(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def post(url: str, user: str, kind: str = "click") -> int:
+    return http("POST", f"{url}/analytics?timestamp={TS}&user={user}&{kind}")[0]
+
+
+@pytest.fixture
+def workers3(redis_url: str):
+    server = TapadServer(redis_url, "--workers", "3").start()
+    assert server.proc is not None
+    wait_until(lambda: len(listening_pids(server.port)) == 3)
+    yield server
+    server.stop()
+
+
+def test_workers_share_one_port_and_announce_once(workers3: TapadServer) -> None:
+    assert workers3.proc is not None
+    parent = workers3.proc.pid
+    workers = children(parent)
+    assert len(workers) == 3
+    # Every worker listens on the port itself; the supervisor does not.
+    assert listening_pids(workers3.port) == workers
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda i: post(workers3.url, f"user{i % 50}"), range(300)))
+    assert codes == [200] * 300
+    status, _, body = http("GET", f"{workers3.url}/analytics?timestamp={TS}")
+    assert status == 200
+    assert parse_counts(body) == {"unique_users": 50, "clicks": 300, "impressions": 0}
+
+    assert workers3.stop() == 0
+    lines = workers3.log.decode().splitlines()
+    announced = [line for line in lines if "tapad listening on" in line]
+    assert announced == [
+        f"tapad listening on http://{LOOPBACK}:{workers3.port} store {workers3.store_url} "
+        "(unique users: exact) workers 3"
+    ]
+
+
+def test_a_dead_worker_is_replaced(workers3: TapadServer) -> None:
+    assert workers3.proc is not None
+    parent = workers3.proc.pid
+    before = children(parent)
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: len(children(parent)) == 3 and victim not in children(parent))
+    after = children(parent)
+    assert len(after - before) == 1
+    wait_until(lambda: listening_pids(workers3.port) == after)
+    codes = [post(workers3.url, f"after{i}") for i in range(30)]
+    assert codes == [200] * 30
+    assert workers3.proc.poll() is None
+
+
+def test_sigterm_drains_every_worker_and_loses_nothing(redis_url: str) -> None:
+    server = TapadServer(redis_url, "--workers", "2").start()
+    assert server.proc is not None
+    wait_until(lambda: len(listening_pids(server.port)) == 2)
+    workers = children(server.proc.pid)
+    acked = 0
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def hammer(n: int) -> None:
+        nonlocal acked
+        i = 0
+        while not stop.is_set():
+            try:
+                code = post(server.url, f"t{n}-{i}")
+            except OSError:
+                code = 0
+            if code == 200:
+                with lock:
+                    acked += 1
+            i += 1
+
+    threads = [threading.Thread(target=hammer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    server.signal(signal.SIGTERM)
+    assert server.wait(30) == 0
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "a worker outlived the stop"
+    assert acked > 0
+
+    again = TapadServer(redis_url).start()
+    try:
+        _, _, body = http("GET", f"{again.url}/analytics?timestamp={TS}")
+        counts = parse_counts(body)
+    finally:
+        again.stop()
+    # Every acknowledged POST was committed; none was half-written or lost.
+    assert counts["clicks"] == acked
+    assert counts["unique_users"] == acked
+
+
+def test_a_layout_mismatch_is_one_line_and_exit_2(redis_url: str) -> None:
+    first = TapadServer(redis_url, "--shards", "4").start()
+    first.stop()
+    server = TapadServer(redis_url, "--workers", "2", "--shards", "8").start(wait=False)
+    assert server.wait(30) == 2
+    lines = server.log.decode().strip().splitlines()
+    assert lines[-1].startswith("error: the store was set up with shards=4")
+    assert not any("Traceback" in line for line in lines)
+    assert sum(line.startswith("error:") for line in lines) == 1
+
+
+def test_a_busy_port_is_one_line_and_exit_2(redis_url: str) -> None:
+    port = free_port()
+    with socket.socket() as taken:
+        taken.bind((LOOPBACK, port))
+        taken.listen()
+        server = TapadServer(redis_url, "--workers", "2", port=port).start(wait=False)
+        assert server.wait(30) == 2
+    lines = server.log.decode().strip().splitlines()
+    assert lines[-1].startswith(f"error: cannot listen on {LOOPBACK}:{port}")
+    assert not any("Traceback" in line for line in lines)
