@@ -35,7 +35,7 @@ def test_timestamp_bounds() -> None:
 
 def test_user_length_limit() -> None:
     assert parse_post(f"timestamp={TS}&user={'x' * 256}&click").user == "x" * 256
-    with pytest.raises(BadRequest, match="^user: at most 256"):
+    with pytest.raises(BadRequest, match=r"^user: at most 256"):
         parse_post(f"timestamp={TS}&user={'x' * 257}&click")
 
 
@@ -75,5 +75,5 @@ def test_post_rejections_name_the_parameter(query: str, names: str) -> None:
 
 def test_get_ignores_other_parameters_but_checks_timestamp() -> None:
     assert parse_get(f"timestamp={TS}&user=x&click") == TS // MS_PER_HOUR
-    with pytest.raises(BadRequest, match="^timestamp: required"):
+    with pytest.raises(BadRequest, match=r"^timestamp: required"):
         parse_get("")
