@@ -1,0 +1,91 @@
+"""Every store behind the one interface, on a real SQLite file and a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tapad.store import Event, HourCounts, StoreConfigError, open_store
+from tests.support import TapadServer, http, parse_counts
+
+run = asyncio.run
+
+
+async def write_and_read(url: str) -> tuple[HourCounts, HourCounts, list[int]]:
+    store = open_store(url)
+    await store.connect()
+    try:
+        await store.write([Event(10, "a", True), Event(10, "b", False), Event(10, "a", False)])
+        await store.write([Event(10, "c", True), Event(12, "a", True)])
+        return await store.read(10), await store.read(11), await store.hours()
+    finally:
+        await store.close()
+
+
+def test_write_read_hours(store_url: str) -> None:
+    ten, eleven, hours = run(write_and_read(store_url))
+    assert ten == HourCounts(unique_users=3, clicks=2, impressions=2)
+    assert eleven == HourCounts()
+    assert hours == [12, 10]
+
+
+async def reopen_and_read(url: str) -> HourCounts:
+    await write_and_read(url)
+    store = open_store(url)
+    await store.connect()
+    try:
+        return await store.read(10)
+    finally:
+        await store.close()
+
+
+def test_data_outlives_the_store_object(store_url: str) -> None:
+    assert run(reopen_and_read(store_url)) == HourCounts(3, 2, 2)
+
+
+async def layout(url: str, **kwargs: object) -> str:
+    store = open_store(url, **kwargs)
+    try:
+        await store.connect()
+        return store.unique_mode
+    finally:
+        await store.close()
+
+
+def test_redis_layout_is_fixed_at_first_start(redis_url: str) -> None:
+    assert run(layout(redis_url, unique="hll")) == "hll"
+    assert run(layout(redis_url)) == "hll"  # unspecified: adopts the store's layout
+    with pytest.raises(StoreConfigError, match="unique=hll"):
+        run(layout(redis_url, unique="exact"))
+    with pytest.raises(StoreConfigError, match="shards=1"):
+        run(layout(redis_url, shards=4))
+
+
+def test_two_processes_share_one_sqlite_file(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/shared.db"
+    one, two = TapadServer(url).start(), TapadServer(url).start()
+    ts = 1_700_000_000_000
+
+    async def post_all() -> int:
+        async with aiohttp.ClientSession() as session:
+
+            async def post(srv: TapadServer, i: int) -> int:
+                query = f"timestamp={ts}&user=u{i % 700}&{'click' if i % 2 else 'impression'}"
+                async with session.post(f"{srv.url}/analytics?{query}") as resp:
+                    return resp.status
+
+            return (await asyncio.gather(*(post((one, two)[i % 2], i) for i in range(2000)))).count(
+                200
+            )
+
+    try:
+        assert run(post_all()) == 2000
+        for srv in (one, two):
+            _, _, body = http("GET", f"{srv.url}/analytics?timestamp={ts}")
+            assert parse_counts(body) == {"unique_users": 700, "clicks": 1000, "impressions": 1000}
+    finally:
+        one.stop()
+        two.stop()
