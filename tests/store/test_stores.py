@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from tapad.store import Event, HourCounts, StoreConfigError, open_store
-from tests.support import TapadServer, http, parse_counts
+from tests.support import RedisServer, TapadServer, http, parse_counts
 
 run = asyncio.run
 
@@ -89,3 +89,15 @@ def test_two_processes_share_one_sqlite_file(tmp_path: Path) -> None:
     finally:
         one.stop()
         two.stop()
+
+
+def test_redis_over_a_unix_socket(tmp_path: Path) -> None:
+    sock = tmp_path / "redis.sock"
+    redis = RedisServer(tmp_path / "r", None, "--unixsocket", str(sock), "--unixsocketperm", "700")
+    redis.start()
+    try:
+        ten, _, hours = run(write_and_read(f"unix://{sock}?db=3&prefix=ads:"))
+        assert ten == HourCounts(3, 2, 2) and hours == [12, 10]
+        assert redis.cli("-n", "3", "EXISTS", "ads:hours") == "1"
+    finally:
+        redis.stop()
