@@ -9,10 +9,12 @@ string is taken raw so percent-decoding follows the contract, not yarl.
 from __future__ import annotations
 
 import logging
+from time import perf_counter
 
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
+from tapad.server.metrics import CONTENT_TYPE, Metrics
 from tapad.server.query import BadRequest, parse_get, parse_post
 from tapad.server.reader import CoalescingReader
 from tapad.server.writer import GroupCommitter, Overloaded
@@ -42,12 +44,25 @@ def counts_body(unique_users: int, clicks: int, impressions: int) -> str:
 class TapadHandler:
     """The request handler given to ``aiohttp.web.Server``."""
 
-    def __init__(self, store: Store, committer: GroupCommitter, reader: CoalescingReader) -> None:
+    def __init__(
+        self,
+        store: Store,
+        committer: GroupCommitter,
+        reader: CoalescingReader,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.store = store
         self.committer = committer
         self.reader = reader
+        self.metrics = metrics or Metrics()
 
     async def __call__(self, request: BaseRequest) -> web.StreamResponse:
+        start = perf_counter()
+        response = await self.handle(request)
+        self.metrics.request_done(request.method, response.status, perf_counter() - start)
+        return response
+
+    async def handle(self, request: BaseRequest) -> web.StreamResponse:
         path, _, query = request.raw_path.partition("?")
         if path == "/analytics":
             method = request.method
@@ -81,6 +96,8 @@ class TapadHandler:
             )
         if path == "/healthz":
             return await self.healthz(request)
+        if path == "/metrics":
+            return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
         return web.Response(status=404, text=f"not found: {path[:100]}\n", content_type=TEXT)
 
     async def healthz(self, request: BaseRequest) -> web.Response:

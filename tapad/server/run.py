@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from tapad.server.app import TapadHandler
+from tapad.server.metrics import MeasuredStore, Metrics
 from tapad.server.reader import CoalescingReader
 from tapad.server.writer import GroupCommitter
 from tapad.store import StoreConfigError, StoreError, open_store, redact
@@ -75,11 +76,13 @@ async def run_server(
     except StoreError as exc:
         log.warning("store not reachable yet (%s); answering 503 until it is", exc)
 
+    metrics = Metrics()
+    measured = MeasuredStore(store, metrics)
     committer = GroupCommitter(
-        store, max_batch=settings.max_batch, max_pending=settings.max_pending
+        measured, max_batch=settings.max_batch, max_pending=settings.max_pending, metrics=metrics
     )
     committer.start()
-    handler = TapadHandler(store, committer, CoalescingReader(store))
+    handler = TapadHandler(measured, committer, CoalescingReader(measured), metrics)
     runner = web.ServerRunner(
         web.Server(handler, access_log=None),
         handle_signals=False,

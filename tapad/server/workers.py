@@ -27,6 +27,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 
+from tapad.server import metrics
 from tapad.server.run import ServeSettings, StartupError, install_uvloop, run_server
 from tapad.store import StoreConfigError
 
@@ -153,6 +154,7 @@ class Supervisor:
                 continue
             self.read_pipe(worker)
             os.close(worker.pipe)
+            metrics.worker_died(pid)
             code = os.waitstatus_to_exitcode(status)
             if self.stopping or self.stop_signal:
                 continue
@@ -254,4 +256,5 @@ def supervise(settings: ServeSettings) -> None:
     """Run ``settings.workers`` worker processes on one port until SIGTERM/SIGINT."""
     if settings.port == 0:
         raise StartupError("--workers needs a fixed --port: each worker binds the same port")
-    Supervisor(settings).run()
+    with metrics.shared_folder():  # before the fork: every worker writes its metrics there
+        Supervisor(settings).run()

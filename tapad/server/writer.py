@@ -13,8 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from typing import TYPE_CHECKING
 
 from tapad.store.base import Event, Store, StoreConfigError, StoreError
+
+if TYPE_CHECKING:
+    from tapad.server.metrics import Metrics
 
 log = logging.getLogger("tapad.writer")
 
@@ -38,8 +42,16 @@ def _retrieve(fut: asyncio.Future[None]) -> None:
 
 
 class GroupCommitter:
-    def __init__(self, store: Store, *, max_batch: int = 2048, max_pending: int = 50_000) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_batch: int = 2048,
+        max_pending: int = 50_000,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._store = store
+        self._metrics = metrics  # observed once per batch, never per event
         self._max_batch = max_batch
         self._max_pending = max_pending
         self._batches: deque[_Batch] = deque()
@@ -78,6 +90,9 @@ class GroupCommitter:
                 await self._wakeup.wait()
                 continue
             batch = self._batches.popleft()
+            if self._metrics is not None:
+                self._metrics.batch_size.observe(len(batch.events))
+                self._metrics.pending.set(self._pending)
             try:
                 await self._store.write(batch.events)
             except (StoreError, StoreConfigError) as exc:
@@ -90,6 +105,8 @@ class GroupCommitter:
                 batch.done.set_result(None)
             finally:
                 self._pending -= len(batch.events)
+                if self._metrics is not None and not self._batches:
+                    self._metrics.pending.set(self._pending)
 
     async def drain(self) -> None:
         """Wait until every queued batch is committed (or failed), then stop the committer."""

@@ -1,0 +1,188 @@
+"""``GET /metrics``: Prometheus text format, correct with one process or ``--workers N``.
+
+One process keeps its numbers in memory. With workers, the supervisor makes a
+temporary folder and sets ``PROMETHEUS_MULTIPROC_DIR`` before it forks; every
+worker then writes its numbers to its own mmap'ed files there, and whichever
+worker answers ``/metrics`` sums all of them, so no worker hides another's.
+Counters and histograms of a dead worker stay in the sum (totals never go
+backwards); its pending-events gauge is dropped (``mark_process_dead``).
+
+The hot path pays one dict lookup and one histogram observe per request: label
+children are bound once and kept, and the method label is folded to a fixed set
+so a client cannot grow the label space by inventing methods.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Awaitable, Iterator, Sequence
+from typing import TypeVar
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
+
+from tapad.store.base import Event, HourCounts, Store, StoreError
+
+T = TypeVar("T")
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+METHODS = frozenset({"GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"})
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+class Metrics:
+    """Every tapad metric of this process, bound to its own registry."""
+
+    def __init__(self) -> None:
+        self.multiprocess = multiprocess_dir() is not None
+        if self.multiprocess:
+            # The value class is chosen when prometheus_client is imported, which in a
+            # forked worker happened in the parent before the folder existed: pick again.
+            values.ValueClass = values.MultiProcessValue()
+        self.registry = CollectorRegistry()
+        reg = self.registry
+        self.requests = Histogram(
+            "tapad_http_request_duration_seconds",
+            "Time from request parsed to response ready; _count is requests by method and status.",
+            ["method", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.batch_size = Histogram(
+            "tapad_batch_size_events",
+            "Events per group-commit batch written to the store.",
+            buckets=BATCH_BUCKETS,
+            registry=reg,
+        )
+        self.pending = Gauge(
+            "tapad_pending_events",
+            "Events waiting for their commit (POST answers 503 past --max-pending).",
+            multiprocess_mode="livesum",
+            registry=reg,
+        )
+        self.store_errors = Counter(
+            "tapad_store_errors",
+            "Store calls that failed or timed out, by operation.",
+            ["op"],
+            registry=reg,
+        )
+        self.store_seconds = Histogram(
+            "tapad_store_duration_seconds",
+            "Time of each store call (one per batch, coalesced read or health check).",
+            ["op"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self._request_children: dict[tuple[str, int], Histogram] = {}
+        for op in ("write", "read", "ping"):  # show zeros before the first failure
+            self.store_errors.labels(op)
+            self.store_seconds.labels(op)
+
+    def request_done(self, method: str, status: int, seconds: float) -> None:
+        """Count one answered request (hot path: a dict lookup and an observe)."""
+        child = self._request_children.get((method, status))
+        if child is None:
+            child = self._bind_request(method, status)
+        child.observe(seconds)
+
+    def _bind_request(self, method: str, status: int) -> Histogram:
+        label = method if method in METHODS else "other"
+        child = self.requests.labels(label, str(status))
+        if method in METHODS:  # never cache client-invented methods: the dict would grow
+            self._request_children[(method, status)] = child
+        return child
+
+    def render(self) -> bytes:
+        """The text a scrape gets: this process's numbers, or every worker's."""
+        directory = multiprocess_dir()
+        if directory is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=directory)
+        return generate_latest(registry)
+
+
+class MeasuredStore:
+    """A store wrapper that times every call and counts failures; the store is unchanged."""
+
+    def __init__(self, store: Store, metrics: Metrics) -> None:
+        self._store = store
+        self._errors = {op: metrics.store_errors.labels(op) for op in ("write", "read", "ping")}
+        self._seconds = {op: metrics.store_seconds.labels(op) for op in ("write", "read", "ping")}
+
+    @property
+    def unique_mode(self) -> str:
+        return self._store.unique_mode
+
+    async def _measure(self, op: str, call: Awaitable[T]) -> T:
+        start = time.perf_counter()
+        try:
+            return await call
+        except StoreError:
+            self._errors[op].inc()
+            raise
+        finally:
+            self._seconds[op].observe(time.perf_counter() - start)
+
+    async def connect(self) -> None:
+        await self._store.connect()
+
+    async def write(self, events: Sequence[Event]) -> None:
+        await self._measure("write", self._store.write(events))
+
+    async def read(self, hour: int) -> HourCounts:
+        return await self._measure("read", self._store.read(hour))
+
+    async def hours(self) -> list[int]:
+        return await self._store.hours()
+
+    async def ping(self) -> None:
+        await self._measure("ping", self._store.ping())
+
+    async def close(self) -> None:
+        await self._store.close()
+
+
+@contextlib.contextmanager
+def shared_folder() -> Iterator[str]:
+    """For the supervisor: a fresh folder for the workers' metric files, removed at exit.
+
+    A folder the user set in ``PROMETHEUS_MULTIPROC_DIR`` is used as it is and kept.
+    """
+    given = multiprocess_dir()
+    if given is not None:
+        os.makedirs(given, exist_ok=True)
+        yield given
+        return
+    directory = tempfile.mkdtemp(prefix="tapad-metrics-")
+    os.environ[MULTIPROC_ENV] = directory
+    try:
+        yield directory
+    finally:
+        os.environ.pop(MULTIPROC_ENV, None)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def worker_died(pid: int) -> None:
+    """Drop a dead worker's live gauges (its counters stay in the totals)."""
+    directory = multiprocess_dir()
+    if directory is not None:
+        with contextlib.suppress(OSError):
+            multiprocess.mark_process_dead(pid, directory)
