@@ -42,3 +42,25 @@ def tapad_server(store_url: str) -> Iterator[TapadServer]:
     server = TapadServer(store_url).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """A real three-master Redis Cluster for the session (issue 3)."""
+    from tests.support import RedisClusterProcs
+
+    cluster = RedisClusterProcs(tmp_path_factory.mktemp("cluster"))
+    try:
+        cluster.start()
+    except BaseException:
+        cluster.stop()
+        raise
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster_url(redis_cluster) -> str:
+    """The session Redis Cluster, emptied for this test."""
+    redis_cluster.flush()
+    return redis_cluster.url

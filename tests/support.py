@@ -181,3 +181,161 @@ def parse_counts(body: str) -> dict[str, int]:
     lines = body.split("\n")
     assert lines[-1] == "" and len(lines) == 4, f"not three lines: {body!r}"
     return {name: int(value) for name, value in (line.split(",") for line in lines[:3])}
+
+
+# -- scale out (issue 3): a real Redis Cluster and a real nginx ------------------------
+
+
+def free_cluster_port() -> int:
+    """A free port below 55536 whose cluster bus port (port + 10000) is free too."""
+    import random
+
+    for _ in range(200):
+        port = random.randint(20000, 55000)
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket() as sock:
+                    sock.bind((LOOPBACK, candidate))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a Redis Cluster node")
+
+
+class RedisClusterProcs:
+    """Three real redis-server masters joined by ``redis-cli --cluster create``."""
+
+    def __init__(self, workdir: Path, masters: int = 3) -> None:
+        self.nodes = [
+            RedisServer(
+                workdir / f"node{i}",
+                free_cluster_port(),
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+            )
+            for i in range(masters)
+        ]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"{LOOPBACK}:{n.port}" for n in self.nodes)
+
+    def start(self) -> RedisClusterProcs:
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *(f"{LOOPBACK}:{n.port}" for n in self.nodes),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        self.wait_ok()
+        return self
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Until every node says cluster_state:ok and knows every slot."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            infos = [n.cli("CLUSTER", "INFO") for n in self.nodes]
+            if all(
+                "cluster_state:ok" in info and "cluster_slots_assigned:16384" in info
+                for info in infos
+            ):
+                return
+            time.sleep(0.1)
+        raise TimeoutError("the Redis Cluster did not reach cluster_state:ok")
+
+    def flush(self) -> None:
+        for node in self.nodes:
+            node.cli("FLUSHALL")
+
+    def keys_per_node(self, pattern: str) -> list[list[str]]:
+        """The keys each master holds itself (KEYS is node-local on a cluster)."""
+        return [[k for k in n.cli("--raw", "KEYS", pattern).splitlines() if k] for n in self.nodes]
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+NGINX = "/usr/sbin/nginx"
+
+
+def render_nginx_conf(conf: str, upstreams: list[str], listen: str, tmpdir: Path) -> str:
+    """The project's deploy/nginx.conf made runnable here: the marked upstream servers
+    replaced by ``upstreams``, ``listen`` on a loopback port, temp files in ``tmpdir``."""
+    import re
+
+    begin, end = "# tapad:upstream-servers begin", "# tapad:upstream-servers end"
+    head, found_begin, rest = conf.partition(begin)
+    _, found_end, tail = rest.partition(end)
+    if not (found_begin and found_end):
+        raise ValueError("deploy/nginx.conf has no marked upstream-servers block")
+    servers = "".join(f"\n        server {u};" for u in upstreams)
+    conf = f"{head}{begin}{servers}\n        {end}{tail}"
+    conf, listens = re.subn(r"^(\s*)listen\s+80;", rf"\1listen {listen};", conf, flags=re.M)
+    if listens != 1:
+        raise ValueError("deploy/nginx.conf must have exactly one 'listen 80;'")
+    temps = "".join(
+        f"\n    {kind}_temp_path {tmpdir / kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    return conf.replace("http {", "http {" + temps, 1)
+
+
+class Nginx:
+    """A real nginx (OS package) in the foreground, with its prefix in a temp folder."""
+
+    def __init__(self, workdir: Path, conf_text: str, upstreams: list[str]) -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.conf = self.workdir / "nginx.conf"
+        self.conf.write_text(
+            render_nginx_conf(conf_text, upstreams, f"{LOOPBACK}:{self.port}", self.workdir)
+        )
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def args(self, *extra: str) -> list[str]:
+        globals_ = (
+            f"daemon off; pid {self.workdir / 'nginx.pid'}; "
+            f"error_log {self.workdir / 'error.log'} notice;"
+        )
+        return [NGINX, "-p", str(self.workdir), "-c", str(self.conf), "-g", globals_, *extra]
+
+    def test_config(self) -> subprocess.CompletedProcess:
+        return subprocess.run(self.args("-t"), capture_output=True, text=True, timeout=30)
+
+    def start(self) -> Nginx:
+        self.proc = subprocess.Popen(
+            self.args(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        wait_for_port(self.port, proc=self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)  # graceful: finish requests, then exit
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None

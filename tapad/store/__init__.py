@@ -40,7 +40,9 @@ def open_store(
             settings.path, timeout=timeout, synchronous=settings.options.get("synchronous", "full")
         )
     if settings.scheme == "redis+cluster":
-        raise StoreConfigError("redis+cluster:// is not supported yet")
+        from tapad.store.cluster import ClusterStore
+
+        return ClusterStore(settings, timeout=timeout, shards=shards, unique=unique)
     from tapad.store.redis import RedisStore
 
     return RedisStore(settings, timeout=timeout, shards=shards, unique=unique)

@@ -1,0 +1,113 @@
+"""``--store redis+cluster://``: a real three-master Redis Cluster, real tapad servers."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from tests.support import RedisClusterProcs, TapadServer, http, parse_counts
+
+NOW_MS = int(time.time() * 1000)
+HOUR = NOW_MS // 3_600_000
+PAST_MS = NOW_MS - 5 * 3_600_000
+
+
+def post(url: str, ts: int, user: str, kind: str) -> int:
+    return http("POST", f"{url}/analytics?timestamp={ts}&user={user}&{kind}")[0]
+
+
+def counts(url: str, ts: int) -> dict[str, int]:
+    status, _, body = http("GET", f"{url}/analytics?timestamp={ts}")
+    assert status == 200, body
+    return parse_counts(body)
+
+
+def test_many_servers_on_a_cluster_agree_and_spread_the_hour(
+    redis_cluster: RedisClusterProcs, cluster_url: str
+) -> None:
+    servers = [TapadServer(cluster_url).start(), TapadServer(cluster_url).start()]
+    try:
+        events = [
+            (
+                PAST_MS if i % 20 == 0 else NOW_MS,
+                f"user-{i % 240}",
+                "click" if i % 3 else "impression",
+            )
+            for i in range(900)
+        ]
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(
+                pool.map(lambda ie: post(servers[ie[0] % 2].url, *ie[1]), enumerate(events))
+            )
+        assert codes == [200] * len(events)
+
+        for ts in (NOW_MS, PAST_MS):
+            mine = [e for e in events if e[0] == ts]
+            kinds = Counter(kind for _, _, kind in mine)
+            truth = {
+                "unique_users": len({user for _, user, _ in mine}),
+                "clicks": kinds["click"],
+                "impressions": kinds["impression"],
+            }
+            for server in servers:
+                assert counts(server.url, ts) == truth
+    finally:
+        for server in servers:
+            server.stop()
+
+    # The current hour's keys are spread over the masters, not all on one node.
+    per_node = redis_cluster.keys_per_node(f"tapad:{{{HOUR}.*")
+    assert sum(1 for keys in per_node if keys) >= 2, per_node
+    assert sum(len(keys) for keys in per_node) == 2 * 16  # users + counts, 16 shards
+    # The layout was written once, at first start.
+    layout = redis_cluster.nodes[0].cli("-c", "--raw", "HGETALL", "tapad:layout")
+    assert layout.split() == ["shards", "16", "unique", "exact"]
+
+
+def test_a_server_with_another_layout_refuses_to_start(cluster_url: str) -> None:
+    TapadServer(cluster_url, "--shards", "8").start().stop()
+    adopted = TapadServer(cluster_url).start()  # no explicit values: adopts shards=8
+    try:
+        post(adopted.url, NOW_MS, "someone", "click")
+        assert counts(adopted.url, NOW_MS)["clicks"] == 1
+    finally:
+        adopted.stop()
+    adopted_log = adopted.log.decode()
+    assert "unique users: exact" in adopted_log
+
+    for extra in (("--shards", "16"), ("--unique", "hll")):
+        refused = TapadServer(cluster_url, *extra).start(wait=False)
+        assert refused.wait(30) == 2
+        lines = refused.log.decode().strip().splitlines()
+        assert lines[-1].startswith("error: the store was set up with shards=8 unique=exact")
+        assert "Traceback" not in refused.log.decode()
+
+
+def test_a_bad_cluster_url_is_one_line(tmp_path: Path) -> None:
+    server = TapadServer("redis+cluster://127.0.0.1", cwd=tmp_path).start(wait=False)
+    assert server.wait(30) == 2
+    out = server.log.decode().strip().splitlines()
+    assert out == [
+        "error: store URL 'redis+cluster://127.0.0.1': each node must be host:port, got '127.0.0.1'"
+    ]
+
+
+def test_a_server_starts_before_its_cluster_and_serves_once_it_is_up(tmp_path: Path) -> None:
+    cluster = RedisClusterProcs(tmp_path / "late")  # ports chosen, nothing started yet
+    server = TapadServer(cluster.url, "--store-timeout", "0.5").start()
+    try:
+        assert http("GET", f"{server.url}/healthz")[0] == 503
+        status, headers, _ = http("POST", f"{server.url}/analytics?timestamp={NOW_MS}&user=a&click")
+        assert status == 503 and "Retry-After" in headers
+        cluster.start()
+        deadline = time.monotonic() + 20
+        while http("GET", f"{server.url}/healthz")[0] != 200:
+            assert time.monotonic() < deadline, "never became healthy"
+            time.sleep(0.2)
+        assert post(server.url, NOW_MS, "a", "click") == 200
+        assert counts(server.url, NOW_MS) == {"unique_users": 1, "clicks": 1, "impressions": 0}
+    finally:
+        server.stop()
+        cluster.stop()
