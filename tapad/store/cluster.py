@@ -11,7 +11,7 @@ over the masters. A batch as a whole is not atomic across nodes: if one node fai
 the events in its slots are not recorded while those in healthy nodes' slots are,
 and the whole batch is answered 503 (see docs/scaling.md).
 
-A GET reads every shard of the hour in one cluster pipeline and sums: exact in
+A GET reads every shard of the hour, one pipeline per master, and sums: exact in
 ``exact`` mode, because a user is always counted in the same shard.
 
 ``tapad:hours`` and ``tapad:layout`` are single keys on one node each. The hours
@@ -172,8 +172,32 @@ class ClusterStore:
         return await self._call(self._read(hour))
 
     async def _read(self, hour: int) -> HourCounts:
-        async with self._cluster.pipeline() as pipe:
+        """One pipeline per master holding shards of the hour, all at once; sum the replies."""
+        if self._cluster._initialize:
+            await self._cluster.initialize()
+        for attempt in (1, 2):
+            by_node: dict[int, tuple[Redis, list[int]]] = {}
             for shard in range(self.layout.shards):
+                client = self._node_client(key_slot(self.layout.users_key(hour, shard).encode()))
+                by_node.setdefault(id(client), (client, []))[1].append(shard)
+            try:
+                replies = await asyncio.gather(
+                    *(self._read_node(client, hour, shards) for client, shards in by_node.values())
+                )
+            except REDIRECTS:
+                if attempt == 2:
+                    raise
+                await self._cluster.nodes_manager.initialize()
+                continue
+            total = HourCounts()
+            for counts in replies:
+                total += counts
+            return total
+        raise AssertionError("unreachable")
+
+    async def _read_node(self, client: Redis, hour: int, shards: list[int]) -> HourCounts:
+        async with client.pipeline(transaction=False) as pipe:
+            for shard in shards:
                 self.layout.queue_read(pipe, hour, shard)
             return self.layout.sum_replies(await pipe.execute())
 
