@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -41,6 +42,40 @@ def _retrieve(fut: asyncio.Future[None]) -> None:
         fut.exception()
 
 
+class _OutageLog:
+    """Log a store outage in a few lines, not one per failed batch (thousands a second)."""
+
+    EVERY = 5.0  # seconds between "still failing" lines
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+        self.last_line = 0.0
+        self.batches = self.events = 0
+
+    def failed(self, events: int, exc: BaseException) -> None:
+        now = time.monotonic()
+        self.batches += 1
+        self.events += events
+        if self.since is None or now - self.last_line >= self.EVERY:
+            log.warning(
+                "store failing: %d batches (%d events) not committed, answered 503: %s",
+                self.batches,
+                self.events,
+                exc,
+            )
+            self.since = self.since or now
+            self.last_line = now
+            self.batches = self.events = 0
+
+    def succeeded(self) -> None:
+        if self.since is not None:
+            if self.batches:
+                log.warning("%d more batches (%d events) answered 503", self.batches, self.events)
+            log.warning("store back after %.1fs: committing again", time.monotonic() - self.since)
+            self.since = None
+            self.batches = self.events = 0
+
+
 class GroupCommitter:
     def __init__(
         self,
@@ -59,6 +94,7 @@ class GroupCommitter:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
+        self._outage = _OutageLog()
 
     @property
     def pending(self) -> int:
@@ -96,17 +132,33 @@ class GroupCommitter:
             try:
                 await self._store.write(batch.events)
             except (StoreError, StoreConfigError) as exc:
-                log.warning("batch of %d events not committed: %s", len(batch.events), exc)
-                batch.done.set_exception(StoreError(str(exc)))
+                error = StoreError(str(exc))
+                batch.done.set_exception(error)
+                self._fail_queued(error)
+                self._outage.failed(len(batch.events), exc)
             except Exception as exc:
                 log.exception("batch of %d events failed", len(batch.events))
                 batch.done.set_exception(StoreError(f"internal error: {type(exc).__name__}"))
             else:
                 batch.done.set_result(None)
+                self._outage.succeeded()
             finally:
                 self._pending -= len(batch.events)
                 if self._metrics is not None and not self._batches:
                     self._metrics.pending.set(self._pending)
+
+    def _fail_queued(self, error: StoreError) -> None:
+        """Fail the batches that queued up while the store was failing.
+
+        Trying each in turn would make a POST wait for every batch ahead of it to time
+        out; failing them now bounds any POST's wait to about one store timeout. The
+        next POST starts a fresh batch, which is how the server notices the store is back.
+        """
+        while self._batches:
+            queued = self._batches.popleft()
+            queued.done.set_exception(error)
+            self._pending -= len(queued.events)
+            self._outage.failed(len(queued.events), error)
 
     async def drain(self) -> None:
         """Wait until every queued batch is committed (or failed), then stop the committer."""
