@@ -1,0 +1,809 @@
+#!/usr/bin/env python3
+"""tapad's benchmark: every server side by side, in one run, as ratios to a yardstick.
+
+    python bench/run.py                 # the full run (about 10 minutes)
+    python bench/run.py --quick         # a smoke run for CI (well under a minute)
+
+Absolute requests per second depend on the machine and on whatever else runs on
+it, so every figure is also given as a ratio to the yardstick (bench/yardstick.py,
+a bare aiohttp server that parses the query and answers a fixed body), measured in
+the same run. Targets are measured in turns, the order rotating every repeat, and
+the medians are reported, so a noisy neighbour hurts every target alike.
+
+It installs nothing: it says which tool is missing (wrk, redis-server, nginx) and
+how to get it. It starts everything it measures on 127.0.0.1, bounds every
+process in time and stops every process it started, also on Ctrl-C.
+
+CPU pinning (taskset, when the machine has at least 2 cores): the server under
+test gets core 0 to itself, one process each (nginx and the yardstick as well);
+wrk, tapad loadgen and redis-server share core 1. Redis stands where it would run in
+production, beside rather than inside the server's core, and the server-side
+cost compared is the server's own. ``--workers 2`` gets every core, so it
+competes with wrk and redis: on a 2-core machine that is all there is.
+
+It writes results.md, results.json and results.png (when matplotlib is
+installed: pip install -e '.[bench]') into bench/results/<date-time>/ and prints
+where.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import IO
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+LOOPBACK = "127.0.0.1"
+MIX_LUA = BENCH / "wrk" / "mix.lua"
+NGINX_CONF = BENCH / "nginx.conf"
+
+HINTS = {
+    "wrk": "apt-get install -y wrk",
+    "redis-server": "apt-get install -y redis-server",
+    "nginx": "apt-get install -y nginx-light",
+    "taskset": "apt-get install -y util-linux",
+}
+
+METHODS = ("POST", "GET")
+
+# The targets of issue 5, in the benchmark, never in timed tests.
+GOALS = {
+    # (target, method): minimum req/s as a ratio to the yardstick
+    ("tapad-redis", "POST"): 0.80,
+    ("tapad-redis", "GET"): 0.80,
+    ("tapad-sqlite", "POST"): 0.50,
+    ("tapad-sqlite", "GET"): 0.80,
+}
+GOAL_P99_MS = 5.0  # tapad on Redis
+GOAL_LOADGEN = 0.40  # of wrk's POST rate against the yardstick
+GOAL_RSS_MB = 150.0  # one worker after 1,000,000 POSTs
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    label: str
+    kind: str  # nginx | yardstick | tapad
+    store: str = ""  # tapad: redis | sqlite | sqlite-normal
+    workers: int = 1
+
+    @property
+    def tools(self) -> tuple[str, ...]:
+        if self.kind == "nginx":
+            return ("nginx",)
+        if self.store == "redis":
+            return ("redis-server",)
+        return ()
+
+
+TARGETS = (
+    Target("nginx", "nginx, fixed body (ceiling)", "nginx"),
+    Target("yardstick", "bare aiohttp (yardstick)", "yardstick"),
+    Target("tapad-redis", "tapad on Redis", "tapad", "redis"),
+    Target("tapad-sqlite", "tapad on SQLite", "tapad", "sqlite"),
+    Target("tapad-sqlite-normal", "tapad on SQLite, synchronous=normal", "tapad", "sqlite-normal"),
+    Target("tapad-redis-w2", "tapad on Redis, --workers 2", "tapad", "redis", workers=2),
+)
+
+
+@dataclass
+class Run:
+    """One wrk run against one target."""
+
+    requests: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int  # non-2xx answers + socket errors (connect, read, write, timeout)
+
+
+@dataclass
+class Row:
+    target: str
+    label: str
+    method: str
+    runs: list[Run] = field(default_factory=list)
+    skipped: str = ""
+
+    def median(self, attr: str) -> float:
+        return statistics.median(getattr(run, attr) for run in self.runs)
+
+    @property
+    def errors(self) -> int:
+        return sum(run.errors for run in self.runs)
+
+    @property
+    def requests(self) -> int:
+        return sum(run.requests for run in self.runs)
+
+
+# ---- tools and processes -------------------------------------------------------------
+
+
+def find_tool(name: str) -> str | None:
+    """``shutil.which``, also looking in the sbin folders a non-root PATH often lacks."""
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin:/sbin")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with {proc.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on port {port} after {timeout:.0f}s")
+
+
+class Processes:
+    """Every process the benchmark starts, each in its own session so it can be stopped
+    with its children (tapad --workers forks), and nothing else."""
+
+    def __init__(self, logdir: Path) -> None:
+        self.logdir = logdir
+        self.procs: list[tuple[subprocess.Popen, IO[bytes]]] = []
+
+    def start(
+        self, name: str, cmd: list[str], cpus: str | None, cwd: Path | None = None
+    ) -> subprocess.Popen:
+        if cpus is not None:
+            cmd = ["taskset", "-c", cpus, *cmd]  # taskset execs: the pid is the command's
+        log = (self.logdir / f"{name}.log").open("wb")
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True
+        )
+        self.procs.append((proc, log))
+        return proc
+
+    def stop(self, proc: subprocess.Popen) -> None:
+        for sig, wait in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+            if proc.poll() is not None:
+                break
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(wait)
+        # a worker the supervisor left behind is still in the session: end it too
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    def stop_all(self) -> None:
+        for proc, log in reversed(self.procs):
+            self.stop(proc)
+            log.close()
+        self.procs.clear()
+
+
+def log_tail(path: Path, lines: int = 3) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(text[-lines:])
+
+
+def http(method: str, url: str) -> int:
+    req = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            resp.read()
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of one process, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+# ---- wrk -----------------------------------------------------------------------------
+
+
+def run_wrk(url: str, method: str, seconds: int, args: argparse.Namespace, cpus: str | None) -> Run:
+    cmd = [
+        find_tool("wrk") or "wrk",
+        f"-t{args.threads}",
+        f"-c{args.connections}",
+        f"-d{seconds}s",
+        "--timeout",
+        "2s",
+        "-s",
+        str(MIX_LUA),
+        url,
+        "--",
+        method.lower(),
+    ]
+    if cpus is not None:
+        cmd = ["taskset", "-c", cpus, *cmd]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+    for line in out.stdout.splitlines():
+        if line.startswith("WRKJSON "):
+            data = json.loads(line[len("WRKJSON ") :])
+            break
+    else:
+        raise RuntimeError(f"wrk gave no summary: {out.stdout[-300:]} {out.stderr[-300:]}")
+    secs = data["duration_us"] / 1e6
+    errors = sum(data[k] for k in ("connect", "read", "write", "status", "timeout"))
+    return Run(
+        requests=data["requests"],
+        seconds=round(secs, 3),
+        rps=round(data["requests"] / secs, 1),
+        p50_ms=data["p50_us"] / 1000,
+        p99_ms=data["p99_us"] / 1000,
+        errors=errors,
+    )
+
+
+# ---- the benchmark -------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, outdir: Path) -> None:
+        self.args = args
+        self.outdir = outdir
+        self.datadir = outdir / "data"
+        self.logdir = outdir / "logs"
+        self.datadir.mkdir(parents=True)
+        self.logdir.mkdir()
+        self.procs = Processes(self.logdir)
+        pin = not args.no_pin and (os.cpu_count() or 1) >= 2 and find_tool("taskset")
+        self.server_cpus = "0" if pin else None
+        self.client_cpus = "1" if pin else None
+        self.all_cpus = f"0-{(os.cpu_count() or 1) - 1}" if pin else None
+        self.urls: dict[str, str] = {}
+        self.pids: dict[str, int] = {}
+        self.redis_port = 0
+        self.notes: list[str] = []
+
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+
+    # -- starting targets --
+
+    def start_redis(self) -> None:
+        self.redis_port = free_port()
+        proc = self.procs.start(
+            "redis",
+            [
+                find_tool("redis-server") or "redis-server",
+                "--port",
+                str(self.redis_port),
+                "--bind",
+                LOOPBACK,
+                "--dir",
+                str(self.datadir),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--databases",
+                "16",
+            ],
+            self.client_cpus,
+        )
+        wait_for_port(self.redis_port, proc)
+
+    def store_url(self, target: Target, db: int) -> str:
+        if target.store == "redis":
+            return f"redis://{LOOPBACK}:{self.redis_port}/{db}"
+        path = self.datadir / f"{target.name}.db"
+        suffix = "?synchronous=normal" if target.store == "sqlite-normal" else ""
+        return f"sqlite:///{path}{suffix}"
+
+    def start_tapad(self, name: str, target: Target, db: int) -> tuple[str, subprocess.Popen]:
+        port = free_port()
+        cmd = [sys.executable, "-m", "tapad", "serve", "--host", LOOPBACK, "--port", str(port)]
+        cmd += ["--store", self.store_url(target, db)]
+        if target.workers > 1:
+            cmd += ["--workers", str(target.workers)]
+        cpus = self.all_cpus if target.workers > 1 else self.server_cpus
+        proc = self.procs.start(name, cmd, cpus, cwd=self.datadir)
+        wait_for_port(port, proc)
+        # --workers: the startup line comes once every worker listens
+        deadline = time.monotonic() + 20
+        while "listening on" not in log_tail(self.logdir / f"{name}.log", 50):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(log_tail(self.logdir / f"{name}.log") or "no startup line")
+            time.sleep(0.05)
+        return f"http://{LOOPBACK}:{port}", proc
+
+    def start_target(self, target: Target, db: int) -> None:
+        if target.kind == "nginx":
+            port = free_port()
+            prefix = self.datadir / "nginx"
+            prefix.mkdir()
+            conf = NGINX_CONF.read_text().replace("{prefix}", str(prefix))
+            conf = conf.replace("{port}", str(port))
+            (prefix / "nginx.conf").write_text(conf)
+            cmd = [find_tool("nginx") or "nginx", "-p", str(prefix), "-e", str(prefix / "err.log")]
+            cmd += ["-c", str(prefix / "nginx.conf")]
+            proc = self.procs.start("nginx", cmd, self.server_cpus)
+            wait_for_port(port, proc)
+            url = f"http://{LOOPBACK}:{port}"
+        elif target.kind == "yardstick":
+            port = free_port()
+            cmd = [sys.executable, str(BENCH / "yardstick.py"), "--port", str(port)]
+            proc = self.procs.start("yardstick", cmd, self.server_cpus)
+            wait_for_port(port, proc)
+            url = f"http://{LOOPBACK}:{port}"
+        else:
+            url, proc = self.start_tapad(target.name, target, db)
+        now = int(time.time() * 1000)
+        for method, query in (("POST", "&user=bench&click"), ("GET", "")):
+            status = http(method, f"{url}/analytics?timestamp={now}{query}")
+            if status != 200:
+                raise RuntimeError(f"{method} answered {status}, not 200")
+        self.urls[target.name] = url
+        self.pids[target.name] = proc.pid
+
+    # -- measuring --
+
+    def measure(self, targets: list[Target]) -> list[Row]:
+        args = self.args
+        rows = {(t.name, m): Row(t.name, t.label, m) for t in targets for m in METHODS}
+        live = [t for t in targets if t.name in self.urls]
+        if args.warmup:
+            self.say(f"warming up: {args.warmup}s of POSTs then GETs each")
+            for method in METHODS:
+                for target in live:
+                    run_wrk(self.urls[target.name], method, args.warmup, args, self.client_cpus)
+        for repeat in range(args.repeats):
+            order = live[repeat % len(live) :] + live[: repeat % len(live)]
+            for method in METHODS:
+                for target in order:
+                    run = run_wrk(
+                        self.urls[target.name], method, args.duration, args, self.client_cpus
+                    )
+                    rows[(target.name, method)].runs.append(run)
+                    self.say(
+                        f"  [{repeat + 1}/{args.repeats}] {method:4} {target.name:20} "
+                        f"{run.rps:9.0f} req/s  p50 {run.p50_ms:6.2f} ms  "
+                        f"p99 {run.p99_ms:6.2f} ms  errors {run.errors}"
+                    )
+        return list(rows.values())
+
+    def measure_loadgen(self, yard_url: str) -> dict:
+        """``tapad loadgen post`` against the yardstick, timed from outside."""
+        args = self.args
+        help_run = subprocess.run(
+            [sys.executable, "-m", "tapad", "loadgen", "post", "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if help_run.returncode != 0:
+            return {"skipped": "tapad loadgen post is not available in this checkout"}
+        runs = []
+        for i in range(args.repeats):
+            cmd = [sys.executable, "-m", "tapad", "loadgen", "post", "--url", yard_url]
+            cmd += ["-n", str(args.loadgen_n), "-c", str(args.connections)]
+            if self.client_cpus is not None:
+                cmd = ["taskset", "-c", self.client_cpus, *cmd]
+            started = time.monotonic()
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=self.datadir)
+            wall = time.monotonic() - started
+            (self.logdir / f"loadgen-{i}.log").write_text(out.stdout + out.stderr)
+            if out.returncode != 0:
+                tail = log_tail(self.logdir / f"loadgen-{i}.log")
+                return {"skipped": f"tapad loadgen post failed: {tail}"}
+            rate = parse_rate(out.stdout + out.stderr)
+            runs.append(
+                {"wall_s": round(wall, 2), "reported_rps": rate, "wall_rps": args.loadgen_n / wall}
+            )
+            self.say(
+                f"  loadgen post -n {args.loadgen_n}: {wall:.2f} s wall, "
+                f"reported {rate if rate is not None else '-'} req/s"
+            )
+        reported = [r["reported_rps"] for r in runs if r["reported_rps"] is not None]
+        rps = statistics.median(reported) if len(reported) == len(runs) else None
+        return {
+            "runs": runs,
+            "rps": rps if rps is not None else statistics.median(r["wall_rps"] for r in runs),
+            "source": "its own report" if rps is not None else "requests / wall time",
+        }
+
+    def measure_memory(self) -> dict:
+        """One worker's resident memory while 1,000,000 POSTs go through it (Redis store)."""
+        args = self.args
+        target = Target("memory", "memory", "tapad", "redis")
+        url, proc = self.start_tapad("tapad-memory", target, db=3)
+        before = rss_mb(proc.pid)
+        samples = [(0, round(before, 1))]
+        total = 0
+        chunk = 2 if args.quick else 10
+        self.say(f"memory: POSTing {args.memory_posts:,} events through one worker")
+        while total < args.memory_posts:
+            run = run_wrk(url, "POST", chunk, args, self.client_cpus)
+            total += run.requests
+            samples.append((total, round(rss_mb(proc.pid), 1)))
+            self.say(f"  {total:>10,} POSTs  rss {samples[-1][1]:.1f} MB  errors {run.errors}")
+        self.procs.stop(proc)
+        return {
+            "posts": total,
+            "rss_before_mb": samples[0][1],
+            "rss_after_mb": samples[-1][1],
+            "samples": samples,
+        }
+
+
+def parse_rate(text: str) -> float | None:
+    """A 'N req/s' (or 'requests/s', '/s') figure from loadgen's summary, if it prints one."""
+    matches = re.findall(
+        r"([\d][\d,]*(?:\.\d+)?)\s*(?:req(?:uests)?|posts?|events?)?\s*/\s*s\b", text, flags=re.I
+    )
+    if not matches:
+        return None
+    return float(matches[-1].replace(",", ""))
+
+
+# ---- reporting -----------------------------------------------------------------------
+
+
+def versions() -> dict[str, str]:
+    found: dict[str, str] = {"python": platform.python_version(), "sqlite": sqlite3.sqlite_version}
+    for dist in ("tapad", "aiohttp", "uvloop", "redis", "hiredis", "matplotlib"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found[dist] = metadata.version(dist)
+    for tool, cmd in (
+        ("wrk", ["wrk", "--version"]),
+        ("nginx", ["nginx", "-v"]),
+        ("redis-server", ["redis-server", "--version"]),
+    ):
+        path = find_tool(tool)
+        if path is None:
+            continue
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run([path, *cmd[1:]], capture_output=True, text=True, timeout=10)
+            text = (out.stdout + out.stderr).strip().splitlines()[0]
+            match = re.search(r"(\d+\.\d+(?:\.\d+)?)", text)
+            found[tool] = match.group(1) if match else text[:40]
+    return found
+
+
+def machine() -> dict[str, str]:
+    info = {"cores": str(os.cpu_count()), "kernel": platform.release()}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                info["memory"] = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    with contextlib.suppress(OSError):
+        info["load before"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    return info
+
+
+def fmt_ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def render_markdown(report: dict) -> str:
+    rows: list[Row] = report["rows"]
+    yard = {r.method: r for r in rows if r.target == "yardstick" and r.runs}
+    out = [
+        f"# tapad benchmark, {report['date']}",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"{report['args']['repeats']} repeat(s) x {report['args']['duration']} s per target and "
+        f"method, {report['args']['connections']} connections, {report['args']['threads']} wrk "
+        "thread(s), 95% current hour / 5% past 24 hours, order rotating every repeat; medians. "
+        "Errors: non-2xx answers plus socket errors, summed over all runs.  ",
+        f"Pinning: {report['pinning']}",
+        "",
+        "| target | method | req/s | x yardstick | p50 ms | x yardstick | p99 ms | x yardstick "
+        "| errors / requests |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        if not row.runs:
+            out.append(
+                f"| {row.label} | {row.method} | {row.skipped or 'not measured'} | | | | | | |"
+            )
+            continue
+        base = yard.get(row.method)
+        rps, p50, p99 = row.median("rps"), row.median("p50_ms"), row.median("p99_ms")
+        r_rps = rps / base.median("rps") if base else None
+        r_p50 = p50 / base.median("p50_ms") if base else None
+        r_p99 = p99 / base.median("p99_ms") if base else None
+        out.append(
+            f"| {row.label} | {row.method} | {rps:,.0f} | {fmt_ratio(r_rps)} | {p50:.2f} | "
+            f"{fmt_ratio(r_p50)} | {p99:.2f} | {fmt_ratio(r_p99)} | "
+            f"{row.errors:,} / {row.requests:,} |"
+        )
+    out += ["", "## Targets", ""]
+    out += [f"- {line}" for line in report["goals"]]
+    out += ["", "## Machine", ""]
+    out += [f"- {k}: {v}" for k, v in report["machine"].items()]
+    out.append("- versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()))
+    if report["notes"]:
+        out += ["", "## Notes", ""]
+        out += [f"- {note}" for note in report["notes"]]
+    return "\n".join(out) + "\n"
+
+
+def check_goals(rows: list[Row], loadgen: dict, memory: dict) -> list[str]:
+    by = {(r.target, r.method): r for r in rows if r.runs}
+    lines = []
+
+    def mark(ok: bool) -> str:
+        return "met" if ok else "MISSED"
+
+    for (target, method), goal in GOALS.items():
+        row, base = by.get((target, method)), by.get(("yardstick", method))
+        if row is None or base is None:
+            lines.append(f"{target} {method} >= {goal:.2f} x yardstick: not measured")
+            continue
+        ratio = row.median("rps") / base.median("rps")
+        lines.append(
+            f"{target} {method} req/s >= {goal:.2f} x yardstick: {ratio:.2f}, {mark(ratio >= goal)}"
+        )
+    for method in METHODS:
+        row = by.get(("tapad-redis", method))
+        if row is not None:
+            p99 = row.median("p99_ms")
+            lines.append(
+                f"tapad-redis {method} p99 <= {GOAL_P99_MS:.0f} ms: {p99:.2f} ms, "
+                f"{mark(p99 <= GOAL_P99_MS)}"
+            )
+            lines.append(f"tapad-redis {method} zero errors: {row.errors}, {mark(row.errors == 0)}")
+    base = by.get(("yardstick", "POST"))
+    if "rps" in loadgen and base is not None:
+        ratio = loadgen["rps"] / base.median("rps")
+        lines.append(
+            f"tapad loadgen post >= {GOAL_LOADGEN:.2f} x wrk against the yardstick: "
+            f"{loadgen['rps']:,.0f} req/s ({loadgen['source']}) = {ratio:.2f}, "
+            f"{mark(ratio >= GOAL_LOADGEN)}"
+        )
+    else:
+        lines.append(f"tapad loadgen post: {loadgen.get('skipped', 'not measured')}")
+    if "rss_after_mb" in memory:
+        ok = memory["rss_after_mb"] < GOAL_RSS_MB
+        lines.append(
+            f"one worker's RSS after {memory['posts']:,} POSTs < {GOAL_RSS_MB:.0f} MB: "
+            f"{memory['rss_after_mb']:.1f} MB (at start {memory['rss_before_mb']:.1f} MB)"
+            + ("" if memory["posts"] >= 1_000_000 else " [fewer than 1,000,000 POSTs]")
+            + f", {mark(ok)}"
+        )
+    else:
+        lines.append(f"one worker's RSS: {memory.get('skipped', 'not measured')}")
+    return lines
+
+
+def render_chart(rows: list[Row], path: Path) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install -e '.[bench]'): no chart"
+    yard = {r.method: r for r in rows if r.target == "yardstick" and r.runs}
+    labels = []
+    for row in rows:
+        if row.runs and row.label not in labels:
+            labels.append(row.label)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    width = 0.38
+    for i, method in enumerate(METHODS):
+        ratios, p99s = [], []
+        for label in labels:
+            row = next((r for r in rows if r.label == label and r.method == method), None)
+            ok = row is not None and row.runs and method in yard
+            ratios.append(row.median("rps") / yard[method].median("rps") if ok else 0)
+            p99s.append(row.median("p99_ms") if ok else 0)
+        xs = [x + (i - 0.5) * width for x in range(len(labels))]
+        left.bar(xs, ratios, width, label=method)
+        right.bar(xs, p99s, width, label=method)
+    left.axhline(1.0, color="grey", lw=0.8)
+    left.axhline(0.8, color="green", ls="--", lw=0.8, label="goal 0.80 (Redis; SQLite GET)")
+    left.axhline(0.5, color="orange", ls="--", lw=0.8, label="goal 0.50 (SQLite POST)")
+    left.set_ylabel("requests/s, ratio to the yardstick (median)")
+    right.axhline(GOAL_P99_MS, color="green", ls="--", lw=0.8, label="goal 5 ms (Redis)")
+    right.set_ylabel("p99 latency, ms (median)")
+    for ax in (left, right):
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels([lb.replace(", ", ",\n") for lb in labels], fontsize=7)
+        ax.legend(fontsize=7)
+    fig.suptitle("tapad vs a bare aiohttp yardstick and nginx, 32 connections, 95/5 mix")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+# ---- main ----------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Benchmark tapad side by side with a bare aiohttp yardstick and nginx.",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 1 repeat of 1 s per target, 20,000 POSTs for memory",
+    )
+    parser.add_argument("--duration", type=int, help="seconds per wrk run (default 10)")
+    parser.add_argument("--repeats", type=int, help="runs per target and method (default 3)")
+    parser.add_argument("--warmup", type=int, help="seconds of warm-up per target (default 2)")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
+    parser.add_argument(
+        "--targets", help="comma-separated subset of: " + ", ".join(t.name for t in TARGETS)
+    )
+    parser.add_argument(
+        "--memory-posts", type=int, help="POSTs before reading one worker's RSS (default 1,000,000)"
+    )
+    parser.add_argument("--loadgen-n", type=int, help="POSTs per loadgen run (default 100,000)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
+    parser.add_argument("--no-loadgen", action="store_true", help="skip tapad loadgen")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    parser.add_argument(
+        "--skip-missing",
+        action="store_true",
+        help="measure without the targets whose tool is missing, saying so, instead of stopping",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=BENCH / "results",
+        help="folder for the results (default bench/results)",
+    )
+    args = parser.parse_args(argv)
+    quick = args.quick
+    defaults = {
+        "duration": 1 if quick else 10,
+        "repeats": 1 if quick else 3,
+        "warmup": 0 if quick else 2,
+        "memory_posts": 20_000 if quick else 1_000_000,
+        "loadgen_n": 3_000 if quick else 100_000,
+    }
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.threads > args.connections:
+        parser.error("--threads must not exceed --connections")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    targets = list(TARGETS)
+    if args.targets:
+        wanted = {name.strip() for name in args.targets.split(",")}
+        unknown = wanted - {t.name for t in TARGETS}
+        if unknown:
+            print(f"error: unknown target(s): {', '.join(sorted(unknown))}", file=sys.stderr)
+            return 2
+        targets = [t for t in TARGETS if t.name in wanted or t.name == "yardstick"]
+    needed = {"wrk"} | {tool for t in targets for tool in t.tools}
+    missing = sorted(tool for tool in needed if find_tool(tool) is None)
+    if "wrk" in missing or (missing and not args.skip_missing):
+        for tool in missing:
+            print(f"missing: {tool} (install it with: {HINTS[tool]})", file=sys.stderr)
+        if "wrk" not in missing:
+            print(
+                "or pass --skip-missing to measure without the targets that need them",
+                file=sys.stderr,
+            )
+        return 2
+
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    outdir = args.out / stamp
+    bench = Bench(args, outdir)
+    skipped: dict[str, str] = {}
+    for target in targets:
+        lacking = [tool for tool in target.tools if tool in missing]
+        if lacking:
+            skipped[target.name] = f"skipped: {', '.join(lacking)} not installed"
+            bench.notes.append(f"{target.label}: {skipped[target.name]} ({HINTS[lacking[0]]})")
+            print(f"SKIPPING {target.name}: {', '.join(lacking)} not installed", flush=True)
+    pinning = (
+        f"server under test on core {bench.server_cpus}, wrk / loadgen / redis-server on core "
+        f"{bench.client_cpus}, --workers 2 on cores {bench.all_cpus} (taskset)"
+        if bench.server_cpus is not None
+        else "none (--no-pin, a single core, or no taskset)"
+    )
+    report: dict = {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": " ".join(["python bench/run.py", *(sys.argv[1:] if argv is None else argv)]),
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "pinning": pinning,
+        "machine": machine(),
+        "versions": versions(),
+        "notes": bench.notes,
+    }
+    print(f"benchmark: {len(targets)} targets, results in {outdir}", flush=True)
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    loadgen: dict = {"skipped": "--no-loadgen"} if args.no_loadgen else {}
+    memory: dict = {"skipped": "--no-memory"} if args.no_memory else {}
+    try:
+        if any(t.store == "redis" for t in targets if t.name not in skipped) or (
+            not args.no_memory and find_tool("redis-server")
+        ):
+            bench.start_redis()
+        for db, target in enumerate(targets):
+            if target.name in skipped:
+                continue
+            try:
+                bench.start_target(target, db)
+            except RuntimeError as exc:
+                skipped[target.name] = f"could not start: {exc}"[:200]
+                bench.notes.append(f"{target.label}: {skipped[target.name]}")
+                print(f"NOT MEASURED {target.name}: {exc}", flush=True)
+        if "yardstick" not in bench.urls:
+            print("error: the yardstick did not start; nothing to compare with", file=sys.stderr)
+            return 1
+        rows = bench.measure(targets)
+        for row in rows:
+            row.skipped = skipped.get(row.target, "")
+        if not args.no_loadgen:
+            loadgen = bench.measure_loadgen(bench.urls["yardstick"])
+        if not args.no_memory:
+            if bench.redis_port:
+                try:
+                    memory = bench.measure_memory()
+                except RuntimeError as exc:
+                    memory = {"skipped": f"could not start: {exc}"[:200]}
+            else:
+                memory = {"skipped": "redis-server not installed"}
+    finally:
+        bench.procs.stop_all()
+        signal.signal(signal.SIGTERM, previous)
+        shutil.rmtree(bench.datadir, ignore_errors=True)
+
+    report["rows"] = rows
+    report["loadgen"] = loadgen
+    report["memory"] = memory
+    report["goals"] = check_goals(rows, loadgen, memory)
+    chart = outdir / "results.png"
+    problem = render_chart(rows, chart)
+    if problem:
+        bench.notes.append(problem)
+    md = outdir / "results.md"
+    md.write_text(render_markdown(report))
+    data = {**report, "rows": [asdict(r) for r in rows]}
+    (outdir / "results.json").write_text(json.dumps(data, indent=2, default=str))
+    print()
+    print(md.read_text())
+    print(f"table: {md}")
+    print(f"chart: {chart}" if problem is None else f"chart: none ({problem})")
+    print(f"data:  {outdir / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
