@@ -168,5 +168,126 @@ def usernames_generate(
         typer.echo(line)
 
 
+loadgen_app = typer.Typer(
+    help="Send POST or GET load with the 95/5 current/past-hour mix and report on it.",
+    no_args_is_help=True,
+)
+app.add_typer(loadgen_app, name="loadgen")
+
+UrlOption = Annotated[str, typer.Option(help="The tapad server (…/analytics is added).")]
+RequestsOption = Annotated[int, typer.Option("-n", "--requests", min=1, help="Requests to send.")]
+ConcurrencyOption = Annotated[
+    int, typer.Option("-c", "--concurrency", min=1, max=4096, help="Connections in parallel.")
+]
+OldRatioOption = Annotated[
+    float, typer.Option(min=0.0, max=1.0, help="Share of requests for past hours.")
+]
+OldHoursOption = Annotated[int, typer.Option(min=0, help="How many hours back past requests go.")]
+RateOption = Annotated[
+    float | None, typer.Option(min=0.1, help="Target requests per second (default: flat out).")
+]
+RetriesOption = Annotated[
+    int, typer.Option(min=0, help="Retries of a 503 or connection error, with backoff.")
+]
+TimeoutOption = Annotated[float, typer.Option(min=0.01, help="Seconds per attempt.")]
+SeedOption = Annotated[int | None, typer.Option(help="Seed for a repeatable traffic mix.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")]
+
+
+def _load(run, *args) -> None:
+    from tapad.loadgen.command import LoadgenError
+
+    try:
+        code = run(*args)
+    except LoadgenError as exc:
+        raise fail(str(exc), 2) from None
+    raise typer.Exit(code)
+
+
+@loadgen_app.command("post")
+def loadgen_post(
+    url: UrlOption = "http://127.0.0.1:8080",
+    requests: RequestsOption = 10_000,
+    concurrency: ConcurrencyOption = 32,
+    old_ratio: OldRatioOption = 0.05,
+    old_hours: OldHoursOption = 24,
+    click_ratio: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of events that are clicks.")
+    ] = 0.5,
+    users: Annotated[
+        Path | None, typer.Option(help="Names file, one a line (default: 10,000 generated).")
+    ] = None,
+    rate: RateOption = None,
+    ledger: Annotated[
+        Path | None, typer.Option(help="JSON ledger to add the acknowledged events to.")
+    ] = None,
+    retries: RetriesOption = 5,
+    timeout: TimeoutOption = 10.0,
+    seed: SeedOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Send POSTs and record what the server acknowledged in a ledger."""
+    from tapad.loadgen.command import LoadOptions, run_post
+    from tapad.loadgen.traffic import Mix
+
+    options = LoadOptions(
+        url, requests, concurrency, Mix(old_ratio, old_hours, click_ratio), rate, retries,
+        timeout, seed, as_json,
+    )  # fmt: skip
+    _load(run_post, options, users, ledger)
+
+
+@loadgen_app.command("get")
+def loadgen_get(
+    url: UrlOption = "http://127.0.0.1:8080",
+    requests: RequestsOption = 10_000,
+    concurrency: ConcurrencyOption = 32,
+    old_ratio: OldRatioOption = 0.05,
+    old_hours: OldHoursOption = 24,
+    rate: RateOption = None,
+    verify: Annotated[
+        Path | None, typer.Option(help="Ledger every answer must be at least equal to.")
+    ] = None,
+    hll: Annotated[
+        bool, typer.Option("--hll", help="The server's unique users are approximate: allow 3%.")
+    ] = False,
+    retries: RetriesOption = 5,
+    timeout: TimeoutOption = 10.0,
+    seed: SeedOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Send GETs with the same mix; with --verify, check answers against a ledger."""
+    from tapad.loadgen.command import LoadOptions, run_get
+    from tapad.loadgen.traffic import Mix
+
+    options = LoadOptions(
+        url, requests, concurrency, Mix(old_ratio, old_hours), rate, retries, timeout, seed,
+        as_json,
+    )  # fmt: skip
+    _load(run_get, options, verify, hll)
+
+
+@app.command()
+def tally(
+    store: StoreOption = DEFAULT_STORE_URL,
+    hour: Annotated[
+        str | None,
+        typer.Option(help="YYYY-MM-DDTHH (UTC), 'now' or epoch ms (default: every hour)."),
+    ] = None,
+    ledger: Annotated[
+        Path | None, typer.Option(help="Ledger from loadgen post to check the store against.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Read the store directly: users, clicks and impressions per hour; check a ledger."""
+    from tapad.tally import TallyError, run_tally
+
+    try:
+        code = run_tally(store, hour, ledger, as_json)
+    except TallyError as exc:
+        raise fail(str(exc), 2) from None
+    raise typer.Exit(code)
+
+
 def main() -> None:
     app()

@@ -1,0 +1,216 @@
+"""What ``tapad loadgen post`` and ``get`` do between option parsing and the load engine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from yarl import URL
+
+from tapad.loadgen.ledger import Ledger, LedgerError, load_ledger, save_ledger
+from tapad.loadgen.report import live_progress, print_report, summary
+from tapad.loadgen.runner import LoadConfig, Outcome, run_load
+from tapad.loadgen.traffic import Mix, Traffic
+from tapad.loadgen.verify import Verifier
+
+DEFAULT_USERS = 10_000  # generated names when --users is not given
+HLL_TOLERANCE = 0.03
+INTERRUPTED = 130
+
+
+class LoadgenError(Exception):
+    """A problem the user can fix before any request is sent; ``str()`` is one line."""
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    url: str
+    requests: int
+    concurrency: int
+    mix: Mix
+    rate: float | None = None
+    retries: int = 5
+    timeout: float = 10.0
+    seed: int | None = None
+    json: bool = False
+
+
+def analytics_url(url: str) -> str:
+    """``http://host:port`` (or a URL already ending in /analytics) to the endpoint URL."""
+    try:
+        parsed = URL(url.strip())
+    except (ValueError, TypeError) as exc:
+        raise LoadgenError(f"--url {url!r} is not a URL: {exc}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise LoadgenError(f"--url {url!r} must be an http:// or https:// URL with a host")
+    try:
+        parsed.port  # noqa: B018 - a port out of range raises here
+    except ValueError as exc:
+        raise LoadgenError(f"--url {url!r}: {exc}") from None
+    path = parsed.path.rstrip("/")
+    if not path.endswith("/analytics"):
+        path += "/analytics"
+    return str(parsed.with_path(path).with_query(None).with_fragment(None))
+
+
+async def check_reachable(base: str, timeout: float) -> None:
+    """Fail with one line before starting if nothing listens, instead of n failed requests."""
+    url = URL(base)
+    try:
+        async with asyncio.timeout(min(timeout, 5.0)):
+            _, writer = await asyncio.open_connection(url.host, url.port)
+    except TimeoutError:
+        raise LoadgenError(f"cannot reach {url.origin()}: no answer (timed out)") from None
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise LoadgenError(
+            f"cannot reach {url.origin()}: {reason.lower()} (is tapad serve running?)"
+        ) from None
+    writer.close()
+
+
+def load_users(path: Path | None) -> list[str]:
+    from tapad.usernames.namesfile import NamesFileError, read_names
+
+    if path is None:
+        from tapad.usernames.generate import generate_usernames
+
+        return generate_usernames(DEFAULT_USERS, seed=0)
+    try:
+        users = read_names(path)
+    except NamesFileError as exc:
+        raise LoadgenError(f"--users {exc}") from None
+    if not users:
+        raise LoadgenError(f"--users {path} holds no names")
+    return users
+
+
+def _config(options: LoadOptions, method: str) -> LoadConfig:
+    return LoadConfig(
+        method=method,
+        requests=options.requests,
+        concurrency=options.concurrency,
+        rate=options.rate,
+        retries=options.retries,
+        timeout=options.timeout,
+    )
+
+
+async def _drive(options: LoadOptions, base: str, method: str, make, on_answer) -> Outcome:
+    await check_reachable(base, options.timeout)
+    console = Console()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    outcome = Outcome(requests=options.requests)
+    progress = live_progress(console, outcome, method) if not options.json else _nothing()
+    try:
+        async with progress:
+            await run_load(_config(options, method), make, on_answer, outcome, stop)
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+    return outcome
+
+
+class _nothing:  # an async context manager that does nothing (for --json)
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+def _run(coro) -> Outcome:
+    from tapad.server.run import install_uvloop
+
+    install_uvloop()
+    return asyncio.run(coro)
+
+
+def _finish(
+    options: LoadOptions, outcome: Outcome, title: str, extra: dict, notes: list[str]
+) -> int:
+    console = Console()
+    if options.json:
+        print(json.dumps({**summary(outcome), **extra}))
+    else:
+        print_report(console, outcome, title)
+        for note in notes:
+            console.print(note, highlight=False)
+    if outcome.interrupted:
+        return INTERRUPTED
+    return 1 if outcome.failed else 0
+
+
+def run_post(options: LoadOptions, users_path: Path | None, ledger_path: Path | None) -> int:
+    """Send POSTs; add what was acknowledged to the ledger. Exit code: 1 if any failed."""
+    _check_mix(options.mix)
+    base = analytics_url(options.url)
+    users = load_users(users_path)
+    previous = None
+    if ledger_path is not None:
+        try:
+            previous = load_ledger(ledger_path, missing_ok=True)
+        except LedgerError as exc:
+            raise LoadgenError(str(exc)) from None
+    traffic = Traffic(base, users, options.mix, seed=options.seed)
+    run_ledger = Ledger()
+    record = run_ledger.record
+
+    def on_answer(token: tuple[int, int, bool], body: bytes) -> str | None:
+        hour, index, click = token
+        record(hour, users[index], click)
+        return None
+
+    outcome = _run(_drive(options, base, "POST", traffic.post, on_answer))
+    notes: list[str] = []
+    extra: dict = {}
+    if ledger_path is not None and previous is not None:
+        previous.merge(run_ledger)
+        try:
+            save_ledger(ledger_path, previous)
+        except LedgerError as exc:
+            raise LoadgenError(str(exc)) from None
+        notes.append(
+            f"ledger {ledger_path}: +{run_ledger.events:,} acknowledged events "
+            f"({previous.events:,} in all, {len(previous.hours)} hours)"
+        )
+        extra["ledger"] = {"path": str(ledger_path), "added": run_ledger.events}
+    return _finish(options, outcome, f"loadgen post {base}", extra, notes)
+
+
+def run_get(options: LoadOptions, verify_path: Path | None, hll: bool) -> int:
+    """Send GETs; with a ledger, count every answer below it as a failure."""
+    _check_mix(options.mix)
+    base = analytics_url(options.url)
+    ledger = None
+    if verify_path is not None:
+        try:
+            ledger = load_ledger(verify_path)
+        except LedgerError as exc:
+            raise LoadgenError(str(exc)) from None
+    verifier = Verifier(ledger, HLL_TOLERANCE if hll else 0.0)
+    traffic = Traffic(base, ["-"], options.mix, seed=options.seed)
+    outcome = _run(_drive(options, base, "GET", traffic.get, verifier.check))
+    notes = []
+    if ledger is not None:
+        below = outcome.failures.get("below ledger", 0)
+        verdict = "[red]FAILED[/red]" if below else "[green]ok[/green]"
+        notes.append(
+            f"verify {verify_path}: {verifier.checked:,} answers checked, "
+            f"{below:,} below the ledger: {verdict}"
+        )
+        notes.extend(f"  {line}" for line in verifier.mismatches)
+    extra = {"verify": {"checked": verifier.checked, "mismatches": verifier.mismatches}}
+    return _finish(options, outcome, f"loadgen get {base}", extra if ledger else {}, notes)
+
+
+def _check_mix(mix: Mix) -> None:
+    try:
+        mix.check()
+    except ValueError as exc:
+        raise LoadgenError(str(exc)) from None

@@ -1,0 +1,123 @@
+"""What a person sees: a live progress line on a terminal, a summary table at the end.
+
+The live display polls the run's counters a few times a second from its own task, so
+the workers never call into rich. In a pipe there is no live display and rich prints
+the table without colour codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from tapad.loadgen.runner import Outcome
+from tapad.loadgen.stats import histogram, percentile
+
+PERCENTILES = (50, 90, 99)
+
+
+@contextlib.asynccontextmanager
+async def live_progress(console: Console, outcome: Outcome, title: str) -> AsyncIterator[None]:
+    """Show done/total, rate and errors while the block runs (only on a terminal)."""
+    if not console.is_terminal:
+        yield
+        return
+    from rich.live import Live
+
+    def render() -> Text:
+        elapsed = outcome.elapsed
+        rate = outcome.done / elapsed if elapsed else 0.0
+        share = outcome.done / outcome.requests if outcome.requests else 0.0
+        width = 30
+        filled = int(share * width)
+        line = Text(f"{title} ")
+        line.append("━" * filled, style="magenta")
+        line.append("━" * (width - filled), style="grey23")
+        line.append(f" {outcome.done:,}/{outcome.requests:,}  {rate:,.0f} req/s  ")
+        line.append(f"errors {outcome.failed:,}", style="red" if outcome.failed else "green")
+        if outcome.retried:
+            line.append(f"  retried {outcome.retried:,}", style="yellow")
+        return line
+
+    with Live(render(), console=console, transient=True, auto_refresh=False) as live:
+
+        async def tick() -> None:
+            while True:
+                await asyncio.sleep(0.2)
+                live.update(render(), refresh=True)
+
+        ticker = asyncio.create_task(tick())
+        try:
+            yield
+        finally:
+            ticker.cancel()
+
+
+def summary(outcome: Outcome) -> dict:
+    """The numbers of a run, for the table and for ``--json``; latencies in milliseconds."""
+    values = sorted(outcome.latencies)
+    latency = {}
+    if values:
+        latency = {f"p{p}": round(percentile(values, p) * 1000, 3) for p in PERCENTILES}
+        latency["max"] = round(values[-1] * 1000, 3)
+    return {
+        "requests": outcome.done,
+        "planned": outcome.requests,
+        "acknowledged": outcome.acknowledged,
+        "failed": outcome.failed,
+        "failures": dict(sorted(outcome.failures.items())),
+        "retried": outcome.retried,
+        "seconds": round(outcome.elapsed, 3),
+        "throughput": round(outcome.done / outcome.elapsed, 1) if outcome.elapsed else 0.0,
+        "latency_ms": latency,
+        "interrupted": outcome.interrupted,
+    }
+
+
+def print_report(console: Console, outcome: Outcome, title: str) -> None:
+    data = summary(outcome)
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("requests", f"{data['requests']:,}")
+    table.add_row("acknowledged", f"{data['acknowledged']:,}")
+    if data["failures"]:
+        for label, count in data["failures"].items():
+            table.add_row(f"failed: {label}", Text(f"{count:,}", style="red"))
+    else:
+        table.add_row("failed", Text("0", style="green"))
+    table.add_row("retried (503, connection)", f"{data['retried']:,}")
+    table.add_row("time", f"{data['seconds']:.2f} s")
+    table.add_row("throughput", f"{data['throughput']:,.0f} req/s")
+    for name, value in data["latency_ms"].items():
+        table.add_row(f"latency {name}", f"{value:.2f} ms")
+    if outcome.interrupted:
+        table.add_row("interrupted", Text("yes", style="yellow"))
+    console.print(table)
+    values = sorted(outcome.latencies)
+    if len(values) > 1:
+        console.print(latency_histogram(values))
+
+
+def latency_histogram(sorted_values: list[float], width: int = 40) -> Table:
+    buckets = histogram(sorted_values)
+    top = max(b.count for b in buckets) or 1
+    table = Table(title="latency histogram", title_justify="left", box=None, padding=(0, 1))
+    table.add_column("ms", justify="right")
+    table.add_column("")
+    table.add_column("count", justify="right")
+    for bucket in buckets:
+        bar = "█" * round(bucket.count / top * width) if bucket.count else ""
+        if bucket.count and not bar:
+            bar = "▏"
+        table.add_row(
+            f"{bucket.low * 1000:.2f} - {bucket.high * 1000:.2f}",
+            Text(bar, style="cyan"),
+            f"{bucket.count:,}",
+        )
+    return table

@@ -1,0 +1,221 @@
+"""The load engine: a fixed pool of worker coroutines on one keep-alive aiohttp session.
+
+Per-request work is kept to the bone (one URL string, one awaited request, two clock
+reads, an array append) so the tool measures the server, not itself. Timeouts are
+enforced by one watchdog task instead of a timer per request: aiohttp's per-request
+timeout handling costs about a tenth of the client's throughput.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from array import array
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+TIMEOUT = "timeout"
+CONNECTION_ERROR = "connection error"
+MAX_BACKOFF = 2.0
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    method: str  # "POST" or "GET"
+    requests: int
+    concurrency: int
+    rate: float | None = None  # target requests per second, None for as fast as possible
+    retries: int = 5  # extra attempts after a 503 or a connection error
+    timeout: float = 10.0  # seconds for one attempt
+    backoff: float = 0.05  # first retry delay; doubles per attempt
+
+
+@dataclass
+class Outcome:
+    """Running counters; the progress display reads them while the run goes on."""
+
+    requests: int = 0
+    done: int = 0
+    acknowledged: int = 0
+    retried: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
+    latencies: array = field(default_factory=lambda: array("d"))
+    started: float = 0.0
+    finished: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failures.values())
+
+    @property
+    def elapsed(self) -> float:
+        end = self.finished or time.perf_counter()
+        return max(end - self.started, 1e-9) if self.started else 0.0
+
+
+MakeRequest = Callable[[], tuple[str, Any]]
+# Called with the token of a 200 answer and its body: None if fine, else a failure label.
+OnAnswer = Callable[[Any, bytes], str | None]
+
+
+class _Runner:
+    def __init__(
+        self,
+        config: LoadConfig,
+        session: aiohttp.ClientSession,
+        make: MakeRequest,
+        on_answer: OnAnswer,
+        outcome: Outcome,
+    ) -> None:
+        self.config = config
+        self.session = session
+        self.make = make
+        self.on_answer = on_answer
+        self.outcome = outcome
+        self.next = 0
+        self.stop = False
+        self.in_flight = [0.0] * config.concurrency  # loop time an attempt started, 0 when idle
+        self.timed_out = [False] * config.concurrency
+        self.tasks: list[asyncio.Task] = []
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.start = loop.time()
+        self.outcome.started = time.perf_counter()
+        self.tasks = [asyncio.create_task(self.worker(i)) for i in range(self.config.concurrency)]
+        watchdog = asyncio.create_task(self.watchdog())
+        try:
+            await asyncio.gather(*self.tasks)
+        finally:
+            watchdog.cancel()
+            self.outcome.finished = time.perf_counter()
+
+    async def watchdog(self) -> None:
+        """Cancel attempts older than the timeout; the worker turns that into a failure."""
+        loop = asyncio.get_running_loop()
+        timeout = self.config.timeout
+        while True:
+            await asyncio.sleep(min(0.25, timeout / 4))
+            now = loop.time()
+            for i, began in enumerate(self.in_flight):
+                if began and now - began > timeout and not self.timed_out[i]:
+                    self.timed_out[i] = True
+                    self.tasks[i].cancel()
+
+    async def worker(self, wid: int) -> None:
+        config, outcome = self.config, self.outcome
+        request = self.session.request
+        method, total, rate, retries = config.method, config.requests, config.rate, config.retries
+        latencies = outcome.latencies
+        loop = asyncio.get_running_loop()
+        clock = time.perf_counter
+        in_flight, timed_out = self.in_flight, self.timed_out
+        while not self.stop:
+            index = self.next
+            if index >= total:
+                return
+            self.next = index + 1
+            if rate:
+                delay = self.start + index / rate - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            url, token = self.make()
+            began = clock()
+            attempt = 0
+            while True:
+                label = None
+                status = 0
+                retry_after = None
+                in_flight[wid] = loop.time()
+                try:
+                    response = await request(method, url)
+                    body = await response.read()
+                    status = response.status
+                    if status == 503:
+                        retry_after = response.headers.get("Retry-After")
+                except asyncio.CancelledError:
+                    if not timed_out[wid]:
+                        raise
+                    timed_out[wid] = False
+                    asyncio.current_task().uncancel()
+                    label = TIMEOUT
+                except aiohttp.ClientConnectionError:
+                    label = CONNECTION_ERROR
+                except aiohttp.ClientError as exc:
+                    label = f"bad response ({type(exc).__name__})"
+                in_flight[wid] = 0.0
+                if (status == 503 or label == CONNECTION_ERROR) and attempt < retries:
+                    attempt += 1
+                    outcome.retried += 1
+                    await asyncio.sleep(_backoff(config.backoff, attempt, retry_after))
+                    continue
+                break
+            latencies.append(clock() - began)
+            if status == 200:
+                label = self.on_answer(token, body)
+                if label is None:
+                    outcome.acknowledged += 1
+            elif label is None:
+                label = f"HTTP {status}"
+            if label is not None:
+                outcome.failures[label] += 1
+            outcome.done += 1
+
+
+def _backoff(base: float, attempt: int, retry_after: str | None) -> float:
+    delay = min(MAX_BACKOFF, base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+    if retry_after and retry_after.isdigit():
+        delay = max(delay, min(float(retry_after), MAX_BACKOFF))
+    return delay
+
+
+def new_session(concurrency: int, timeout: float) -> aiohttp.ClientSession:
+    """One session, ``concurrency`` keep-alive connections, nothing it does not need."""
+    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0, force_close=False)
+    return aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        trust_env=False,
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout),
+        headers={"User-Agent": "tapad-loadgen/1"},
+    )
+
+
+async def run_load(
+    config: LoadConfig,
+    make: MakeRequest,
+    on_answer: OnAnswer,
+    outcome: Outcome | None = None,
+    stop: asyncio.Event | None = None,
+) -> Outcome:
+    """Send ``config.requests`` requests and count what came back.
+
+    Setting ``stop`` (Ctrl-C) lets every worker finish its request in flight and
+    return, so the counts (and the ledger built from them) stay true.
+    """
+    outcome = outcome or Outcome()
+    outcome.requests = config.requests
+    async with new_session(config.concurrency, config.timeout) as session:
+        runner = _Runner(config, session, make, on_answer, outcome)
+        stopper = None
+        if stop is not None:
+
+            async def watch_stop() -> None:
+                await stop.wait()
+                runner.stop = True
+                outcome.interrupted = True
+
+            stopper = asyncio.create_task(watch_stop())
+        try:
+            await runner.run()
+        finally:
+            if stopper is not None:
+                stopper.cancel()
+    return outcome

@@ -1,0 +1,85 @@
+"""The traffic mix the server is built for: most events in the current hour, some in the past.
+
+Every request is made on the fly from precomputed parts (the quoted names, the hour
+bounds), because at tens of thousands of requests a second anything heavier than a
+few ``random()`` calls and one f-string shows up in the throughput.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from tapad.hours import MS_PER_HOUR
+
+
+@dataclass(frozen=True)
+class Mix:
+    old_ratio: float = 0.05  # share of requests for past hours
+    old_hours: int = 24  # how far back past hours go
+    click_ratio: float = 0.5  # share of POSTs that are clicks
+
+    def check(self) -> None:
+        """Refuse a mix that cannot be made, with the option name in the message."""
+        if not 0.0 <= self.old_ratio <= 1.0:
+            raise ValueError(f"--old-ratio must be between 0 and 1, got {self.old_ratio}")
+        if not 0.0 <= self.click_ratio <= 1.0:
+            raise ValueError(f"--click-ratio must be between 0 and 1, got {self.click_ratio}")
+        if self.old_hours < 0:
+            raise ValueError(f"--old-hours must be 0 or more, got {self.old_hours}")
+        if self.old_ratio > 0 and self.old_hours == 0:
+            raise ValueError("--old-ratio above 0 needs --old-hours of at least 1")
+
+
+class Traffic:
+    """Makes request URLs for ``base`` (``http://host:port/analytics``) with the given mix.
+
+    Current-hour timestamps fall between the start of the current UTC hour and the
+    moment the run started, so none is in the future; past ones spread evenly over the
+    ``old_hours`` hours before it.
+    """
+
+    def __init__(
+        self,
+        base: str,
+        users: list[str],
+        mix: Mix,
+        *,
+        now_ms: int | None = None,
+        seed: int | None = None,
+    ) -> None:
+        if not users:
+            raise ValueError("no user names to send")
+        self.base = base
+        self.users = users
+        self.quoted = [quote(user, safe="") for user in users]
+        self.mix = mix
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        self.current_hour = now // MS_PER_HOUR
+        self._hour_start = self.current_hour * MS_PER_HOUR
+        self._span = now - self._hour_start + 1
+        rng = random.Random(seed)
+        self._random = rng.random
+
+    def _timestamp(self) -> int:
+        rand = self._random
+        if rand() < self.mix.old_ratio:
+            back = 1 + int(rand() * self.mix.old_hours)
+            return self._hour_start - back * MS_PER_HOUR + int(rand() * MS_PER_HOUR)
+        return self._hour_start + int(rand() * self._span)
+
+    def post(self) -> tuple[str, tuple[int, int, bool]]:
+        """One POST URL and what it records: (hour, user index, click)."""
+        ts = self._timestamp()
+        index = int(self._random() * len(self.users))
+        click = self._random() < self.mix.click_ratio
+        kind = "click" if click else "impression"
+        url = f"{self.base}?timestamp={ts}&user={self.quoted[index]}&{kind}"
+        return url, (ts // MS_PER_HOUR, index, click)
+
+    def get(self) -> tuple[str, int]:
+        """One GET URL and the hour it asks about."""
+        ts = self._timestamp()
+        return f"{self.base}?timestamp={ts}", ts // MS_PER_HOUR
