@@ -293,7 +293,10 @@ def render_nginx_conf(conf: str, upstreams: list[str], listen: str, tmpdir: Path
         f"\n    {kind}_temp_path {tmpdir / kind};"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
-    return conf.replace("http {", "http {" + temps, 1)
+    conf, https = re.subn(r"^http \{", "http {" + temps.replace("\\", "\\\\"), conf, flags=re.M)
+    if https != 1:
+        raise ValueError("deploy/nginx.conf must have one top-level 'http {' block")
+    return conf
 
 
 class Nginx:
