@@ -37,13 +37,23 @@ class CoalescingReader:
             self._in_flight.add(hour)
             self.store_reads += 1
             try:
-                fut.set_result(await self._store.read(hour))
+                counts = await self._store.read(hour)
             except StoreError as exc:
-                fut.set_exception(exc)
+                outcome: HourCounts | StoreError = exc
             except Exception as exc:
-                fut.set_exception(StoreError(f"internal error: {type(exc).__name__}"))
+                outcome = StoreError(f"internal error: {type(exc).__name__}")
+            else:
+                outcome = counts
             finally:
                 self._in_flight.discard(hour)
+            # A waiter cancelled mid-read (aiohttp cancels handlers at shutdown) cancels the
+            # shared future; setting it would raise, end this loop and strand the open read.
+            if fut.done():
+                continue
+            if isinstance(outcome, StoreError):
+                fut.set_exception(outcome)
+            else:
+                fut.set_result(outcome)
 
 
 def _retrieve(fut: asyncio.Future[HourCounts]) -> None:
