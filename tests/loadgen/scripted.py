@@ -1,0 +1,68 @@
+"""A real keep-alive HTTP server on 127.0.0.1 whose answers a test scripts, request by request."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class ScriptedServer:
+    """``script(n)`` gives the n-th request's (0-based) answer: a status, or "stall"."""
+
+    def __init__(self, script: Callable[[int], int | str], stall_seconds: float = 3.0) -> None:
+        self.script = script
+        self.stall_seconds = stall_seconds
+        self.count = 0
+        self.lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> ScriptedServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                self.answer(b"")
+
+            def do_GET(self) -> None:
+                self.answer(b"unique_users,0\nclicks,0\nimpressions,0\n")
+
+            def answer(self, body: bytes) -> None:
+                with outer.lock:
+                    n = outer.count
+                    outer.count += 1
+                action = outer.script(n)
+                if action == "stall":
+                    time.sleep(outer.stall_seconds)
+                    action = 200
+                try:
+                    self.send_response(int(action))
+                    if action == 503:
+                        self.send_header("Retry-After", "0")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:
+                    pass
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        return Handler

@@ -1,0 +1,144 @@
+"""``tapad loadgen`` as a user runs it: against a real tapad server, and scripted servers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tapad.hours import MS_PER_HOUR, current_hour
+from tapad.loadgen.ledger import load_ledger, save_ledger
+from tests.loadgen.cli import assert_one_line_error, assert_plain, tapad
+from tests.loadgen.scripted import ScriptedServer
+from tests.support import TapadServer, free_port, http, parse_counts
+
+
+def run_json(*args: str) -> tuple[int, dict]:
+    result = tapad("loadgen", *args, "--json")
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+def test_post_records_what_was_acknowledged_and_get_verifies_it(
+    tapad_server: TapadServer, tmp_path: Path
+) -> None:
+    ledger_path = tmp_path / "ledger.json"
+    hour = current_hour()
+    code, report = run_json("post", "--url", tapad_server.url, "-n", "1500", "-c", "16",
+                            "--ledger", str(ledger_path))  # fmt: skip
+    assert code == 0, report
+    assert report["acknowledged"] == 1500 and report["failures"] == {}
+    ledger = load_ledger(ledger_path)
+    assert ledger.events == 1500
+    assert len(ledger.hours) > 1  # the 5% past-hour share reached other hours
+    entry = ledger.hours[hour]  # (a run straddling an hour boundary would flake here; rare)
+    _, _, body = http("GET", f"{tapad_server.url}/analytics?timestamp={hour * MS_PER_HOUR}")
+    assert parse_counts(body) == {
+        "unique_users": entry.unique_users,
+        "clicks": entry.clicks,
+        "impressions": entry.impressions,
+    }
+
+    code, report = run_json("get", "--url", tapad_server.url, "-n", "400", "--verify",
+                            str(ledger_path))  # fmt: skip
+    assert code == 0, report
+    assert report["acknowledged"] == 400 and report["verify"]["checked"] == 400
+
+    entry.clicks += 1  # a ledger claiming one more click than the server has
+    save_ledger(ledger_path, ledger)
+    result = tapad("loadgen", "get", "--url", tapad_server.url, "-n", "200", "--old-ratio", "0",
+                   "--verify", str(ledger_path))  # fmt: skip
+    assert result.returncode == 1
+    assert "below ledger" in result.stdout and "FAILED" in result.stdout
+    assert_plain(result.stdout)
+
+
+def test_ledger_accumulates_over_runs(tapad_server: TapadServer, tmp_path: Path) -> None:
+    ledger_path = tmp_path / "ledger.json"
+    for _ in range(2):
+        code, _ = run_json("post", "--url", tapad_server.url, "-n", "200", "--ledger",
+                           str(ledger_path))  # fmt: skip
+        assert code == 0
+    assert load_ledger(ledger_path).events == 400
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_report_in_a_pipe_is_a_plain_table(tapad_server: TapadServer) -> None:
+    result = tapad("loadgen", "post", "--url", tapad_server.url, "-n", "300", "-c", "8")
+    assert result.returncode == 0, result.stderr
+    assert_plain(result.stdout + result.stderr)
+    for word in ("requests", "acknowledged", "throughput", "p50", "p90", "p99", "max",
+                 "latency histogram"):  # fmt: skip
+        assert word in result.stdout
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_rejected_events_fail_the_run_and_stay_out_of_the_ledger(
+    tapad_server: TapadServer, tmp_path: Path
+) -> None:
+    users = tmp_path / "users.txt"
+    users.write_text("fine\n" + "x" * 300 + "\n")  # the server refuses names over 256
+    ledger_path = tmp_path / "ledger.json"
+    code, report = run_json("post", "--url", tapad_server.url, "-n", "300", "--users", str(users),
+                            "--ledger", str(ledger_path), "--seed", "1")  # fmt: skip
+    assert code == 1
+    rejected = report["failures"]["HTTP 400"]
+    assert 0 < rejected < 300 and report["acknowledged"] == 300 - rejected
+    ledger = load_ledger(ledger_path)
+    assert ledger.events == report["acknowledged"]
+    assert all(entry.users == {"fine"} for entry in ledger.hours.values())
+
+
+def test_503_is_retried_until_acknowledged() -> None:
+    with ScriptedServer(lambda n: 503 if n < 3 else 200) as server:
+        code, report = run_json("post", "--url", server.url, "-n", "20", "-c", "2")
+    assert code == 0, report
+    assert report["acknowledged"] == 20 and report["retried"] == 3
+
+
+def test_503_that_never_ends_fails_after_the_retries() -> None:
+    with ScriptedServer(lambda n: 503) as server:
+        code, report = run_json("post", "--url", server.url, "-n", "4", "-c", "2",
+                                "--retries", "2")  # fmt: skip
+        assert server.count == 4 * 3
+    assert code == 1
+    assert report["failures"] == {"HTTP 503": 4} and report["acknowledged"] == 0
+
+
+def test_a_stalled_answer_is_a_timeout_not_a_hang() -> None:
+    with ScriptedServer(lambda n: "stall" if n == 0 else 200) as server:
+        code, report = run_json("post", "--url", server.url, "-n", "6", "-c", "1",
+                                "--timeout", "0.3")  # fmt: skip
+    assert code == 1
+    assert report["failures"] == {"timeout": 1} and report["acknowledged"] == 5
+
+
+def test_rate_paces_the_requests() -> None:
+    with ScriptedServer(lambda n: 200) as server:
+        code, report = run_json("get", "--url", server.url, "-n", "21", "-c", "4",
+                                "--rate", "100")  # fmt: skip
+    assert code == 0
+    assert report["seconds"] >= 0.19  # the 21st request may not start before 0.2 s
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["post", "--url", f"http://127.0.0.1:{free_port()}"], ["cannot reach", "refused"]),
+        (["get", "--url", "localhost:8080"], ["--url"]),
+        (["post", "--url", "http://127.0.0.1:99999"], ["--url"]),
+        (["post", "--users", "/nonexistent/users.txt"], ["no such file"]),
+        (["get", "--verify", "/nonexistent/ledger.json"], ["no such file"]),
+        (["post", "--old-hours", "0"], ["--old-hours"]),
+    ],
+)
+def test_user_errors_are_one_line(args: list[str], words: list[str]) -> None:
+    assert_one_line_error(tapad("loadgen", *args), *words)
+
+
+def test_a_malformed_ledger_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "ledger.json"
+    bad.write_text("{")
+    result = tapad("loadgen", "post", "--ledger", str(bad), "--url", "http://127.0.0.1:1")
+    assert_one_line_error(result, "not JSON")

@@ -1,0 +1,120 @@
+"""``tapad tally``: the store read directly, held to the ledger loadgen wrote."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tapad.hours import MS_PER_HOUR, current_hour, format_hour, parse_hour
+from tapad.loadgen.ledger import Ledger, load_ledger
+from tapad.store import HourCounts
+from tapad.tally import HourRow, compare
+from tests.loadgen.cli import assert_one_line_error, assert_plain, tapad
+from tests.support import TapadServer, free_port, http
+
+
+def test_tally_agrees_with_the_ledger_until_one_event_more(
+    tapad_server: TapadServer, store_url: str, tmp_path: Path
+) -> None:
+    ledger_path = tmp_path / "ledger.json"
+    post = tapad("loadgen", "post", "--url", tapad_server.url, "-n", "1200", "-c", "16",
+                 "--ledger", str(ledger_path), "--json")  # fmt: skip
+    assert post.returncode == 0, post.stdout + post.stderr
+    ledger = load_ledger(ledger_path)
+
+    agree = tapad("tally", "--store", store_url, "--ledger", str(ledger_path))
+    assert agree.returncode == 0, agree.stdout + agree.stderr
+    assert "agrees" in agree.stdout
+    assert_plain(agree.stdout)
+    for hour in ledger.hours:
+        assert format_hour(hour) in agree.stdout
+
+    as_json = json.loads(tapad("tally", "--store", store_url, "--json").stdout)
+    assert as_json["totals"]["events"] == 1200 == ledger.events
+    assert [parse_hour(h["hour"]) for h in as_json["hours"]] == sorted(ledger.hours, reverse=True)
+    for row in as_json["hours"]:
+        entry = ledger.hours[parse_hour(row["hour"])]
+        assert (row["unique_users"], row["clicks"], row["impressions"]) == (
+            entry.unique_users, entry.clicks, entry.impressions,
+        )  # fmt: skip
+
+    hour = max(ledger.hours)
+    status, _, _ = http(
+        "POST", f"{tapad_server.url}/analytics?timestamp={hour * MS_PER_HOUR}&user=extra&click"
+    )
+    assert status == 200
+    differ = tapad("tally", "--store", store_url, "--ledger", str(ledger_path))
+    assert differ.returncode == 1
+    entry = ledger.hours[hour]
+    assert f"{format_hour(hour)} clicks: store {entry.clicks + 1}, ledger {entry.clicks}" in (
+        differ.stdout
+    )
+    assert f"unique users: store {entry.unique_users + 1}" in differ.stdout
+    assert "impressions" not in differ.stdout.split("differs", 1)[1].split("\n")[0]
+
+    one_hour = tapad("tally", "--store", store_url, "--hour", format_hour(hour), "--json")
+    rows = json.loads(one_hour.stdout)["hours"]
+    assert [r["hour"] for r in rows] == [format_hour(hour)]
+    assert rows[0]["clicks"] == entry.clicks + 1
+
+
+def test_an_hour_the_store_lacks_is_a_difference() -> None:
+    ledger = Ledger()
+    ledger.record(100, "ann", True)
+    rows = [HourRow(100, HourCounts(0, 0, 0))]
+    assert compare(rows, ledger, "exact") == [
+        f"{format_hour(100)} unique users: store 0, ledger 1",
+        f"{format_hour(100)} clicks: store 0, ledger 1",
+    ]
+
+
+def test_hll_unique_users_may_be_three_percent_off_but_counts_may_not() -> None:
+    ledger = Ledger()
+    for i in range(1000):
+        ledger.record(7, f"u{i}", False)
+    near = [HourRow(7, HourCounts(1025, 0, 1000))]
+    far = [HourRow(7, HourCounts(1040, 0, 1000))]
+    assert compare(near, ledger, "hll") == []
+    assert compare(near, ledger, "exact") != []
+    assert len(compare(far, ledger, "hll")) == 1
+    assert len(compare([HourRow(7, HourCounts(1000, 0, 999))], ledger, "hll")) == 1
+
+
+def test_empty_store_and_now(sqlite_url: str, tmp_path: Path) -> None:
+    server = TapadServer(sqlite_url).start()  # creates the database
+    server.stop()
+    result = tapad("tally", "--store", sqlite_url)
+    assert result.returncode == 0 and "no events" in result.stdout
+    now = json.loads(tapad("tally", "--store", sqlite_url, "--hour", "now", "--json").stdout)
+    assert now["hours"] == [
+        {"hour": format_hour(current_hour()), "unique_users": 0, "clicks": 0, "impressions": 0,
+         "events": 0}
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--store", "sqlite:////nonexistent/tapad.db"], ["no database", "/nonexistent/tapad.db"]),
+        (["--store", "mysql://x"], ["must start with"]),
+        (["--store", f"redis://127.0.0.1:{free_port()}/0"], ["cannot read store"]),
+        (["--store", "sqlite:////tmp/x.db", "--hour", "2026-13-01T00"], ["--hour"]),
+        (["--store", "sqlite:////tmp/x.db", "--hour", "yesterday"], ["--hour"]),
+        (["--store", "sqlite:////tmp/x.db", "--ledger", "/nonexistent.json"], ["no such file"]),
+    ],
+)
+def test_user_errors_are_one_line(args: list[str], words: list[str]) -> None:
+    assert_one_line_error(tapad("tally", *args), *words)
+
+
+def test_store_comes_from_the_environment(sqlite_url: str, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TAPAD_STORE": "sqlite:////nonexistent/env.db"}
+    result = subprocess.run([sys.executable, "-m", "tapad", "tally"], capture_output=True,
+                            text=True, env=env, timeout=30)  # fmt: skip
+    assert_one_line_error(result, "/nonexistent/env.db")
