@@ -7,6 +7,7 @@ line the client sees, naming the parameter.
 
 from __future__ import annotations
 
+import re
 from urllib.parse import unquote_plus
 
 from tapad.hours import MAX_TIMESTAMP_MS, MS_PER_HOUR
@@ -14,6 +15,7 @@ from tapad.store.base import Event
 
 MAX_USER_CHARS = 256
 _KINDS = {"click": True, "impression": False}
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")  # a '%' not followed by two hex digits
 
 
 class BadRequest(ValueError):
@@ -23,6 +25,10 @@ class BadRequest(ValueError):
 def _decode(name: str, raw: str) -> str:
     if "%" not in raw and "+" not in raw:
         return raw
+    if "%" in raw and _BAD_ESCAPE.search(raw):
+        raise BadRequest(
+            f"{name}: invalid percent-encoding (a '%' must be followed by two hex digits)"
+        )
     try:
         return unquote_plus(raw, errors="strict")
     except UnicodeDecodeError:
@@ -74,8 +80,11 @@ def parse_user(params: dict[str, list[str]]) -> str:
         raise BadRequest("user: must not be empty")
     if len(user) > MAX_USER_CHARS:
         raise BadRequest(f"user: at most {MAX_USER_CHARS} characters, got {len(user)}")
-    if not user.isprintable() and any(ord(ch) < 32 or ord(ch) == 127 for ch in user):
-        raise BadRequest("user: must not contain control characters")
+    if not user.isprintable():  # rare: only then look closer
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in user):
+            raise BadRequest("user: must not contain control characters")
+        if any("\ud800" <= ch <= "\udfff" for ch in user):  # raw bytes a lax parser let in
+            raise BadRequest("user: not valid UTF-8")
     return user
 
 
