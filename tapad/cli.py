@@ -66,6 +66,9 @@ def serve(
     max_pending: Annotated[
         int, typer.Option(min=1, help="Events waiting for commit before POST answers 503.")
     ] = 50_000,
+    max_connections: Annotated[
+        int, typer.Option(min=1, help="Open connections per process; past it new ones are closed.")
+    ] = 10_000,
     shutdown_timeout: Annotated[
         float, typer.Option(min=0.0, help="Seconds to finish in-flight requests on SIGTERM.")
     ] = 10.0,
@@ -103,6 +106,7 @@ def serve(
         store_url=store,
         store_timeout=store_timeout,
         max_pending=max_pending,
+        max_connections=max_connections,
         shutdown_timeout=shutdown_timeout,
         workers=workers,
         shards=shards,

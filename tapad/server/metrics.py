@@ -90,6 +90,16 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=reg,
         )
+        self.malformed = Counter(
+            "tapad_http_malformed_requests",
+            "Requests aiohttp refused with a 4xx before tapad saw them (bad HTTP, URL too long).",
+            registry=reg,
+        )
+        self.refused_connections = Counter(
+            "tapad_connections_refused",
+            "Connections closed at once because --max-connections were open.",
+            registry=reg,
+        )
         self._request_children: dict[tuple[str, int], Histogram] = {}
         for op in ("write", "read", "ping"):  # show zeros before the first failure
             self.store_errors.labels(op)

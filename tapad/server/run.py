@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from tapad.server.app import TapadHandler
+from tapad.server.guard import BoundedServer, quiet_client_errors
 from tapad.server.metrics import MeasuredStore, Metrics
 from tapad.server.reader import CoalescingReader
 from tapad.server.writer import GroupCommitter
@@ -27,6 +28,7 @@ class ServeSettings:
     store_url: str = "sqlite:///tapad-data/tapad.db"
     store_timeout: float = 1.0
     max_pending: int = 50_000
+    max_connections: int = 10_000
     max_batch: int = 2048
     shutdown_timeout: float = 10.0
     workers: int = 1
@@ -83,8 +85,15 @@ async def run_server(
     )
     committer.start()
     handler = TapadHandler(measured, committer, CoalescingReader(measured), metrics)
+    quiet_client_errors(metrics.malformed.inc)
+    server = BoundedServer(
+        handler,
+        max_connections=settings.max_connections,
+        on_refuse=metrics.refused_connections.inc,
+        access_log=None,
+    )
     runner = web.ServerRunner(
-        web.Server(handler, access_log=None),
+        server,
         handle_signals=False,
         shutdown_timeout=settings.shutdown_timeout,
     )

@@ -1,0 +1,85 @@
+"""Defences at the HTTP edge: bounded connections, idle timeout, header limits, quiet 400s.
+
+Memory per connection is small (about 10 KB with a partly sent request), but an
+attacker can open many; ``max_connections`` makes the bound explicit instead of
+leaving it to the file-descriptor limit: past it a new connection is closed at
+once. A connection that sends no complete request (slowloris) or sits idle is
+closed after ``IDLE_TIMEOUT``, longer than nginx's upstream keep-alive (60 s) so
+nginx, not tapad, closes its idle upstream connections. Request lines and header
+fields are capped (a 100 KB URL gets a 400), pipelined requests are queued at
+most 32 deep and bodies are read in bounded chunks by aiohttp itself.
+
+aiohttp logs every malformed request with a traceback at ERROR; a client can send
+those at will, so they are counted and dropped from the log instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
+
+IDLE_TIMEOUT = 75.0  # seconds without a complete request before a connection is closed
+MAX_LINE_SIZE = 8190  # request line (method, URL, version), bytes
+MAX_FIELD_SIZE = 8190  # one header, bytes
+
+
+class BoundedServer(web.Server):
+    """aiohttp's low-level server with a cap on open connections and tighter timeouts."""
+
+    def __init__(
+        self,
+        handler: Any,
+        *,
+        max_connections: int,
+        on_refuse: Callable[[], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("keepalive_timeout", IDLE_TIMEOUT)
+        kwargs.setdefault("max_line_size", MAX_LINE_SIZE)
+        kwargs.setdefault("max_field_size", MAX_FIELD_SIZE)
+        super().__init__(handler, **kwargs)
+        self.max_connections = max_connections
+        self.on_refuse = on_refuse
+
+    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        if len(self._connections) >= self.max_connections:
+            if self.on_refuse is not None:
+                self.on_refuse()
+            handler.force_close()
+            transport.close()
+            return
+        super().connection_made(handler, transport)
+
+
+class QuietClientErrors(logging.Filter):
+    """Drop aiohttp's traceback for a request that was malformed: the client's fault."""
+
+    def __init__(self, on_drop: Callable[[], None] | None = None) -> None:
+        super().__init__()
+        self.on_drop = on_drop
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and (exc.code or 400) < 500:
+            if self.on_drop is not None:
+                self.on_drop()
+            return False
+        return True
+
+
+def quiet_client_errors(on_drop: Callable[[], None] | None = None) -> QuietClientErrors:
+    """Install the filter on aiohttp's server logger (once per process); return it."""
+    logger = logging.getLogger("aiohttp.server")
+    for existing in logger.filters:
+        if isinstance(existing, QuietClientErrors):
+            existing.on_drop = on_drop
+            return existing
+    quiet = QuietClientErrors(on_drop)
+    logger.addFilter(quiet)
+    return quiet
