@@ -4,10 +4,12 @@ Same keys as the single-Redis store (``tapad.store.redis.KeyLayout``), 16 shards
 an hour by default: each user falls in one shard (crc32 of the name), and the two
 keys of one (hour, shard) share a hash tag, so they live in one slot on one node.
 
-A batch is split by slot; each slot's part is one MULTI/EXEC on the node that owns
-the slot, and the slots are written concurrently. So an event (its user and its
-count) is applied all or nothing, and the write load of the current hour is spread
-over the masters. A batch as a whole is not atomic across nodes: if one node fails,
+A batch is split by slot; each slot's part is one MULTI/EXEC on the master that
+owns the slot. All the slots of one master go in one round trip (transactions
+pipelined), and the masters are written concurrently. So an event (its user and
+its count) is applied all or nothing, and the write load of the current hour is
+spread over the masters. A slot that moved (MOVED/ASK/TRYAGAIN: its transaction
+was refused whole) is sent once more after reloading the slot map. A batch as a whole is not atomic across nodes: if one node fails,
 the events in its slots are not recorded while those in healthy nodes' slots are,
 and the whole batch is answered 503 (see docs/scaling.md).
 
@@ -140,33 +142,61 @@ class ClusterStore:
         if new_hours:  # first: an hour with data must be in the index (for tally)
             await self._cluster.zadd(layout.hours_key, new_hours)
             self._indexed.update(new_hours.values())
-        by_slot: dict[int, list[tuple[int, int, tuple[set[str], int, int]]]] = {}
+        pending: dict[int, list[tuple[int, int, tuple[set[str], int, int]]]] = {}
         for (hour, shard), part in parts.items():
             slot = key_slot(layout.users_key(hour, shard).encode())
-            by_slot.setdefault(slot, []).append((hour, shard, part))
-        results = await asyncio.gather(
-            *(self._write_slot(slot, items) for slot, items in by_slot.items()),
-            return_exceptions=True,
-        )
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-
-    async def _write_slot(self, slot: int, items: list) -> None:
-        """One MULTI/EXEC on the slot's master; once more if the slot had moved."""
+            pending.setdefault(slot, []).append((hour, shard, part))
         if self._cluster._initialize:  # the slot map is loaded lazily
             await self._cluster.initialize()
         for attempt in (1, 2):
-            try:
-                async with self._node_client(slot).pipeline(transaction=True) as pipe:
-                    for hour, shard, (users, clicks, imps) in items:
-                        self.layout.queue_write(pipe, hour, shard, users, clicks, imps)
-                    await pipe.execute()
+            by_node: dict[int, tuple[Redis, list[tuple[int, list]]]] = {}
+            for slot, items in pending.items():
+                client = self._node_client(slot)
+                by_node.setdefault(id(client), (client, []))[1].append((slot, items))
+            results = await asyncio.gather(
+                *(self._write_node(client, slots) for client, slots in by_node.values()),
+                return_exceptions=True,
+            )
+            moved: dict[int, list] = {}
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+                moved.update(result)
+            if not moved:
                 return
-            except REDIRECTS:
-                if attempt == 2:
-                    raise
-                await self._cluster.nodes_manager.initialize()
+            if attempt == 2:
+                raise redis_errors.TryAgainError("slots kept moving; retry later")
+            await self._cluster.nodes_manager.initialize()  # slots moved: reload the map
+            pending = moved
+
+    async def _write_node(self, client: Redis, slots: list[tuple[int, list]]) -> dict[int, list]:
+        """Every slot of one master in one round trip: MULTI ... EXEC per slot, pipelined.
+
+        Returns the slots whose transaction was refused because the slot had moved: not
+        applied at all, so safe to send again. Any other failure raises.
+        """
+        async with client.pipeline(transaction=False) as pipe:
+            spans = []
+            for _slot, items in slots:
+                begin = len(pipe.command_stack)
+                pipe.execute_command("MULTI")
+                for hour, shard, (users, clicks, imps) in items:
+                    self.layout.queue_write(pipe, hour, shard, users, clicks, imps)
+                pipe.execute_command("EXEC")
+                spans.append((begin, len(pipe.command_stack) - 1))
+            replies = await pipe.execute(raise_on_error=False)
+        moved: dict[int, list] = {}
+        for (slot, items), (begin, end) in zip(slots, spans, strict=True):
+            if not isinstance(replies[end], Exception):
+                continue
+            # EXECABORT: a queued command was refused and nothing of this slot applied.
+            causes = [r for r in replies[begin:end] if isinstance(r, Exception)]
+            cause = causes[0] if causes else replies[end]
+            if isinstance(cause, REDIRECTS):
+                moved[slot] = items
+            else:
+                raise cause
+        return moved
 
     async def read(self, hour: int) -> HourCounts:
         return await self._call(self._read(hour))

@@ -111,3 +111,42 @@ def test_a_server_starts_before_its_cluster_and_serves_once_it_is_up(tmp_path: P
     finally:
         server.stop()
         cluster.stop()
+
+
+def move_slot(cluster: RedisClusterProcs, slot: int) -> None:
+    """Migrate one slot, keys and all, to another master, as a resharding would."""
+    ids = {n.port: n.cli("CLUSTER", "MYID") for n in cluster.nodes}
+    owner = next(
+        n for n in cluster.nodes if int(n.cli("CLUSTER", "COUNTKEYSINSLOT", str(slot))) > 0
+    )
+    target = next(n for n in cluster.nodes if n is not owner)
+    target.cli("CLUSTER", "SETSLOT", str(slot), "IMPORTING", ids[owner.port])
+    owner.cli("CLUSTER", "SETSLOT", str(slot), "MIGRATING", ids[target.port])
+    for key in owner.cli("--raw", "CLUSTER", "GETKEYSINSLOT", str(slot), "100").split():
+        owner.cli("MIGRATE", "127.0.0.1", str(target.port), key, "0", "5000")
+    for node in cluster.nodes:
+        node.cli("CLUSTER", "SETSLOT", str(slot), "NODE", ids[target.port])
+
+
+def test_a_slot_that_moves_under_a_running_server_loses_nothing(
+    redis_cluster: RedisClusterProcs, cluster_url: str
+) -> None:
+    from redis.crc import key_slot
+
+    from tapad.store.redis import KeyLayout
+
+    layout = KeyLayout("tapad:", None, None, default_shards=16)
+    shard = layout.shard_of("alice")
+    slot = key_slot(layout.users_key(HOUR, shard).encode())
+    server = TapadServer(cluster_url).start()
+    try:
+        assert post(server.url, NOW_MS, "alice", "click") == 200  # the server knows the map
+        move_slot(redis_cluster, slot)
+        redis_cluster.wait_ok()
+        # Its cached slot map is now wrong for alice's shard: MOVED, reload, send again.
+        assert post(server.url, NOW_MS, "alice", "impression") == 200
+        assert post(server.url, NOW_MS, "bob", "click") == 200
+        assert counts(server.url, NOW_MS) == {"unique_users": 2, "clicks": 2, "impressions": 1}
+    finally:
+        server.stop()
+        move_slot(redis_cluster, slot)  # leave the session cluster as spread as it was

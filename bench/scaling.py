@@ -1,0 +1,265 @@
+#!/usr/bin/env python3
+"""The figures behind docs/scaling.md, measured on this machine.
+
+    python bench/scaling.py              # about a minute
+    python bench/scaling.py --seconds 5  # quicker, noisier
+
+For one tapad worker (pinned to core 0; wrk and Redis share core 1) on a single
+Redis, on a three-master Redis Cluster, and on a single Redis in hll mode, it
+measures POST events/s with wrk (bench/wrk/mix.lua: 95% current hour, 100,000
+users), the events per group-commit batch (tapad's own /metrics) and the Redis
+commands per batch (Redis's INFO commandstats). Then it measures the bytes one
+hour's unique users take in Redis (MEMORY USAGE) in exact and in hll mode.
+
+Everything runs on 127.0.0.1 in a temp folder and is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import re
+import socket
+import string
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LOOPBACK = "127.0.0.1"
+WRITE_COMMANDS = ("multi", "exec", "sadd", "pfadd", "hincrby", "zadd")
+
+
+def free_port(below: int = 0) -> int:
+    """A free port; with ``below``, one under it whose port + 10000 is free (cluster bus)."""
+    if not below:
+        with socket.socket() as sock:
+            sock.bind((LOOPBACK, 0))
+            return sock.getsockname()[1]
+    while True:
+        port = random.randint(20000, below - 10001)
+        if port_free(port) and port_free(port + 10000):
+            return port
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            return False
+        return True
+
+
+def wait_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing on port {port}")
+
+
+def pinned(core: str, args: list[str]) -> list[str]:
+    return ["taskset", "-c", core, *args] if (os.cpu_count() or 1) >= 2 else args
+
+
+class Procs:
+    """Every process started here, stopped in reverse order at the end."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, args: list[str], **kw) -> subprocess.Popen:
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen) -> None:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            self.stop(proc)
+
+
+def redis_server(procs: Procs, workdir: Path, port: int, *extra: str) -> None:
+    workdir.mkdir(parents=True, exist_ok=True)
+    args = ["redis-server", "--port", str(port), "--bind", LOOPBACK, "--dir", str(workdir)]
+    procs.start(pinned("1", [*args, "--save", "", "--appendonly", "no", *extra]))
+    wait_port(port)
+
+
+def cli(port: int, *args: str) -> str:
+    out = subprocess.run(
+        ["redis-cli", "-h", LOOPBACK, "-p", str(port), *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return out.stdout
+
+
+def cluster(procs: Procs, workdir: Path) -> list[int]:
+    ports = [free_port(below=55536) for _ in range(3)]
+    for i, port in enumerate(ports):
+        redis_server(procs, workdir / f"node{i}", port, "--cluster-enabled", "yes")
+    nodes = [f"{LOOPBACK}:{p}" for p in ports]
+    subprocess.run(
+        ["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    deadline = time.monotonic() + 30
+    while not all("cluster_state:ok" in cli(p, "CLUSTER", "INFO") for p in ports):
+        if time.monotonic() > deadline:
+            raise TimeoutError("cluster not ok")
+        time.sleep(0.1)
+    return ports
+
+
+def commandstats(ports: list[int]) -> dict[str, int]:
+    calls: dict[str, int] = {}
+    for port in ports:
+        for name, n in re.findall(r"cmdstat_(\w+):calls=(\d+)", cli(port, "INFO", "commandstats")):
+            calls[name] = calls.get(name, 0) + int(n)
+    return calls
+
+
+def metric(url: str, name: str) -> float:
+    text = urllib.request.urlopen(f"{url}/metrics", timeout=5).read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def measure_worker(
+    procs: Procs, store: str, ports: list[int], seconds: float, conns: int, *extra: str
+) -> dict[str, float]:
+    port = free_port()
+    url = f"http://{LOOPBACK}:{port}"
+    cmd = [sys.executable, "-m", "tapad", "serve", "--port", str(port), "--store", store, *extra]
+    server = procs.start(pinned("0", cmd))
+    wait_port(port)
+    before_cmds = commandstats(ports)
+    before_batches = metric(url, "tapad_batch_size_events_count")
+    before_events = metric(url, "tapad_batch_size_events_sum")
+    wrk = subprocess.run(
+        pinned(
+            "1",
+            [
+                "wrk",
+                "-t1",
+                f"-c{conns}",
+                f"-d{int(seconds)}s",
+                "-s",
+                str(ROOT / "bench" / "wrk" / "mix.lua"),
+                url,
+                "--",
+                "post",
+            ],
+        ),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=seconds + 60,
+    )
+    (line,) = [x for x in wrk.stdout.splitlines() if x.startswith("WRKJSON ")]
+    result = json.loads(line.split(" ", 1)[1])
+    batches = metric(url, "tapad_batch_size_events_count") - before_batches
+    events = metric(url, "tapad_batch_size_events_sum") - before_events
+    after_cmds = commandstats(ports)
+    procs.stop(server)
+    writes = sum(after_cmds.get(c, 0) - before_cmds.get(c, 0) for c in WRITE_COMMANDS)
+    errors = sum(result[k] for k in ("connect", "read", "write", "status", "timeout"))
+    return {
+        "events_per_s": result["requests"] / (result["duration_us"] / 1e6),
+        "p99_ms": result["p99_us"] / 1000,
+        "errors": errors,
+        "events_per_batch": events / batches if batches else 0,
+        "commands_per_batch": writes / batches if batches else 0,
+        "transactions_per_batch": (after_cmds.get("exec", 0) - before_cmds.get("exec", 0))
+        / max(batches, 1),
+    }
+
+
+def names(n: int, seed: int = 7) -> list[str]:
+    """User names like the ones the seed fetched: 8 to 14 letters and digits."""
+    rng = random.Random(seed)
+    alphabet = string.ascii_lowercase + string.digits
+    return ["".join(rng.choices(alphabet, k=rng.randint(8, 14))) for _ in range(n)]
+
+
+def memory(port: int, users: int) -> dict[str, float]:
+    """Bytes per unique user per (hour, shard) key: a set (exact) and a HyperLogLog (hll)."""
+    from redis import Redis
+
+    client = Redis(host=LOOPBACK, port=port)
+    client.flushall()
+    all_names = names(users)
+    for start in range(0, users, 5000):
+        chunk = all_names[start : start + 5000]
+        client.sadd("set", *chunk)
+        client.pfadd("hll", *chunk)
+    set_bytes = client.memory_usage("set", samples=0)
+    hll_bytes = client.memory_usage("hll", samples=0)
+    client.flushall()
+    client.close()
+    return {
+        "users": users,
+        "set_bytes": set_bytes,
+        "set_bytes_per_user": set_bytes / users,
+        "hll_bytes": hll_bytes,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--users", type=int, default=1_000_000)
+    args = parser.parse_args()
+    procs = Procs()
+    results: dict[str, object] = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="tapad-scaling-") as tmp:
+            work = Path(tmp)
+            single = free_port()
+            redis_server(procs, work / "single", single)
+            store = f"redis://{LOOPBACK}:{single}/0"
+            results["redis"] = measure_worker(
+                procs, store, [single], args.seconds, args.connections
+            )
+            cli(single, "FLUSHALL")
+            results["redis hll"] = measure_worker(
+                procs, store, [single], args.seconds, args.connections, "--unique", "hll"
+            )
+            ports = cluster(procs, work / "cluster")
+            store = "redis+cluster://" + ",".join(f"{LOOPBACK}:{p}" for p in ports)
+            results["cluster (3 masters, 16 shards)"] = measure_worker(
+                procs, store, ports, args.seconds, args.connections
+            )
+            results["memory"] = memory(single, args.users)
+    finally:
+        procs.stop_all()
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
