@@ -81,10 +81,14 @@ def summary(outcome: Outcome) -> dict:
 
 def print_report(console: Console, outcome: Outcome, title: str) -> None:
     data = summary(outcome)
-    table = Table(title=title, show_header=False, title_justify="left")
+    console.print(title, style="bold", highlight=False)
+    table = Table(show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
-    table.add_row("requests", f"{data['requests']:,}")
+    sent = f"{data['requests']:,}"
+    if data["requests"] != data["planned"]:
+        sent += f" of {data['planned']:,}"
+    table.add_row("requests", sent)
     table.add_row("acknowledged", f"{data['acknowledged']:,}")
     if data["failures"]:
         for label, count in data["failures"].items():

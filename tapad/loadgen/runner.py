@@ -125,6 +125,8 @@ class _Runner:
                 delay = self.start + index / rate - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
+                    if self.stop:  # interrupted while waiting for its slot: never sent
+                        return
             url, token = self.make()
             began = clock()
             attempt = 0
@@ -184,7 +186,6 @@ def new_session(concurrency: int, timeout: float) -> aiohttp.ClientSession:
         auto_decompress=False,
         trust_env=False,
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout),
-        headers={"User-Agent": "tapad-loadgen/1"},
     )
 
 
