@@ -8,7 +8,8 @@ For one tapad worker (pinned to core 0; wrk and Redis share core 1) on a single
 Redis, on a three-master Redis Cluster, and on a single Redis in hll mode, it
 measures POST events/s with wrk (bench/wrk/mix.lua: 95% current hour, 100,000
 users), the events per group-commit batch (tapad's own /metrics) and the Redis
-commands per batch (Redis's INFO commandstats). Then it measures the bytes one
+commands per batch (Redis's INFO commandstats) and the Redis CPU time per event
+(INFO cpu). Then it measures the bytes one
 hour's unique users take in Redis (MEMORY USAGE) in exact and in hll mode.
 
 Everything runs on 127.0.0.1 in a temp folder and is stopped at the end.
@@ -140,6 +141,16 @@ def commandstats(ports: list[int]) -> dict[str, int]:
     return calls
 
 
+def redis_cpu(ports: list[int]) -> float:
+    """CPU seconds (user + system) the Redis servers have used so far."""
+    total = 0.0
+    for port in ports:
+        info = cli(port, "INFO", "cpu")
+        for name in ("used_cpu_user", "used_cpu_sys"):
+            total += float(re.search(rf"^{name}:([\d.]+)", info, re.M).group(1))
+    return total
+
+
 def metric(url: str, name: str) -> float:
     text = urllib.request.urlopen(f"{url}/metrics", timeout=5).read().decode()
     total = 0.0
@@ -160,6 +171,7 @@ def measure_worker(
     before_cmds = commandstats(ports)
     before_batches = metric(url, "tapad_batch_size_events_count")
     before_events = metric(url, "tapad_batch_size_events_sum")
+    before_cpu = redis_cpu(ports)
     wrk = subprocess.run(
         pinned(
             "1",
@@ -185,6 +197,7 @@ def measure_worker(
     batches = metric(url, "tapad_batch_size_events_count") - before_batches
     events = metric(url, "tapad_batch_size_events_sum") - before_events
     after_cmds = commandstats(ports)
+    cpu = redis_cpu(ports) - before_cpu
     procs.stop(server)
     writes = sum(after_cmds.get(c, 0) - before_cmds.get(c, 0) for c in WRITE_COMMANDS)
     errors = sum(result[k] for k in ("connect", "read", "write", "status", "timeout"))
@@ -194,6 +207,7 @@ def measure_worker(
         "errors": errors,
         "events_per_batch": events / batches if batches else 0,
         "commands_per_batch": writes / batches if batches else 0,
+        "redis_cpu_us_per_event": cpu / events * 1e6 if events else 0,
         "transactions_per_batch": (after_cmds.get("exec", 0) - before_cmds.get("exec", 0))
         / max(batches, 1),
     }
