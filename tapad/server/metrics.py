@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TypeVar
 
 from prometheus_client import (
@@ -101,6 +101,9 @@ class Metrics:
             registry=reg,
         )
         self._request_children: dict[tuple[str, int], Histogram] = {}
+        # Read at each scrape so the gauge is exact here even while a batch hangs; the
+        # committer also sets it once per batch, which is what other workers' scrapes see.
+        self.pending_source: Callable[[], int] | None = None
         for op in ("write", "read", "ping"):  # show zeros before the first failure
             self.store_errors.labels(op)
             self.store_seconds.labels(op)
@@ -121,6 +124,8 @@ class Metrics:
 
     def render(self) -> bytes:
         """The text a scrape gets: this process's numbers, or every worker's."""
+        if self.pending_source is not None:
+            self.pending.set(self.pending_source())
         directory = multiprocess_dir()
         if directory is None:
             return generate_latest(self.registry)

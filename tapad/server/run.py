@@ -84,6 +84,7 @@ async def run_server(
         measured, max_batch=settings.max_batch, max_pending=settings.max_pending, metrics=metrics
     )
     committer.start()
+    metrics.pending_source = lambda: committer.pending
     handler = TapadHandler(measured, committer, CoalescingReader(measured), metrics)
     quiet_client_errors(metrics.malformed.inc)
     server = BoundedServer(
