@@ -1,0 +1,119 @@
+"""GET /metrics: Prometheus text that adds up, for one process and for --workers 2 (every
+scrape, whichever worker answers it, counts every worker's requests, dead ones included)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import urllib.request
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.reliability.tools import TS
+from tests.support import RedisServer, TapadServer, http
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of /metrics by (name, labels)."""
+    status, headers, text = http("GET", f"{url}/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def requests(samples: dict, method: str, status: str) -> float:
+    key = ("tapad_http_request_duration_seconds_count", (("method", method), ("status", status)))
+    return samples.get(key, 0.0)
+
+
+def fresh_post(url: str, user: str) -> int:
+    """One POST on a new connection (so SO_REUSEPORT may pick any worker)."""
+    req = urllib.request.Request(
+        f"{url}/analytics?timestamp={TS}&user={user}&click",
+        method="POST",
+        headers={"Connection": "close"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return resp.status
+
+
+def test_metrics_count_requests_batches_and_store_errors(tmp_path: Path) -> None:
+    redis = RedisServer(tmp_path / "redis").start()
+    srv = TapadServer(redis.url).start()
+    try:
+        for i in range(30):
+            assert fresh_post(srv.url, f"m{i}") == 200
+        for _ in range(4):
+            assert http("POST", f"{srv.url}/analytics?timestamp=x&user=a&click")[0] == 400
+        assert http("GET", f"{srv.url}/analytics?timestamp={TS}")[0] == 200
+        assert http("BREW", f"{srv.url}/analytics")[0] in (400, 405)
+        samples = scrape(srv.url)
+        assert requests(samples, "POST", "200") == 30
+        assert requests(samples, "POST", "400") == 4
+        assert requests(samples, "GET", "200") >= 1
+        assert samples[("tapad_batch_size_events_sum", ())] == 30
+        assert samples[("tapad_store_duration_seconds_count", (("op", "write"),))] >= 1
+        assert samples[("tapad_store_errors_total", (("op", "write"),))] == 0
+        assert samples[("tapad_pending_events", ())] == 0
+        bucket = ("tapad_http_request_duration_seconds_bucket",)
+        assert any(k[0] == bucket[0] for k in samples)
+
+        redis.stop()
+        assert http("POST", f"{srv.url}/analytics?timestamp={TS}&user=x&click")[0] == 503
+        assert http("GET", f"{srv.url}/healthz")[0] == 503
+        samples = scrape(srv.url)
+        assert samples[("tapad_store_errors_total", (("op", "write"),))] >= 1
+        assert samples[("tapad_store_errors_total", (("op", "ping"),))] >= 1
+        assert requests(samples, "POST", "503") == 1
+    finally:
+        srv.stop()
+        redis.stop()
+
+
+def metric_files(folder: Path) -> list[Path]:
+    return [p for d in folder.glob("tapad-metrics-*") for p in d.iterdir()]
+
+
+def test_metrics_add_up_across_workers_and_survive_a_dead_worker(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    env = {"TMPDIR": str(tmpdir)}
+    env_without = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    srv = TapadServer(sqlite_url, "--workers", "2", env={**env_without, **env})
+    srv.start()
+    try:
+        deadline = time.monotonic() + 20
+        while len([f for f in metric_files(tmpdir) if f.name.startswith("histogram_")]) < 2:
+            assert time.monotonic() < deadline, "two workers never started"
+            time.sleep(0.05)
+        time.sleep(0.5)
+        for i in range(200):
+            assert fresh_post(srv.url, f"w{i}") == 200
+        pids = {int(f.stem.split("_")[-1]) for f in metric_files(tmpdir)}
+        assert len(pids) == 2
+        for _ in range(6):  # whichever worker answers, it counts both
+            assert requests(scrape(srv.url), "POST", "200") == 200
+
+        victim = pids.pop()
+        os.kill(victim, signal.SIGKILL)  # the supervisor starts another one
+        deadline = time.monotonic() + 20
+        while len({f.stem.split("_")[-1] for f in metric_files(tmpdir)}) < 3:
+            assert time.monotonic() < deadline, "the dead worker was not replaced"
+            time.sleep(0.05)
+        for i in range(20):
+            assert fresh_post(srv.url, f"after{i}") == 200
+        samples = scrape(srv.url)
+        assert requests(samples, "POST", "200") == 220  # the dead worker's count stays
+        assert samples[("tapad_batch_size_events_sum", ())] == 220
+        assert samples[("tapad_pending_events", ())] == 0
+    finally:
+        code = srv.stop()
+    assert code == 0
+    assert list(tmpdir.glob("tapad-metrics-*")) == [], "the metrics folder was not removed"
