@@ -15,15 +15,19 @@ import zlib
 from collections.abc import Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import hiredis
 from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from tapad.store.base import Event, HourCounts, StoreConfigError, StoreError
+from tapad.store.resp import RedisLink, ReplyError
 from tapad.store.url import StoreSettings
 
 UNIQUE_MODES = ("exact", "hll")
+MULTI = hiredis.pack_command(("MULTI",))
+EXEC = hiredis.pack_command(("EXEC",))
 TAPAD_OPTIONS = ("prefix",)  # query options tapad reads itself; redis-py must not see them
 
 
@@ -148,6 +152,11 @@ class RedisStore:
             raise StoreConfigError(f"store URL {self._name!r}: {exc}") from None
         # No retries inside redis-py: a write retried after a lost reply could apply twice.
         self._redis = Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
+        self._pool = pool
+        # The hot path (batches and coalesced reads) talks over one pipelined link; redis-py
+        # makes its connection and serves everything else (layout, hours, ping).
+        self._link: RedisLink | None = None
+        self._link_lock = asyncio.Lock()
         self._layout_checked = False
 
     async def _call(self, coro):
@@ -163,7 +172,23 @@ class RedisStore:
             raise
         except (redis_errors.RedisError, OSError, TimeoutError) as exc:
             coro.close()
+            if not isinstance(exc, redis_errors.ResponseError):
+                self._drop_link()  # timed out or broken: never reuse a half-read reply stream
             raise StoreError(f"redis {self._name}: {describe(exc)}") from None
+
+    async def _get_link(self) -> RedisLink:
+        link = self._link
+        if link is None or link.closed:
+            async with self._link_lock:
+                link = self._link
+                if link is None or link.closed:
+                    link = self._link = await RedisLink.open(self._pool.make_connection())
+        return link
+
+    def _drop_link(self) -> None:
+        link, self._link = self._link, None
+        if link is not None:
+            link.close()
 
     @property
     def unique_mode(self) -> str:
@@ -176,23 +201,43 @@ class RedisStore:
         await self._call(self._write(events))
 
     async def _write(self, events: Sequence[Event]) -> None:
+        """One MULTI/EXEC per batch, packed in C and sent in one write."""
         layout = self.layout
-        async with self._redis.pipeline(transaction=True) as pipe:
-            hours: dict[str, int] = {}
-            for (hour, shard), (users, clicks, imps) in layout.split(events).items():
-                layout.queue_write(pipe, hour, shard, users, clicks, imps)
-                hours[str(hour)] = hour
-            pipe.zadd(layout.hours_key, hours)
-            await pipe.execute()
+        pack = hiredis.pack_command
+        add = "PFADD" if layout.unique == "hll" else "SADD"
+        commands = [MULTI]
+        hours: dict[int, str] = {}
+        for (hour, shard), (users, clicks, imps) in layout.split(events).items():
+            commands.append(pack((add, layout.users_key(hour, shard), *users)))
+            counts = layout.counts_key(hour, shard)
+            if clicks:
+                commands.append(pack(("HINCRBY", counts, "c", clicks)))
+            if imps:
+                commands.append(pack(("HINCRBY", counts, "i", imps)))
+            hours[hour] = str(hour)
+        zadd: list[object] = ["ZADD", layout.hours_key]
+        for hour, member in hours.items():
+            zadd += (hour, member)
+        commands.append(pack(tuple(zadd)))
+        commands.append(EXEC)
+        link = await self._get_link()
+        check_exec(await link.request(b"".join(commands), len(commands)))
 
     async def read(self, hour: int) -> HourCounts:
         return await self._call(self._read(hour))
 
     async def _read(self, hour: int) -> HourCounts:
-        async with self._redis.pipeline(transaction=self.layout.shards == 1) as pipe:
-            for shard in range(self.layout.shards):
-                self.layout.queue_read(pipe, hour, shard)
-            return self.layout.sum_replies(await pipe.execute())
+        """Every shard of the hour in one MULTI/EXEC: one consistent snapshot."""
+        layout = self.layout
+        pack = hiredis.pack_command
+        count = "PFCOUNT" if layout.unique == "hll" else "SCARD"
+        commands = [MULTI]
+        for shard in range(layout.shards):
+            commands.append(pack((count, layout.users_key(hour, shard))))
+            commands.append(pack(("HMGET", layout.counts_key(hour, shard), "c", "i")))
+        commands.append(EXEC)
+        link = await self._get_link()
+        return layout.sum_replies(check_exec(await link.request(b"".join(commands), len(commands))))
 
     async def hours(self) -> list[int]:
         raw = await self._call(self._redis.zrevrange(self.layout.hours_key, 0, -1))
@@ -202,7 +247,26 @@ class RedisStore:
         await self._call(self._redis.ping())
 
     async def close(self) -> None:
+        self._drop_link()
         await self._redis.aclose()
+
+
+def check_exec(replies: list) -> list:
+    """The EXEC reply of a MULTI ... EXEC, or ResponseError for any refused or failed command.
+
+    A command refused while queueing (out of memory, wrong arguments) makes Redis discard
+    the whole transaction (EXECABORT): nothing of the batch is applied.
+    """
+    for reply in replies:
+        if isinstance(reply, ReplyError):
+            raise redis_errors.ResponseError(str(reply))
+    result = replies[-1]
+    if not isinstance(result, list):
+        raise redis_errors.ResponseError(f"transaction not applied: {result!r}")
+    for reply in result:
+        if isinstance(reply, ReplyError):
+            raise redis_errors.ResponseError(str(reply))
+    return result
 
 
 def describe(exc: BaseException) -> str:
