@@ -1,0 +1,185 @@
+"""Security as a user or an attacker would try it: Redis AUTH (ACL user + password) and TLS
+through the store URL, passwords in no log, 503 body or /healthz, a default bind on
+127.0.0.1, only nginx published by the compose stack, and no secret in the repository."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.reliability.tools import TS
+from tests.support import LOOPBACK, RedisServer, TapadServer, free_port, http, parse_counts
+
+ROOT = Path(__file__).resolve().parents[2]
+USER = "tapad-app"
+PASSWORD = "Pa55-w0rd/secret"  # has a '/': it goes in the URL percent-encoded
+PASSWORD_IN_URL = "Pa55-w0rd%2Fsecret"
+WRONG = "Wr0ng-pa55word"
+
+
+def acl_redis(tmp_path: Path, *extra: str) -> RedisServer:
+    """A Redis where the default user needs a password and tapad has its own ACL user."""
+    return RedisServer(
+        tmp_path / "redis",
+        None,
+        "--requirepass",
+        "default-" + PASSWORD,
+        "--user",
+        USER,
+        "on",
+        f">{PASSWORD}",
+        "~tapad:*",
+        "+@all",
+        *extra,
+    )
+
+
+def assert_no_secret(*texts: str) -> None:
+    for text in texts:
+        for secret in (PASSWORD, PASSWORD_IN_URL, WRONG, "default-" + PASSWORD):
+            assert secret not in text, f"a password leaked: {text[:500]}"
+
+
+def test_acl_user_and_password_work_and_never_show(tmp_path: Path) -> None:
+    redis = acl_redis(tmp_path)
+    redis.start()
+    url = f"redis://{USER}:{PASSWORD_IN_URL}@{LOOPBACK}:{redis.port}/0"
+    srv = TapadServer(url).start()
+    try:
+        assert http("POST", f"{srv.url}/analytics?timestamp={TS}&user=a&click")[0] == 200
+        _, _, body = http("GET", f"{srv.url}/analytics?timestamp={TS}")
+        assert parse_counts(body) == {"unique_users": 1, "clicks": 1, "impressions": 0}
+        redis.stop()  # the store goes away: errors must not carry the password either
+        bodies = [http("POST", f"{srv.url}/analytics?timestamp={TS}&user=b&click")[2]]
+        bodies.append(http("GET", f"{srv.url}/healthz")[2])
+        bodies.append(http("GET", f"{srv.url}/metrics")[2])
+    finally:
+        srv.stop()
+        redis.stop()
+    log = srv.log.decode()
+    assert f"redis://{USER}:***@{LOOPBACK}:{redis.port}/0" in log
+    assert_no_secret(log, *bodies)
+
+
+def test_wrong_password_is_one_clear_line_and_503(tmp_path: Path) -> None:
+    redis = acl_redis(tmp_path)
+    redis.start()
+    srv = TapadServer(f"redis://{USER}:{WRONG}@{LOOPBACK}:{redis.port}/0").start()
+    try:
+        status, headers, body = http("POST", f"{srv.url}/analytics?timestamp={TS}&user=a&click")
+        assert status == 503 and headers.get("Retry-After") == "1"
+        health_status, _, health = http("GET", f"{srv.url}/healthz")
+        assert health_status == 503
+    finally:
+        srv.stop()
+        redis.stop()
+    log = srv.log.decode()
+    assert_no_secret(log, body, health)
+    auth_lines = [line for line in log.splitlines() if "invalid username-password" in line]
+    assert auth_lines, log  # the reason, in Redis's own words
+    assert "Traceback" not in log
+
+
+def make_cert(folder: Path) -> tuple[Path, Path]:
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-keyout", str(key), "-out", str(cert),
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_tls_with_auth_through_a_rediss_url(tmp_path: Path) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (apt-get install -y openssl)")
+    cert, key = make_cert(tmp_path)
+    tls_port = free_port()
+    tls = [
+        "--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+        "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
+    ]  # fmt: skip
+    redis = acl_redis(tmp_path, *tls)
+    try:
+        redis.start()
+    except RuntimeError:
+        pytest.skip("redis-server here is built without TLS (it refused --tls-port)")
+    base = f"rediss://{USER}:{PASSWORD_IN_URL}@{LOOPBACK}:{tls_port}/0"
+    good = TapadServer(f"{base}?ssl_ca_certs={cert}").start()
+    unverified = TapadServer(base).start()  # the self-signed certificate is not trusted
+    try:
+        assert http("POST", f"{good.url}/analytics?timestamp={TS}&user=t&click")[0] == 200
+        _, _, body = http("GET", f"{good.url}/analytics?timestamp={TS}")
+        assert parse_counts(body)["clicks"] == 1
+        status, _, _ = http("POST", f"{unverified.url}/analytics?timestamp={TS}&user=u&click")
+        assert status == 503
+        status, _, refused = http("GET", f"{unverified.url}/healthz")
+        assert status == 503 and "certificate verify failed" in refused
+    finally:
+        good.stop()
+        unverified.stop()
+        redis.stop()
+    assert_no_secret(good.log.decode(), unverified.log.decode(), refused)
+
+
+def test_serve_binds_loopback_by_default(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tapad", "serve", "--port", str(port), "--store",
+         f"sqlite:///{tmp_path}/t.db"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith(f"tapad listening on http://127.0.0.1:{port} ")
+        listening = []
+        deadline = time.monotonic() + 10
+        while not listening and time.monotonic() < deadline:
+            for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+                for row in Path(table).read_text().splitlines()[1:]:
+                    local, state = row.split()[1], row.split()[3]
+                    if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                        listening.append(local.rsplit(":", 1)[0])
+            time.sleep(0.05)
+        assert listening == ["0100007F"], listening  # 127.0.0.1 only, no 0.0.0.0 or ::
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_compose_publishes_only_nginx_and_holds_no_password() -> None:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    published = sorted(name for name, svc in compose["services"].items() if svc.get("ports"))
+    assert published == ["nginx"]
+    text = (ROOT / "compose.yaml").read_text()
+    assert 'requirepass "$$REDIS_PASSWORD"' in text or "$$REDIS_PASSWORD" in text
+
+
+def test_no_secret_is_tracked_in_git() -> None:
+    files = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.split(b"\0")
+    names = [f.decode() for f in files if f]
+    assert ".env" not in names
+    assert not [n for n in names if n.endswith((".pem", ".key", ".p12", ".rdb", ".aof"))]
+    marker = "-----BEGIN " + "PRIVATE KEY-----"  # split so this file does not match itself
+    rsa_marker = "-----BEGIN RSA " + "PRIVATE KEY-----"
+    for name in names:
+        path = ROOT / name
+        if not path.is_file() or path.stat().st_size > 2_000_000:
+            continue
+        text = path.read_text(errors="ignore")
+        assert marker not in text and rsa_marker not in text, name
