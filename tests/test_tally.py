@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -109,11 +112,7 @@ def test_user_errors_are_one_line(args: list[str], words: list[str]) -> None:
     assert_one_line_error(tapad("tally", *args), *words)
 
 
-def test_store_comes_from_the_environment(sqlite_url: str, tmp_path: Path) -> None:
-    import os
-    import subprocess
-    import sys
-
+def test_store_comes_from_the_environment() -> None:
     env = {**os.environ, "TAPAD_STORE": "sqlite:////nonexistent/env.db"}
     result = subprocess.run([sys.executable, "-m", "tapad", "tally"], capture_output=True,
                             text=True, env=env, timeout=30)  # fmt: skip
