@@ -76,6 +76,7 @@ def summary(outcome: Outcome) -> dict:
         "throughput": round(outcome.done / outcome.elapsed, 1) if outcome.elapsed else 0.0,
         "latency_ms": latency,
         "interrupted": outcome.interrupted,
+        "gave_up": outcome.gave_up or None,
     }
 
 
@@ -102,6 +103,8 @@ def print_report(console: Console, outcome: Outcome, title: str) -> None:
         table.add_row(f"latency {name}", f"{value:.2f} ms")
     if outcome.interrupted:
         table.add_row("interrupted", Text("yes", style="yellow"))
+    if outcome.gave_up:
+        table.add_row("gave up", Text(outcome.gave_up, style="red"))
     console.print(table)
     values = sorted(outcome.latencies)
     if len(values) > 1:

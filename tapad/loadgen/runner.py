@@ -48,6 +48,8 @@ class Outcome:
     started: float = 0.0
     finished: float = 0.0
     interrupted: bool = False
+    gave_up: str = ""  # why the run stopped early, if it did
+    unreachable_in_a_row: int = 0
 
     @property
     def failed(self) -> int:
@@ -83,6 +85,7 @@ class _Runner:
         self.in_flight = [0.0] * config.concurrency  # loop time an attempt started, 0 when idle
         self.timed_out = [False] * config.concurrency
         self.tasks: list[asyncio.Task] = []
+        self.give_up_after = max(50, 2 * config.concurrency)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -168,6 +171,17 @@ class _Runner:
             if label is not None:
                 outcome.failures[label] += 1
             outcome.done += 1
+            if status:
+                outcome.unreachable_in_a_row = 0
+            else:
+                outcome.unreachable_in_a_row += 1
+                if outcome.unreachable_in_a_row >= self.give_up_after and not self.stop:
+                    # Every request would wait out its retries against a dead server.
+                    self.stop = True
+                    outcome.gave_up = (
+                        f"stopped early: {outcome.unreachable_in_a_row} requests in a row got "
+                        f"no answer (last: {label})"
+                    )
 
 
 def _backoff(base: float, attempt: int, retry_after: str | None) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -9,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class ScriptedServer:
-    """``script(n)`` gives the n-th request's (0-based) answer: a status, or "stall"."""
+    """``script(n)`` gives the n-th request's (0-based) answer: a status, "stall" or "drop"."""
 
     def __init__(self, script: Callable[[int], int | str], stall_seconds: float = 3.0) -> None:
         self.script = script
@@ -49,6 +50,10 @@ class ScriptedServer:
                     n = outer.count
                     outer.count += 1
                 action = outer.script(n)
+                if action == "drop":  # close the connection without an answer
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
                 if action == "stall":
                     time.sleep(outer.stall_seconds)
                     action = 200

@@ -114,6 +114,23 @@ def test_a_stalled_answer_is_a_timeout_not_a_hang() -> None:
     assert report["failures"] == {"timeout": 1} and report["acknowledged"] == 5
 
 
+def test_dropped_connections_are_retried() -> None:
+    with ScriptedServer(lambda n: "drop" if n in (0, 1) else 200) as server:
+        code, report = run_json("post", "--url", server.url, "-n", "10", "-c", "1")
+    assert code == 0, report
+    assert report["acknowledged"] == 10 and report["retried"] == 2
+
+
+def test_a_server_that_never_answers_ends_the_run_early() -> None:
+    with ScriptedServer(lambda n: "drop") as server:
+        code, report = run_json("post", "--url", server.url, "-n", "100000", "-c", "2",
+                                "--retries", "1")  # fmt: skip
+    assert code == 1
+    assert report["requests"] < 1000 and report["acknowledged"] == 0
+    assert report["failures"] == {"connection error": report["requests"]}
+    assert "no answer" in report["gave_up"]
+
+
 def test_rate_paces_the_requests() -> None:
     with ScriptedServer(lambda n: 200) as server:
         code, report = run_json("get", "--url", server.url, "-n", "21", "-c", "4",
