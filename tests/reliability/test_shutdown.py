@@ -91,3 +91,24 @@ def test_sigkill_under_load_loses_nothing_acknowledged(store_url: str) -> None:
     counts = stored_after_restart(store_url)
     assert counts["unique_users"] == counts["clicks"]
     assert acked <= counts["clicks"] <= acked + unanswered, (acked, unanswered, counts)
+
+
+def test_sigterm_under_load_with_workers_exits_0_and_answers_what_it_committed(
+    sqlite_url: str,
+) -> None:
+    srv = TapadServer(sqlite_url, "--workers", "2", "--shutdown-timeout", "5").start()
+    traffic = Traffic(srv.url, concurrency=16, limit=30_000).start()
+    try:
+        traffic.wait_for(lambda t: len(t.acknowledged) >= 500)
+        started = time.monotonic()
+        srv.signal(signal.SIGTERM)  # to the supervisor, which stops both workers
+        code = srv.wait(20)
+        took = time.monotonic() - started
+    finally:
+        traffic.stop()
+        srv.stop()
+    assert code == 0, srv.log.decode()[-2000:]
+    assert took < 5 + 3, f"exit took {took:.1f}s"
+    assert "Traceback" not in srv.log.decode()
+    counts = stored_after_restart(sqlite_url)
+    assert counts["clicks"] == len(traffic.acknowledged), (counts, traffic.statuses())
