@@ -19,7 +19,7 @@ def test_current_hour_events_are_in_this_hour_and_never_in_the_future() -> None:
     traffic = make(Mix(old_ratio=0.0))
     for _ in range(5000):
         url, (hour, _, _) = traffic.post()
-        ts = int(parse_qs(urlsplit(url).query)["timestamp"][0])
+        ts = int(parse_qs(urlsplit(str(url)).query)["timestamp"][0])
         assert HOUR * MS_PER_HOUR <= ts <= NOW
         assert hour == HOUR
 
@@ -39,7 +39,7 @@ def test_click_ratio_and_users_come_through_in_the_url() -> None:
     clicks = 0
     for _ in range(8000):
         url, (_, index, click) = traffic.post()
-        query = parse_qs(urlsplit(url).query, keep_blank_values=True)
+        query = parse_qs(urlsplit(str(url)).query, keep_blank_values=True)
         assert query["user"] == [users[index]]  # quoted so & and = survive
         assert ("click" in query) == click and ("impression" in query) != click
         clicks += click
@@ -48,7 +48,7 @@ def test_click_ratio_and_users_come_through_in_the_url() -> None:
 
 def test_get_urls_carry_only_a_timestamp() -> None:
     url, hour = make(Mix()).get()
-    query = parse_qs(urlsplit(url).query)
+    query = parse_qs(urlsplit(str(url)).query)
     assert list(query) == ["timestamp"] and int(query["timestamp"][0]) // MS_PER_HOUR == hour
 
 
