@@ -94,6 +94,15 @@ def serve(
             "Default: the store's, else exact.",
         ),
     ] = None,
+    retention_hours: Annotated[
+        int | None,
+        typer.Option(
+            envvar="TAPAD_RETENTION_HOURS",
+            min=1,
+            help="Redis: keep each hour this many hours after it ends, then expire it. "
+            "Default: the store's, else for ever.",
+        ),
+    ] = None,
 ) -> None:
     """Run the HTTP server."""
     from tapad.server.run import ServeSettings, StartupError, configure_logging
@@ -111,6 +120,7 @@ def serve(
         workers=workers,
         shards=shards,
         unique=unique.value if unique is not None else None,
+        retention_hours=retention_hours,
     )
     try:
         run(settings)

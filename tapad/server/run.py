@@ -34,6 +34,7 @@ class ServeSettings:
     workers: int = 1
     shards: int | None = None
     unique: str | None = None
+    retention_hours: int | None = None
     reuse_port: bool = False
 
 
@@ -69,6 +70,7 @@ async def run_server(
         timeout=settings.store_timeout,
         shards=settings.shards,
         unique=settings.unique,
+        retention_hours=settings.retention_hours,
     )
     try:
         await store.connect()

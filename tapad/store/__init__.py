@@ -20,7 +20,12 @@ __all__ = [
 
 
 def open_store(
-    url: str, *, timeout: float = 1.0, shards: int | None = None, unique: str | None = None
+    url: str,
+    *,
+    timeout: float = 1.0,
+    shards: int | None = None,
+    unique: str | None = None,
+    retention_hours: int | None = None,
 ) -> Store:
     """Open the store a URL names. Raises StoreConfigError with one line for a bad URL.
 
@@ -36,13 +41,25 @@ def open_store(
             raise StoreConfigError(
                 "the sqlite store counts unique users exactly; --unique hll needs Redis"
             )
+        if retention_hours is not None:
+            raise StoreConfigError(
+                "the sqlite store keeps every hour; --retention-hours needs Redis"
+            )
         return SQLiteStore(
             settings.path, timeout=timeout, synchronous=settings.options.get("synchronous", "full")
         )
     if settings.scheme == "redis+cluster":
         from tapad.store.cluster import ClusterStore
 
-        return ClusterStore(settings, timeout=timeout, shards=shards, unique=unique)
+        return ClusterStore(
+            settings,
+            timeout=timeout,
+            shards=shards,
+            unique=unique,
+            retention_hours=retention_hours,
+        )
     from tapad.store.redis import RedisStore
 
-    return RedisStore(settings, timeout=timeout, shards=shards, unique=unique)
+    return RedisStore(
+        settings, timeout=timeout, shards=shards, unique=unique, retention_hours=retention_hours
+    )

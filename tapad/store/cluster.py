@@ -9,9 +9,11 @@ owns the slot. All the slots of one master go in one round trip (transactions
 pipelined), and the masters are written concurrently. So an event (its user and
 its count) is applied all or nothing, and the write load of the current hour is
 spread over the masters. A slot that moved (MOVED/ASK/TRYAGAIN: its transaction
-was refused whole) is sent once more after reloading the slot map. A batch as a whole is not atomic across nodes: if one node fails,
-the events in its slots are not recorded while those in healthy nodes' slots are,
-and the whole batch is answered 503 (see docs/scaling.md).
+was refused whole) is sent once more after reloading the slot map.
+
+A batch as a whole is not atomic across masters: if one master fails, the events
+in its slots are not recorded while those in healthy masters' slots are, and the
+whole batch is answered 503 (see docs/scaling.md).
 
 A GET reads every shard of the hour, one pipeline per master, and sums: exact in
 ``exact`` mode, because a user is always counted in the same shard.
@@ -59,15 +61,20 @@ class ClusterStore:
         timeout: float = 1.0,
         shards: int | None = None,
         unique: str | None = None,
+        retention_hours: int | None = None,
         max_connections: int = 64,
     ) -> None:
         if unique is not None and unique not in UNIQUE_MODES:
             raise StoreConfigError(f"unique users mode {unique!r}: use exact or hll")
         if shards is not None and shards < 1:
             raise StoreConfigError("shards must be at least 1")
+        if retention_hours is not None and retention_hours < 1:
+            raise StoreConfigError("retention must be at least 1 hour")
         if not settings.hosts:
             raise StoreConfigError(f"store URL {settings.redacted()!r} names no cluster node")
-        self.layout = KeyLayout(settings.prefix, shards, unique, default_shards=16)
+        self.layout = KeyLayout(
+            settings.prefix, shards, unique, default_shards=16, retention_hours=retention_hours
+        )
         self._timeout = timeout
         self._name = settings.redacted()
         userinfo = urlsplit(settings.url)
@@ -141,6 +148,8 @@ class ClusterStore:
         new_hours = {str(hour): hour for hour, _ in parts if hour not in self._indexed}
         if new_hours:  # first: an hour with data must be in the index (for tally)
             await self._cluster.zadd(layout.hours_key, new_hours)
+            if layout.retention:
+                await self._cluster.execute_command(*layout.trim_hours_command())
             self._indexed.update(new_hours.values())
         pending: dict[int, list[tuple[int, int, tuple[set[str], int, int]]]] = {}
         for (hour, shard), part in parts.items():
@@ -162,6 +171,14 @@ class ClusterStore:
                 if isinstance(result, BaseException):
                     raise result
                 moved.update(result)
+            layout.expired(
+                [
+                    (h, s)
+                    for slot, items in pending.items()
+                    if slot not in moved
+                    for h, s, _ in items
+                ]
+            )
             if not moved:
                 return
             if attempt == 2:
@@ -182,6 +199,9 @@ class ClusterStore:
                 pipe.execute_command("MULTI")
                 for hour, shard, (users, clicks, imps) in items:
                     self.layout.queue_write(pipe, hour, shard, users, clicks, imps)
+                for hour, shard in self.layout.expiries((h, s) for h, s, _ in items):
+                    for command in self.layout.expire_commands(hour, shard):
+                        pipe.execute_command(*command)
                 pipe.execute_command("EXEC")
                 spans.append((begin, len(pipe.command_stack) - 1))
             replies = await pipe.execute(raise_on_error=False)
@@ -233,7 +253,7 @@ class ClusterStore:
 
     async def hours(self) -> list[int]:
         raw = await self._call(self._cluster.zrevrange(self.layout.hours_key, 0, -1))
-        return [int(h) for h in raw]
+        return [int(h) for h in raw if self.layout.kept(int(h))]
 
     async def ping(self) -> None:
         await self._call(self._ping())

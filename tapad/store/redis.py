@@ -4,13 +4,16 @@ Keys of one (hour, shard) share a hash tag, ``tapad:{491234.3}:u`` and
 ``tapad:{491234.3}:n``, so on a Redis Cluster each shard's part of a batch lands
 on one node and is applied atomically there; on a single Redis the whole batch is
 one MULTI/EXEC. ``tapad:hours`` indexes the hours that have data (for ``tally``).
-The layout (shard count, unique-users mode) is written once to ``tapad:layout``;
-a server with other values refuses to start rather than silently disagree.
+The layout (shard count, unique-users mode, retention) is written once to
+``tapad:layout``; a server with other values refuses to start rather than silently
+disagree. With a retention of R hours, both keys of an hour expire R hours after
+the hour ends (EXPIREAT, sent once per (hour, shard) by each process).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 import zlib
 from collections.abc import Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -35,15 +38,26 @@ class KeyLayout:
     """Where an event goes: which shard, which keys. Shared by the single and cluster stores."""
 
     def __init__(
-        self, prefix: str, shards: int | None, unique: str | None, default_shards: int
+        self,
+        prefix: str,
+        shards: int | None,
+        unique: str | None,
+        default_shards: int,
+        retention_hours: int | None = None,
     ) -> None:
         self.prefix = prefix
         # None means "whatever the store was set up with" (or the default for a new store).
-        self.asked = {"shards": None if shards is None else str(shards), "unique": unique}
+        self.asked = {
+            "shards": None if shards is None else str(shards),
+            "unique": unique,
+            "retention": None if retention_hours is None else str(retention_hours),
+        }
         self.shards = shards or default_shards
         self.unique = unique or "exact"
+        self.retention = retention_hours or 0  # hours kept after an hour ends; 0: for ever
         self.hours_key = f"{prefix}hours"
         self.layout_key = f"{prefix}layout"
+        self._expiring: set[tuple[int, int]] = set()  # (hour, shard) whose EXPIREAT was sent
 
     def shard_of(self, user: str) -> int:
         if self.shards == 1:
@@ -80,6 +94,37 @@ class KeyLayout:
         if imps:
             pipe.hincrby(counts, "i", imps)
 
+    def deadline(self, hour: int) -> int:
+        """Unix time at which an hour's keys expire: ``retention`` hours after it ends."""
+        return (hour + 1 + self.retention) * 3600
+
+    def kept(self, hour: int) -> bool:
+        return not self.retention or self.deadline(hour) > time.time()
+
+    def expiries(self, pairs) -> list[tuple[int, int]]:
+        """The (hour, shard) pairs of a batch whose keys still need their EXPIREAT."""
+        if not self.retention:
+            return []
+        return [pair for pair in pairs if pair not in self._expiring]
+
+    def expire_commands(self, hour: int, shard: int) -> list[tuple[str, str, int]]:
+        deadline = self.deadline(hour)
+        return [
+            ("EXPIREAT", self.users_key(hour, shard), deadline),
+            ("EXPIREAT", self.counts_key(hour, shard), deadline),
+        ]
+
+    def trim_hours_command(self) -> tuple[str, str, str, str]:
+        """Drop expired hours from the hours index (scores are hours)."""
+        oldest_kept = int(time.time()) // 3600 - self.retention
+        return ("ZREMRANGEBYSCORE", self.hours_key, "-inf", f"({oldest_kept}")
+
+    def expired(self, pairs: list[tuple[int, int]]) -> None:
+        """Remember pairs whose EXPIREAT is applied (a key past its deadline is gone: resend)."""
+        if len(self._expiring) > 100_000:
+            self._expiring = {p for p in self._expiring if self.kept(p[0])}
+        self._expiring.update(p for p in pairs if self.kept(p[0]))
+
     def queue_read(self, pipe, hour: int, shard: int) -> None:
         users = self.users_key(hour, shard)
         pipe.pfcount(users) if self.unique == "hll" else pipe.scard(users)
@@ -99,17 +144,20 @@ class KeyLayout:
         """Adopt the store's layout, writing ours first if it has none; refuse a mismatch."""
         await client.hsetnx(self.layout_key, "shards", str(self.shards))
         await client.hsetnx(self.layout_key, "unique", self.unique)
+        await client.hsetnx(self.layout_key, "retention", str(self.retention))
         raw = await client.hgetall(self.layout_key)
         theirs = {k.decode(): v.decode() for k, v in raw.items()}
         for name, value in self.asked.items():
             if value is not None and theirs.get(name) != value:
                 raise StoreConfigError(
                     f"the store was set up with shards={theirs.get('shards')} "
-                    f"unique={theirs.get('unique')}, this server asks for {name}={value}: "
+                    f"unique={theirs.get('unique')} retention={theirs.get('retention')} "
+                    f"(hours; 0: for ever), this server asks for {name}={value}: "
                     "start it with the store's values, or use another key prefix (?prefix=)"
                 )
         self.shards = int(theirs["shards"])
         self.unique = theirs["unique"]
+        self.retention = int(theirs["retention"])
 
 
 def client_url(settings: StoreSettings) -> str:
@@ -131,13 +179,18 @@ class RedisStore:
         timeout: float = 1.0,
         shards: int | None = None,
         unique: str | None = None,
+        retention_hours: int | None = None,
         max_connections: int = 64,
     ) -> None:
         if unique is not None and unique not in UNIQUE_MODES:
             raise StoreConfigError(f"unique users mode {unique!r}: use exact or hll")
         if shards is not None and shards < 1:
             raise StoreConfigError("shards must be at least 1")
-        self.layout = KeyLayout(settings.prefix, shards, unique, default_shards=1)
+        if retention_hours is not None and retention_hours < 1:
+            raise StoreConfigError("retention must be at least 1 hour")
+        self.layout = KeyLayout(
+            settings.prefix, shards, unique, default_shards=1, retention_hours=retention_hours
+        )
         self._timeout = timeout
         self._name = settings.redacted()
         try:
@@ -207,7 +260,8 @@ class RedisStore:
         add = "PFADD" if layout.unique == "hll" else "SADD"
         commands = [MULTI]
         hours: dict[int, str] = {}
-        for (hour, shard), (users, clicks, imps) in layout.split(events).items():
+        parts = layout.split(events)
+        for (hour, shard), (users, clicks, imps) in parts.items():
             commands.append(pack((add, layout.users_key(hour, shard), *users)))
             counts = layout.counts_key(hour, shard)
             if clicks:
@@ -219,9 +273,15 @@ class RedisStore:
         for hour, member in hours.items():
             zadd += (hour, member)
         commands.append(pack(tuple(zadd)))
+        expire = layout.expiries(parts)
+        if expire:  # with a retention: once per (hour, shard) and process, not every batch
+            for hour, shard in expire:
+                commands += [pack(cmd) for cmd in layout.expire_commands(hour, shard)]
+            commands.append(pack(layout.trim_hours_command()))
         commands.append(EXEC)
         link = await self._get_link()
         check_exec(await link.request(b"".join(commands), len(commands)))
+        layout.expired(expire)
 
     async def read(self, hour: int) -> HourCounts:
         return await self._call(self._read(hour))
@@ -241,7 +301,7 @@ class RedisStore:
 
     async def hours(self) -> list[int]:
         raw = await self._call(self._redis.zrevrange(self.layout.hours_key, 0, -1))
-        return [int(h) for h in raw]
+        return [int(h) for h in raw if self.layout.kept(int(h))]
 
     async def ping(self) -> None:
         await self._call(self._redis.ping())

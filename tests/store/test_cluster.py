@@ -63,7 +63,7 @@ def test_many_servers_on_a_cluster_agree_and_spread_the_hour(
     assert sum(len(keys) for keys in per_node) == 2 * 16  # users + counts, 16 shards
     # The layout was written once, at first start.
     layout = redis_cluster.nodes[0].cli("-c", "--raw", "HGETALL", "tapad:layout")
-    assert layout.split() == ["shards", "16", "unique", "exact"]
+    assert layout.split() == ["shards", "16", "unique", "exact", "retention", "0"]
 
 
 def test_a_server_with_another_layout_refuses_to_start(cluster_url: str) -> None:
