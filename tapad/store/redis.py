@@ -102,10 +102,14 @@ class KeyLayout:
         return not self.retention or self.deadline(hour) > time.time()
 
     def expiries(self, pairs) -> list[tuple[int, int]]:
-        """The (hour, shard) pairs of a batch whose keys still need their EXPIREAT."""
+        """The (hour, shard) pairs of a batch whose keys still need their EXPIREAT.
+
+        An hour past its deadline always gets it again: its keys expired and a late event
+        would create them anew, without a TTL, if the EXPIREAT were skipped.
+        """
         if not self.retention:
             return []
-        return [pair for pair in pairs if pair not in self._expiring]
+        return [p for p in pairs if p not in self._expiring or not self.kept(p[0])]
 
     def expire_commands(self, hour: int, shard: int) -> list[tuple[str, str, int]]:
         deadline = self.deadline(hour)
