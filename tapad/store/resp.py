@@ -33,19 +33,23 @@ class LinkClosed(ConnectionError):
     """The link is closed; its requests failed and a new link is needed."""
 
 
-class RedisLink:
+class RedisLink(asyncio.Protocol):
+    """Takes over the transport of a connected redis-py connection (``set_protocol``), so a
+    reply is parsed and its request's future resolved right in ``data_received``: no
+    stream buffer and no reader task between the socket and the waiting caller."""
+
     def __init__(self, conn: AbstractConnection) -> None:
-        reader, writer = conn._reader, conn._writer  # set once redis-py has connected
-        if reader is None or writer is None:
+        writer = conn._writer  # set once redis-py has connected
+        if writer is None:
             raise LinkClosed("redis connection is not open")
-        self._conn = conn
-        self._writer = writer
+        self._conn = conn  # kept alive with the transport it made
+        self._transport = writer.transport
         self._parser = hiredis.Reader()
         # (future, replies expected, replies so far), oldest first
         self._waiting: deque[tuple[asyncio.Future[list[Any]], int, list[Any]]] = deque()
         self._loop = asyncio.get_running_loop()
         self.error: BaseException | None = None
-        self._task = self._loop.create_task(self._read_forever(reader), name="tapad-redis-link")
+        self._transport.set_protocol(self)
 
     @classmethod
     async def open(cls, conn: AbstractConnection) -> RedisLink:
@@ -68,31 +72,35 @@ class RedisLink:
             raise LinkClosed(str(self.error) or "redis connection closed")
         fut = self._loop.create_future()
         self._waiting.append((fut, replies, []))
-        self._writer.write(packed)
+        self._transport.write(packed)
         return fut
 
-    async def _read_forever(self, reader: asyncio.StreamReader) -> None:
+    # -- asyncio.Protocol ------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
         parser, waiting = self._parser, self._waiting
+        parser.feed(data)
         try:
-            while True:
-                data = await reader.read(262144)
-                if not data:
-                    raise LinkClosed("connection closed by the redis server")
-                parser.feed(data)
-                while (reply := parser.gets()) is not False:
-                    if not waiting:
-                        raise LinkClosed("redis sent a reply nobody asked for")
-                    fut, expected, got = waiting[0]
-                    got.append(reply)
-                    if len(got) == expected:
-                        waiting.popleft()
-                        if not fut.done():
-                            fut.set_result(got)
-        except asyncio.CancelledError:
-            self._fail(LinkClosed("redis connection closed"))
-            raise
-        except Exception as exc:  # protocol errors and socket errors alike end the link
+            while (reply := parser.gets()) is not False:
+                if not waiting:
+                    raise LinkClosed("redis sent a reply nobody asked for")
+                fut, expected, got = waiting[0]
+                got.append(reply)
+                if len(got) == expected:
+                    waiting.popleft()
+                    if not fut.done():
+                        fut.set_result(got)
+        except Exception as exc:  # a protocol error: the reply stream can't be trusted
             self._fail(exc)
+
+    def eof_received(self) -> bool:
+        self._fail(LinkClosed("connection closed by the redis server"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(exc or LinkClosed("connection closed by the redis server"))
+
+    # -- ending ----------------------------------------------------------------------
 
     def _fail(self, exc: BaseException) -> None:
         if self.error is None:
@@ -101,10 +109,8 @@ class RedisLink:
             fut, _, _ = self._waiting.popleft()
             if not fut.done():
                 fut.set_exception(LinkClosed(str(exc) or type(exc).__name__))
-        with contextlib.suppress(Exception):
-            self._writer.close()
+        self._transport.close()
 
     def close(self) -> None:
-        """Fail what is still waiting and close the socket (the reader task ends with it)."""
+        """Fail what is still waiting and close the socket."""
         self._fail(LinkClosed("redis connection closed"))
-        self._task.cancel()
