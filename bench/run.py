@@ -787,6 +787,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(bench.datadir, ignore_errors=True)
 
     report["rows"] = rows
+    report["urls"] = bench.urls
     report["loadgen"] = loadgen
     report["memory"] = memory
     report["goals"] = check_goals(rows, loadgen, memory)

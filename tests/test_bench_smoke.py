@@ -1,0 +1,56 @@
+"""CI's smoke run of the benchmark: ``python bench/run.py --quick`` works end to end.
+
+It checks that the one command starts every target, measures it and writes its
+table, not how fast anything is (the targets live in docs/benchmarks.md, measured
+by a full run, never in a timed test). wrk is the one tool the benchmark cannot
+do without: without it this test is skipped, and says how to install it.
+redis-server and nginx are installed by scripts/test; should one be missing, the
+run goes on with ``--skip-missing`` and the table says which target was skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_quick_benchmark_run_writes_a_table(tmp_path: Path) -> None:
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (apt-get install -y wrk): bench/run.py needs it")
+    out = subprocess.run(
+        [sys.executable, "bench/run.py", "--quick", "--skip-missing", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    (folder,) = tmp_path.iterdir()
+    table = (folder / "results.md").read_text()
+    assert str(folder / "results.md") in out.stdout  # it says where the table is
+    assert "| target | method | req/s | x yardstick |" in table
+    data = json.loads((folder / "results.json").read_text())
+    rows = {(row["target"], row["method"]): row for row in data["rows"]}
+    for target in ("yardstick", "tapad-sqlite", "tapad-redis", "nginx"):
+        for method in ("POST", "GET"):
+            row = rows[(target, method)]
+            if row["skipped"]:  # only a missing tool may skip a target, and the table says so
+                assert "not installed" in row["skipped"], row["skipped"]
+                assert row["skipped"] in table
+                continue
+            assert row["runs"], f"{target} {method} not measured"
+            assert all(run["requests"] > 0 for run in row["runs"])
+    assert rows[("yardstick", "POST")]["runs"], "the yardstick must always run"
+    assert not (folder / "data").exists(), "the data folder is removed at the end"
+    for url in data["urls"].values():  # every server it started is stopped
+        port = int(url.rsplit(":", 1)[1])
+        with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            pass
