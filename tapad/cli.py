@@ -206,6 +206,12 @@ RetriesOption = Annotated[
 TimeoutOption = Annotated[float, typer.Option(min=0.01, help="Seconds per attempt.")]
 SeedOption = Annotated[int | None, typer.Option(help="Seed for a repeatable traffic mix.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")]
+ProcessesOption = Annotated[
+    int,
+    typer.Option(
+        min=1, max=64, help="Processes sharing the work, when one Python process is the limit."
+    ),
+]
 
 
 def _load(run, *args) -> None:
@@ -239,6 +245,7 @@ def loadgen_post(
     timeout: TimeoutOption = 10.0,
     seed: SeedOption = None,
     as_json: JsonOption = False,
+    processes: ProcessesOption = 1,
 ) -> None:
     """Send POSTs and record what the server acknowledged in a ledger."""
     from tapad.loadgen.command import LoadOptions, run_post
@@ -246,7 +253,7 @@ def loadgen_post(
 
     options = LoadOptions(
         url, requests, concurrency, Mix(old_ratio, old_hours, click_ratio), rate, retries,
-        timeout, seed, as_json,
+        timeout, seed, as_json, processes,
     )  # fmt: skip
     _load(run_post, options, users, ledger)
 
@@ -269,6 +276,7 @@ def loadgen_get(
     timeout: TimeoutOption = 10.0,
     seed: SeedOption = None,
     as_json: JsonOption = False,
+    processes: ProcessesOption = 1,
 ) -> None:
     """Send GETs with the same mix; with --verify, check answers against a ledger."""
     from tapad.loadgen.command import LoadOptions, run_get
@@ -276,7 +284,7 @@ def loadgen_get(
 
     options = LoadOptions(
         url, requests, concurrency, Mix(old_ratio, old_hours), rate, retries, timeout, seed,
-        as_json,
+        as_json, processes,
     )  # fmt: skip
     _load(run_get, options, verify, hll)
 

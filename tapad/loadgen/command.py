@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import signal
 from dataclasses import dataclass
@@ -12,11 +11,13 @@ from pathlib import Path
 from rich.console import Console
 from yarl import URL
 
-from tapad.loadgen.ledger import Ledger, LedgerError, load_ledger, save_ledger
+from tapad.loadgen.job import Job, JobResult, run_job
+from tapad.loadgen.ledger import LedgerError, load_ledger, save_ledger
+from tapad.loadgen.processes import ProcessError, run_processes, tune_gc
 from tapad.loadgen.report import live_progress, print_report, summary
-from tapad.loadgen.runner import LoadConfig, Outcome, run_load
-from tapad.loadgen.traffic import Mix, Traffic
-from tapad.loadgen.verify import Verifier
+from tapad.loadgen.runner import LoadConfig, Outcome
+from tapad.loadgen.traffic import Mix
+from tapad.loadgen.verify import BELOW_LEDGER
 
 DEFAULT_USERS = 10_000  # generated names when --users is not given
 HLL_TOLERANCE = 0.03
@@ -38,6 +39,7 @@ class LoadOptions:
     timeout: float = 10.0
     seed: int | None = None
     json: bool = False
+    processes: int = 1
 
 
 def analytics_url(url: str) -> str:
@@ -90,31 +92,19 @@ def load_users(path: Path | None) -> list[str]:
     return users
 
 
-def _config(options: LoadOptions, method: str) -> LoadConfig:
-    return LoadConfig(
-        method=method,
-        requests=options.requests,
-        concurrency=options.concurrency,
-        rate=options.rate,
-        retries=options.retries,
-        timeout=options.timeout,
-    )
-
-
-async def _drive(options: LoadOptions, base: str, method: str, make, on_answer) -> Outcome:
-    await check_reachable(base, options.timeout)
+async def _drive_here(job: Job, json_output: bool) -> JobResult:
+    """Run the job in this process, with live progress on a terminal; Ctrl-C stops it."""
     console = Console()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    outcome = Outcome(requests=options.requests)
-    progress = live_progress(console, outcome, method) if not options.json else _nothing()
+    outcome = Outcome(requests=job.config.requests)
+    progress = live_progress(console, outcome, job.method) if not json_output else _nothing()
     try:
         async with progress:
-            await run_load(_config(options, method), make, on_answer, outcome, stop)
+            return await run_job(job, outcome, stop)
     finally:
         loop.remove_signal_handler(signal.SIGINT)
-    return outcome
 
 
 class _nothing:  # an async context manager that does nothing (for --json)
@@ -125,16 +115,34 @@ class _nothing:  # an async context manager that does nothing (for --json)
         return None
 
 
-def _run(coro) -> Outcome:
+def _execute(job: Job, options: LoadOptions) -> JobResult:
+    """Check the server answers, then run the job in one process or several."""
     from tapad.server.run import install_uvloop
 
     install_uvloop()
-    # The names and imports live for the whole run: move them out of the collector's way,
-    # and collect young objects less often (the hot path allocates a lot, keeps little).
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 50, 100)
-    return asyncio.run(coro)
+    asyncio.run(check_reachable(job.base, options.timeout))
+    if options.processes > 1:
+        console = None if options.json else Console()
+        try:
+            return run_processes(job, options.processes, console, job.method)
+        except ProcessError as exc:
+            raise LoadgenError(str(exc)) from None
+    tune_gc()
+    return asyncio.run(_drive_here(job, options.json))
+
+
+def _job(options: LoadOptions, base: str, method: str, **fields) -> Job:
+    if options.processes > options.concurrency:
+        raise LoadgenError("--processes cannot exceed --concurrency (one connection at least each)")
+    config = LoadConfig(
+        method=method,
+        requests=options.requests,
+        concurrency=options.concurrency,
+        rate=options.rate,
+        retries=options.retries,
+        timeout=options.timeout,
+    )
+    return Job(method, base, config, options.mix, options.seed, **fields)
 
 
 def _finish(
@@ -163,21 +171,9 @@ def run_post(options: LoadOptions, users_path: Path | None, ledger_path: Path | 
             previous = load_ledger(ledger_path, missing_ok=True)
         except LedgerError as exc:
             raise LoadgenError(str(exc)) from None
-    traffic = Traffic(base, users, options.mix, seed=options.seed)
-    run_ledger = Ledger()
-    record = run_ledger.record
-
-    def on_answer(token: tuple[int, int, bool], body: bytes) -> str | None:
-        hour, index, click = token
-        record(hour, users[index], click)
-        return None
-
-    def ignore(token: object, body: bytes) -> None:
-        return None
-
-    outcome = _run(
-        _drive(options, base, "POST", traffic.post, on_answer if ledger_path else ignore)
-    )
+    job = _job(options, base, "POST", users=users, record=ledger_path is not None)
+    result = _execute(job, options)
+    outcome, run_ledger = result.outcome, result.ledger
     notes: list[str] = []
     extra: dict = {}
     if ledger_path is not None and previous is not None:
@@ -204,19 +200,19 @@ def run_get(options: LoadOptions, verify_path: Path | None, hll: bool) -> int:
             ledger = load_ledger(verify_path)
         except LedgerError as exc:
             raise LoadgenError(str(exc)) from None
-    verifier = Verifier(ledger, HLL_TOLERANCE if hll else 0.0)
-    traffic = Traffic(base, ["-"], options.mix, seed=options.seed)
-    outcome = _run(_drive(options, base, "GET", traffic.get, verifier.check))
+    tolerance = HLL_TOLERANCE if hll else 0.0
+    result = _execute(_job(options, base, "GET", verify=ledger, tolerance=tolerance), options)
+    outcome = result.outcome
     notes = []
     if ledger is not None:
-        below = outcome.failures.get("below ledger", 0)
+        below = outcome.failures.get(BELOW_LEDGER, 0)
         verdict = "[red]FAILED[/red]" if below else "[green]ok[/green]"
         notes.append(
-            f"verify {verify_path}: {verifier.checked:,} answers checked, "
+            f"verify {verify_path}: {result.checked:,} answers checked, "
             f"{below:,} below the ledger: {verdict}"
         )
-        notes.extend(f"  {line}" for line in verifier.mismatches)
-    extra = {"verify": {"checked": verifier.checked, "mismatches": verifier.mismatches}}
+        notes.extend(f"  {line}" for line in result.mismatches)
+    extra = {"verify": {"checked": result.checked, "mismatches": result.mismatches}}
     return _finish(options, outcome, f"loadgen get {base}", extra if ledger else {}, notes)
 
 

@@ -21,6 +21,24 @@ from tapad.loadgen.stats import histogram, percentile
 PERCENTILES = (50, 90, 99)
 
 
+def progress_line(
+    title: str, done: int, total: int, elapsed: float, failed: int, retried: int
+) -> Text:
+    """One line of live progress: a bar, done/total, rate, errors and retries."""
+    rate = done / elapsed if elapsed else 0.0
+    share = min(1.0, done / total) if total else 0.0
+    width = 30
+    filled = int(share * width)
+    line = Text(f"{title} ")
+    line.append("━" * filled, style="magenta")
+    line.append("━" * (width - filled), style="grey23")
+    line.append(f" {done:,}/{total:,}  {rate:,.0f} req/s  ")
+    line.append(f"errors {failed:,}", style="red" if failed else "green")
+    if retried:
+        line.append(f"  retried {retried:,}", style="yellow")
+    return line
+
+
 @contextlib.asynccontextmanager
 async def live_progress(console: Console, outcome: Outcome, title: str) -> AsyncIterator[None]:
     """Show done/total, rate and errors while the block runs (only on a terminal)."""
@@ -30,19 +48,10 @@ async def live_progress(console: Console, outcome: Outcome, title: str) -> Async
     from rich.live import Live
 
     def render() -> Text:
-        elapsed = outcome.elapsed
-        rate = outcome.done / elapsed if elapsed else 0.0
-        share = outcome.done / outcome.requests if outcome.requests else 0.0
-        width = 30
-        filled = int(share * width)
-        line = Text(f"{title} ")
-        line.append("━" * filled, style="magenta")
-        line.append("━" * (width - filled), style="grey23")
-        line.append(f" {outcome.done:,}/{outcome.requests:,}  {rate:,.0f} req/s  ")
-        line.append(f"errors {outcome.failed:,}", style="red" if outcome.failed else "green")
-        if outcome.retried:
-            line.append(f"  retried {outcome.retried:,}", style="yellow")
-        return line
+        return progress_line(
+            title, outcome.done, outcome.requests, outcome.elapsed, outcome.failed,
+            outcome.retried,
+        )  # fmt: skip
 
     with Live(render(), console=console, transient=True, auto_refresh=False) as live:
 

@@ -1,0 +1,77 @@
+"""One load job: the traffic, what to do with each answer, and what the run proves.
+
+A job is what one process runs; ``tapad loadgen --processes N`` runs N of them, each
+with its share of the requests and connections, and merges their results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from tapad.loadgen.ledger import Ledger
+from tapad.loadgen.runner import LoadConfig, Outcome, run_load
+from tapad.loadgen.traffic import Mix, Traffic
+from tapad.loadgen.verify import Verifier
+
+
+@dataclass(frozen=True)
+class Job:
+    method: str  # "POST" or "GET"
+    base: str  # http://host:port/analytics
+    config: LoadConfig
+    mix: Mix
+    seed: int | None = None
+    users: list[str] = field(default_factory=list)  # POST: the names to send
+    record: bool = False  # POST: keep a ledger of what was acknowledged
+    verify: Ledger | None = None  # GET: answers must not fall below this
+    tolerance: float = 0.0  # GET: share unique users may fall below (hll)
+
+
+@dataclass
+class JobResult:
+    outcome: Outcome
+    ledger: Ledger = field(default_factory=Ledger)  # POST: acknowledged events
+    checked: int = 0  # GET: answers compared with the ledger
+    mismatches: list[str] = field(default_factory=list)
+
+    def merge(self, other: JobResult) -> None:
+        """Fold another process's result in: the numbers add up, the clock spans both."""
+        mine, theirs = self.outcome, other.outcome
+        mine.requests += theirs.requests
+        mine.done += theirs.done
+        mine.acknowledged += theirs.acknowledged
+        mine.retried += theirs.retried
+        mine.failures.update(theirs.failures)
+        mine.latencies.extend(theirs.latencies)
+        mine.started = min(mine.started, theirs.started) if mine.started else theirs.started
+        mine.finished = max(mine.finished, theirs.finished)
+        mine.interrupted = mine.interrupted or theirs.interrupted
+        mine.gave_up = mine.gave_up or theirs.gave_up
+        self.ledger.merge(other.ledger)
+        self.checked += other.checked
+        self.mismatches.extend(other.mismatches[: max(0, 10 - len(self.mismatches))])
+
+
+async def run_job(job: Job, outcome: Outcome, stop: asyncio.Event | None = None) -> JobResult:
+    """Run one job in this event loop, filling ``outcome`` as it goes."""
+    traffic = Traffic(job.base, job.users or ["-"], job.mix, seed=job.seed)
+    result = JobResult(outcome)
+    if job.method == "POST":
+        make = traffic.post
+        users, record = traffic.users, result.ledger.record
+
+        def on_answer(token: tuple[int, int, bool], body: bytes) -> str | None:
+            hour, index, click = token
+            record(hour, users[index], click)
+            return None
+
+        def ignore(token: object, body: bytes) -> None:
+            return None
+
+        await run_load(job.config, make, on_answer if job.record else ignore, outcome, stop)
+        return result
+    verifier = Verifier(job.verify, job.tolerance)
+    await run_load(job.config, traffic.get, verifier.check, outcome, stop)
+    result.checked, result.mismatches = verifier.checked, verifier.mismatches
+    return result
