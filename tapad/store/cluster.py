@@ -29,20 +29,22 @@ import asyncio
 from collections.abc import Sequence
 from urllib.parse import unquote, urlsplit
 
+import hiredis
 from redis import exceptions as redis_errors
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
 from tapad.store.base import Event, HourCounts, StoreConfigError, StoreError
-from tapad.store.redis import UNIQUE_MODES, KeyLayout, describe
+from tapad.store.redis import EXEC, MULTI, UNIQUE_MODES, KeyLayout, describe
+from tapad.store.resp import RedisLink, ReplyError
 from tapad.store.url import StoreSettings
 
-# Errors after which a slot's transaction was certainly not applied: safe to retry once
-# after refreshing the slot map (a slot moved, or is migrating).
-REDIRECTS = (redis_errors.MovedError, redis_errors.AskError, redis_errors.TryAgainError)
+# Replies after which a slot's commands were certainly not applied: safe to send once more
+# after reloading the slot map (the slot moved, or is migrating).
+REDIRECTS = ("MOVED ", "ASK ", "TRYAGAIN ")
 FAILURES = (
     redis_errors.RedisError,
     redis_errors.RedisClusterException,
@@ -93,9 +95,11 @@ class ClusterStore:
             max_connections=max_connections,
             **self._auth,
         )
-        # Shard writes go through one plain client per master, without retries: a
-        # transaction retried after a lost reply could be applied twice.
-        self._nodes: dict[tuple[str, int], Redis] = {}
+        # The hot path (shard writes and reads) talks to each master over one pipelined link
+        # (tapad.store.resp), commands packed by hiredis; never retried after a lost reply.
+        self._pools: dict[tuple[str, int], BlockingConnectionPool] = {}
+        self._links: dict[tuple[str, int], RedisLink] = {}
+        self._link_lock = asyncio.Lock()
         self._indexed: set[int] = set()  # hours this process already put in the index
         self._layout_checked = False
 
@@ -116,25 +120,42 @@ class ClusterStore:
             raise
         except FAILURES as exc:
             coro.close()
+            if not isinstance(exc, redis_errors.ResponseError):
+                self._drop_links()  # timed out or broken: never reuse a half-read reply stream
             raise StoreError(f"redis cluster {self._name}: {describe(exc)}") from None
 
-    def _node_client(self, slot: int) -> Redis:
+    def _node_of(self, slot: int) -> tuple[str, int]:
         node = self._cluster.nodes_manager.get_node_from_slot(slot)
-        key = (node.host, node.port)
-        client = self._nodes.get(key)
-        if client is None:
-            pool = BlockingConnectionPool(
-                host=node.host,
-                port=node.port,
-                max_connections=self._max_connections,
-                timeout=self._timeout,
-                socket_timeout=self._timeout,
-                socket_connect_timeout=self._timeout,
-                **self._auth,
-            )
-            client = Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
-            self._nodes[key] = client
-        return client
+        return (node.host, node.port)
+
+    async def _link(self, node: tuple[str, int]) -> RedisLink:
+        link = self._links.get(node)
+        if link is None or link.closed:
+            async with self._link_lock:
+                link = self._links.get(node)
+                if link is None or link.closed:
+                    pool = self._pools.get(node)
+                    if pool is None:
+                        pool = self._pools[node] = BlockingConnectionPool(
+                            host=node[0],
+                            port=node[1],
+                            max_connections=self._max_connections,
+                            timeout=self._timeout,
+                            socket_timeout=self._timeout,
+                            socket_connect_timeout=self._timeout,
+                            **self._auth,
+                        )
+                    link = self._links[node] = await RedisLink.open(pool.make_connection())
+        return link
+
+    def _drop_links(self) -> None:
+        links, self._links = self._links, {}
+        for link in links.values():
+            link.close()
+
+    async def _ready(self) -> None:
+        if self._cluster._initialize:  # the slot map is loaded lazily
+            await self._cluster.initialize()
 
     async def connect(self) -> None:
         await self._call(self._ping())
@@ -155,15 +176,13 @@ class ClusterStore:
         for (hour, shard), part in parts.items():
             slot = key_slot(layout.users_key(hour, shard).encode())
             pending.setdefault(slot, []).append((hour, shard, part))
-        if self._cluster._initialize:  # the slot map is loaded lazily
-            await self._cluster.initialize()
+        await self._ready()
         for attempt in (1, 2):
-            by_node: dict[int, tuple[Redis, list[tuple[int, list]]]] = {}
+            by_node: dict[tuple[str, int], list[tuple[int, list]]] = {}
             for slot, items in pending.items():
-                client = self._node_client(slot)
-                by_node.setdefault(id(client), (client, []))[1].append((slot, items))
+                by_node.setdefault(self._node_of(slot), []).append((slot, items))
             results = await asyncio.gather(
-                *(self._write_node(client, slots) for client, slots in by_node.values()),
+                *(self._write_node(node, slots) for node, slots in by_node.items()),
                 return_exceptions=True,
             )
             moved: dict[int, list] = {}
@@ -186,70 +205,85 @@ class ClusterStore:
             await self._cluster.nodes_manager.initialize()  # slots moved: reload the map
             pending = moved
 
-    async def _write_node(self, client: Redis, slots: list[tuple[int, list]]) -> dict[int, list]:
+    async def _write_node(
+        self, node: tuple[str, int], slots: list[tuple[int, list]]
+    ) -> dict[int, list]:
         """Every slot of one master in one round trip: MULTI ... EXEC per slot, pipelined.
 
         Returns the slots whose transaction was refused because the slot had moved: not
         applied at all, so safe to send again. Any other failure raises.
         """
-        async with client.pipeline(transaction=False) as pipe:
-            spans = []
-            for _slot, items in slots:
-                begin = len(pipe.command_stack)
-                pipe.execute_command("MULTI")
-                for hour, shard, (users, clicks, imps) in items:
-                    self.layout.queue_write(pipe, hour, shard, users, clicks, imps)
-                for hour, shard in self.layout.expiries((h, s) for h, s, _ in items):
-                    for command in self.layout.expire_commands(hour, shard):
-                        pipe.execute_command(*command)
-                pipe.execute_command("EXEC")
-                spans.append((begin, len(pipe.command_stack) - 1))
-            replies = await pipe.execute(raise_on_error=False)
+        layout = self.layout
+        pack = hiredis.pack_command
+        add = "PFADD" if layout.unique == "hll" else "SADD"
+        commands: list[bytes] = []
+        spans = []
+        for _slot, items in slots:
+            begin = len(commands)
+            commands.append(MULTI)
+            for hour, shard, (users, clicks, imps) in items:
+                commands.append(pack((add, layout.users_key(hour, shard), *users)))
+                counts = layout.counts_key(hour, shard)
+                if clicks:
+                    commands.append(pack(("HINCRBY", counts, "c", clicks)))
+                if imps:
+                    commands.append(pack(("HINCRBY", counts, "i", imps)))
+            for hour, shard in layout.expiries((h, s) for h, s, _ in items):
+                commands += [pack(cmd) for cmd in layout.expire_commands(hour, shard)]
+            commands.append(EXEC)
+            spans.append((begin, len(commands) - 1))
+        link = await self._link(node)
+        replies = await link.request(b"".join(commands), len(commands))
         moved: dict[int, list] = {}
         for (slot, items), (begin, end) in zip(slots, spans, strict=True):
-            if not isinstance(replies[end], Exception):
+            result = replies[end]
+            if isinstance(result, list):
+                for reply in result:  # applied, but a command failed (e.g. a wrong key type)
+                    if isinstance(reply, ReplyError):
+                        raise redis_errors.ResponseError(str(reply))
                 continue
             # EXECABORT: a queued command was refused and nothing of this slot applied.
-            causes = [r for r in replies[begin:end] if isinstance(r, Exception)]
-            cause = causes[0] if causes else replies[end]
-            if isinstance(cause, REDIRECTS):
+            causes = [r for r in replies[begin:end] if isinstance(r, ReplyError)]
+            cause = str(causes[0] if causes else result)
+            if cause.startswith(REDIRECTS):
                 moved[slot] = items
             else:
-                raise cause
+                raise redis_errors.ResponseError(cause)
         return moved
 
     async def read(self, hour: int) -> HourCounts:
         return await self._call(self._read(hour))
 
     async def _read(self, hour: int) -> HourCounts:
-        """One pipeline per master holding shards of the hour, all at once; sum the replies."""
-        if self._cluster._initialize:
-            await self._cluster.initialize()
+        """One pipelined request per master holding shards of the hour, all at once; sum."""
+        await self._ready()
+        layout = self.layout
         for attempt in (1, 2):
-            by_node: dict[int, tuple[Redis, list[int]]] = {}
-            for shard in range(self.layout.shards):
-                client = self._node_client(key_slot(self.layout.users_key(hour, shard).encode()))
-                by_node.setdefault(id(client), (client, []))[1].append(shard)
-            try:
-                replies = await asyncio.gather(
-                    *(self._read_node(client, hour, shards) for client, shards in by_node.values())
-                )
-            except REDIRECTS:
-                if attempt == 2:
-                    raise
-                await self._cluster.nodes_manager.initialize()
-                continue
-            total = HourCounts()
-            for counts in replies:
-                total += counts
-            return total
+            by_node: dict[tuple[str, int], list[int]] = {}
+            for shard in range(layout.shards):
+                slot = key_slot(layout.users_key(hour, shard).encode())
+                by_node.setdefault(self._node_of(slot), []).append(shard)
+            replies = await asyncio.gather(
+                *(self._read_node(node, hour, shards) for node, shards in by_node.items())
+            )
+            errors = [str(r) for rs in replies for r in rs if isinstance(r, ReplyError)]
+            if not errors:
+                return layout.sum_replies([r for rs in replies for r in rs])
+            if attempt == 2 or not all(e.startswith(REDIRECTS) for e in errors):
+                raise redis_errors.ResponseError(errors[0])
+            await self._cluster.nodes_manager.initialize()  # slots moved: reload the map
         raise AssertionError("unreachable")
 
-    async def _read_node(self, client: Redis, hour: int, shards: list[int]) -> HourCounts:
-        async with client.pipeline(transaction=False) as pipe:
-            for shard in shards:
-                self.layout.queue_read(pipe, hour, shard)
-            return self.layout.sum_replies(await pipe.execute())
+    async def _read_node(self, node: tuple[str, int], hour: int, shards: list[int]) -> list:
+        layout = self.layout
+        pack = hiredis.pack_command
+        count = "PFCOUNT" if layout.unique == "hll" else "SCARD"
+        commands = []
+        for shard in shards:
+            commands.append(pack((count, layout.users_key(hour, shard))))
+            commands.append(pack(("HMGET", layout.counts_key(hour, shard), "c", "i")))
+        link = await self._link(node)
+        return await link.request(b"".join(commands), len(commands))
 
     async def hours(self) -> list[int]:
         raw = await self._call(self._cluster.zrevrange(self.layout.hours_key, 0, -1))
@@ -262,7 +296,8 @@ class ClusterStore:
         await self._cluster.ping(target_nodes=RedisCluster.PRIMARIES)
 
     async def close(self) -> None:
-        for client in self._nodes.values():
-            await client.aclose()
-        self._nodes.clear()
+        self._drop_links()
+        for pool in self._pools.values():
+            await pool.aclose()
+        self._pools.clear()
         await self._cluster.aclose()
