@@ -70,8 +70,8 @@ def test_sigstopped_redis_gets_503_fast_and_recovers_on_sigcont(own_redis: Redis
     traffic = Traffic(srv.url, concurrency=12, limit=30_000).start()
     try:
         traffic.wait_for(lambda t: len(t.acknowledged) >= 200)
-        own_redis.pause()
         mark = len(traffic.answers)
+        own_redis.pause()
         traffic.wait_for(lambda t: t.statuses().get(503, 0) >= 30, timeout=10)
         time.sleep(1.5)  # several store timeouts in a row
         status, headers, body = http("GET", f"{srv.url}/healthz")
@@ -94,8 +94,8 @@ def test_redis_stopped_and_restarted_during_traffic(own_redis: RedisServer) -> N
     traffic = Traffic(srv.url, concurrency=12, limit=30_000).start()
     try:
         traffic.wait_for(lambda t: len(t.acknowledged) >= 200)
-        own_redis.stop()  # connection refused from now on
         mark = len(traffic.answers)
+        own_redis.stop()  # connection refused from now on
         traffic.wait_for(lambda t: t.statuses().get(503, 0) >= 30, timeout=10)
         assert http("GET", f"{srv.url}/healthz")[0] == 503
         check_outage(after(traffic, mark))
@@ -116,8 +116,8 @@ def test_redis_refusing_writes_mid_batch_records_nothing_of_it(own_redis: RedisS
     try:
         traffic.wait_for(lambda t: len(t.acknowledged) >= 200)
         own_redis.cli("CONFIG", "SET", "maxmemory-policy", "noeviction")
-        own_redis.cli("CONFIG", "SET", "maxmemory", "1")
         mark = len(traffic.answers)
+        own_redis.cli("CONFIG", "SET", "maxmemory", "1")
         traffic.wait_for(lambda t: t.statuses().get(503, 0) >= 30, timeout=10)
         check_outage(after(traffic, mark))
         own_redis.cli("CONFIG", "SET", "maxmemory", "0")
@@ -135,8 +135,8 @@ def test_sqlite_locked_by_another_process_gets_503_and_recovers(tmp_path: Path) 
     blocker = sqlite3.connect(db, isolation_level=None)
     try:
         traffic.wait_for(lambda t: len(t.acknowledged) >= 100)
-        blocker.execute("BEGIN EXCLUSIVE")  # another writer holds the lock
         mark = len(traffic.answers)
+        blocker.execute("BEGIN EXCLUSIVE")  # another writer holds the lock
         traffic.wait_for(lambda t: t.statuses().get(503, 0) >= 10, timeout=10)
         time.sleep(1.0)
         check_outage(after(traffic, mark))
