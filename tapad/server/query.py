@@ -106,9 +106,68 @@ def parse_kind(params: dict[str, list[str]]) -> bool:
 
 
 def parse_post(query: str) -> Event:
+    event = _fast_post(query)
+    if event is not None:
+        return event
     params = split_query(query)
     return Event(parse_timestamp(params), parse_user(params), parse_kind(params))
 
 
 def parse_get(query: str) -> int:
+    hour = _fast_get(query)
+    if hour is not None:
+        return hour
     return parse_timestamp(split_query(query))
+
+
+# -- the hot path's shortcut -----------------------------------------------------------
+# Nearly every request is plain: no escapes, each parameter once, valid values. These
+# take it in one pass without building the parameter dict (about a third of parse_post's
+# time under load). They answer only when the full parser above would give the very same
+# result, and return None for everything else - which the full parser then accepts or
+# refuses with its exact message. tests/server/test_query_fastpath.py checks the two agree.
+
+
+def _fast_post(query: str) -> Event | None:
+    if "%" in query or "+" in query:  # escapes: let the full parser decode them
+        return None
+    ts = user = None
+    click: bool | None = None
+    for pair in query.split("&"):
+        name, _, value = pair.partition("=")
+        if name == "timestamp":
+            if ts is not None:
+                return None
+            ts = value
+        elif name == "user":
+            if user is not None:
+                return None
+            user = value
+        elif name == "click" or name == "impression":
+            if click is not None:
+                return None
+            click = name == "click"
+        elif name == "event":
+            return None
+    if ts is None or click is None or not user or len(user) > MAX_USER_CHARS:
+        return None
+    if not user.isprintable() or not _plain_ms(ts):
+        return None
+    ms = int(ts)
+    if ms > MAX_TIMESTAMP_MS:
+        return None
+    return Event(ms // MS_PER_HOUR, user, click)
+
+
+def _fast_get(query: str) -> int | None:
+    if not query.startswith("timestamp=") or "&" in query:
+        return None
+    ts = query[10:]
+    if not _plain_ms(ts):
+        return None
+    ms = int(ts)
+    return ms // MS_PER_HOUR if ms <= MAX_TIMESTAMP_MS else None
+
+
+def _plain_ms(text: str) -> bool:
+    return 0 < len(text) <= 15 and text.isascii() and text.isdigit()
