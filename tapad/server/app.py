@@ -75,7 +75,7 @@ class TapadHandler:
                 except Overloaded:
                     return unavailable("overloaded: too many events waiting, retry later")
                 except StoreError:
-                    return unavailable("store unavailable: event not recorded, retry later")
+                    return unavailable("store unavailable: event not acknowledged, retry later")
                 return web.Response()
             if method == "GET":
                 try:
