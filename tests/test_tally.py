@@ -117,3 +117,17 @@ def test_store_comes_from_the_environment() -> None:
     result = subprocess.run([sys.executable, "-m", "tapad", "tally"], capture_output=True,
                             text=True, env=env, timeout=30)  # fmt: skip
     assert_one_line_error(result, "/nonexistent/env.db")
+
+
+def test_hll_store_agrees_within_its_error(redis_url: str, tmp_path: Path) -> None:
+    server = TapadServer(redis_url, "--unique", "hll").start()
+    try:
+        ledger_path = tmp_path / "ledger.json"
+        post = tapad("loadgen", "post", "--url", server.url, "-n", "2000", "--old-ratio", "0",
+                     "--ledger", str(ledger_path), "--json")  # fmt: skip
+        assert post.returncode == 0, post.stderr
+    finally:
+        server.stop()
+    result = tapad("tally", "--store", redis_url, "--ledger", str(ledger_path))
+    assert result.returncode == 0, result.stdout
+    assert "hll" in result.stdout and "agrees" in result.stdout
