@@ -169,6 +169,8 @@ def test_compose_publishes_only_nginx_and_holds_no_password() -> None:
 
 
 def test_no_secret_is_tracked_in_git() -> None:
+    if not (ROOT / ".git").exists() or shutil.which("git") is None:
+        pytest.skip("not a git checkout")
     files = subprocess.run(
         ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
     ).stdout.split(b"\0")
