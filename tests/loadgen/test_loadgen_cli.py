@@ -109,9 +109,9 @@ def test_503_that_never_ends_fails_after_the_retries() -> None:
 
 
 def test_a_stalled_answer_is_a_timeout_not_a_hang() -> None:
-    with ScriptedServer(lambda n: "stall" if n == 0 else 200) as server:
+    with ScriptedServer(lambda n: "stall" if n == 0 else 200, stall_seconds=4) as server:
         code, report = run_json("post", "--url", server.url, "-n", "6", "-c", "1",
-                                "--timeout", "0.3")  # fmt: skip
+                                "--timeout", "1")  # fmt: skip
     assert code == 1
     assert report["failures"] == {"timeout": 1} and report["acknowledged"] == 5
 

@@ -48,8 +48,9 @@ def test_server_errors_and_throttling_are_retried() -> None:
 
 
 def test_slow_answers_time_out_and_are_retried() -> None:
-    with NameSource(per_page=10, plan=lambda n: "slow" if n < 2 else "ok") as source:
-        names, stats = fetch_usernames(source.url, 30, threads=2, timeout=0.3, backoff=0.01)
+    slow = NameSource(per_page=10, plan=lambda n: "slow" if n < 2 else "ok", slow_seconds=4)
+    with slow as source:
+        names, stats = fetch_usernames(source.url, 30, threads=2, timeout=1.0, backoff=0.01)
     assert len(set(names)) == 30
     assert stats.failures == 2
 
