@@ -131,3 +131,18 @@ def test_hll_store_agrees_within_its_error(redis_url: str, tmp_path: Path) -> No
     result = tapad("tally", "--store", redis_url, "--ledger", str(ledger_path))
     assert result.returncode == 0, result.stdout
     assert "hll" in result.stdout and "agrees" in result.stdout
+
+
+def test_cluster_store_agrees(cluster_url: str, tmp_path: Path) -> None:
+    server = TapadServer(cluster_url).start()
+    try:
+        ledger_path = tmp_path / "ledger.json"
+        post = tapad("loadgen", "post", "--url", server.url, "-n", "1000", "--ledger",
+                     str(ledger_path), "--json")  # fmt: skip
+        assert post.returncode == 0, post.stderr
+    finally:
+        server.stop()
+    result = tapad("tally", "--store", cluster_url, "--ledger", str(ledger_path), "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(result.stdout)
+    assert data["ledger"]["differences"] == [] and data["totals"]["events"] == 1000
