@@ -52,6 +52,11 @@ class CoalescingReader:
                 continue
             if isinstance(outcome, StoreError):
                 fut.set_exception(outcome)
+                # GETs that queued behind a failed read get its answer now: sending their
+                # read too would make them wait two store timeouts for the same 503.
+                behind = self._open.pop(hour, None)
+                if behind is not None and not behind.done():
+                    behind.set_exception(outcome)
             else:
                 fut.set_result(outcome)
 
