@@ -205,7 +205,8 @@ def free_cluster_port() -> int:
 class RedisClusterProcs:
     """Three real redis-server masters joined by ``redis-cli --cluster create``."""
 
-    def __init__(self, workdir: Path, masters: int = 3) -> None:
+    def __init__(self, workdir: Path, masters: int = 3, replicas: int = 0) -> None:
+        self.replicas = replicas
         self.nodes = [
             RedisServer(
                 workdir / f"node{i}",
@@ -217,7 +218,7 @@ class RedisClusterProcs:
                 "--cluster-node-timeout",
                 "2000",
             )
-            for i in range(masters)
+            for i in range(masters * (1 + replicas))
         ]
 
     @property
@@ -234,7 +235,7 @@ class RedisClusterProcs:
                 "create",
                 *(f"{LOOPBACK}:{n.port}" for n in self.nodes),
                 "--cluster-replicas",
-                "0",
+                str(self.replicas),
                 "--cluster-yes",
             ],
             capture_output=True,
@@ -246,10 +247,10 @@ class RedisClusterProcs:
         return self
 
     def wait_ok(self, timeout: float = 30.0) -> None:
-        """Until every node says cluster_state:ok and knows every slot."""
+        """Until every running node says cluster_state:ok and knows every slot."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            infos = [n.cli("CLUSTER", "INFO") for n in self.nodes]
+            infos = [n.cli("CLUSTER", "INFO") for n in self.nodes if n.proc is not None]
             if all(
                 "cluster_state:ok" in info and "cluster_slots_assigned:16384" in info
                 for info in infos
@@ -259,8 +260,15 @@ class RedisClusterProcs:
         raise TimeoutError("the Redis Cluster did not reach cluster_state:ok")
 
     def flush(self) -> None:
-        for node in self.nodes:
+        for node in self.masters():
             node.cli("FLUSHALL")
+
+    def masters(self) -> list[RedisServer]:
+        return [
+            n
+            for n in self.nodes
+            if n.proc is not None and "role:master" in n.cli("INFO", "replication")
+        ]
 
     def keys_per_node(self, pattern: str) -> list[list[str]]:
         """The keys each master holds itself (KEYS is node-local on a cluster)."""

@@ -100,6 +100,7 @@ class ClusterStore:
         self._pools: dict[tuple[str, int], BlockingConnectionPool] = {}
         self._links: dict[tuple[str, int], RedisLink] = {}
         self._link_lock = asyncio.Lock()
+        self._reload_map = False  # a master failed: it may have been replaced (failover)
         self._indexed: set[int] = set()  # hours this process already put in the index
         self._layout_checked = False
 
@@ -122,6 +123,7 @@ class ClusterStore:
             coro.close()
             if not isinstance(exc, redis_errors.ResponseError):
                 self._drop_links()  # timed out or broken: never reuse a half-read reply stream
+                self._reload_map = True
             raise StoreError(f"redis cluster {self._name}: {describe(exc)}") from None
 
     def _node_of(self, slot: int) -> tuple[str, int]:
@@ -156,6 +158,9 @@ class ClusterStore:
     async def _ready(self) -> None:
         if self._cluster._initialize:  # the slot map is loaded lazily
             await self._cluster.initialize()
+        elif self._reload_map:  # after a failure: a replica may have taken over the slots
+            await self._cluster.nodes_manager.initialize()
+        self._reload_map = False
 
     async def connect(self) -> None:
         await self._call(self._ping())
@@ -293,6 +298,7 @@ class ClusterStore:
         await self._call(self._ping())
 
     async def _ping(self) -> None:
+        await self._ready()
         await self._cluster.ping(target_nodes=RedisCluster.PRIMARIES)
 
     async def close(self) -> None:

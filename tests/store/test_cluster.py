@@ -150,3 +150,75 @@ def test_a_slot_that_moves_under_a_running_server_loses_nothing(
     finally:
         server.stop()
         move_slot(redis_cluster, slot)  # leave the session cluster as spread as it was
+
+
+def wait_replicated(cluster: RedisClusterProcs, timeout: float = 20) -> None:
+    """Until every replica has every write its master has (replication is asynchronous)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = True
+        for master in cluster.masters():
+            info = master.cli("INFO", "replication")
+            offset = int(info.split("master_repl_offset:")[1].split()[0])
+            replicas = [line for line in info.splitlines() if line.startswith("slave")]
+            done &= bool(replicas) and all(f"offset={offset}," in line for line in replicas)
+        if done:
+            return
+        time.sleep(0.1)
+    raise TimeoutError("replicas did not catch up")
+
+
+def test_a_master_dies_and_its_replica_takes_over(tmp_path: Path) -> None:
+    from redis.crc import key_slot
+
+    from tapad.store.redis import KeyLayout
+
+    cluster = RedisClusterProcs(tmp_path / "ha", masters=3, replicas=1)
+    server = None
+    try:
+        cluster.start()
+        server = TapadServer(cluster.url, "--store-timeout", "0.5").start()
+        truth: Counter[str] = Counter()
+        for i in range(60):
+            user = f"before{i % 30}"
+            assert post(server.url, NOW_MS, user, "click") == 200
+            truth[user] += 1
+        wait_replicated(cluster)
+
+        layout = KeyLayout("tapad:", None, None, default_shards=16)
+        slot = key_slot(layout.users_key(HOUR, layout.shard_of("before0")).encode())
+        (victim,) = [
+            n for n in cluster.masters() if n.cli("CLUSTER", "COUNTKEYSINSLOT", str(slot)) != "0"
+        ]
+        assert victim.proc is not None
+        victim.proc.kill()
+        victim.proc.wait()
+        victim.proc = None
+
+        # While its replica takes over, POSTs may get 503 (and then are not recorded);
+        # afterwards every POST, to any shard, is recorded again.
+        deadline = time.monotonic() + 60
+        acked = 0
+        i = 0
+        while acked < 60:
+            assert time.monotonic() < deadline, "the cluster never served again"
+            user = f"after{i % 30}"
+            status, headers, _ = http(
+                "POST", f"{server.url}/analytics?timestamp={NOW_MS}&user={user}&click"
+            )
+            if status == 200:
+                truth[user] += 1
+                acked += 1
+                i += 1
+            else:
+                assert status == 503 and "Retry-After" in headers
+                time.sleep(0.2)
+        assert counts(server.url, NOW_MS) == {
+            "unique_users": len(truth),
+            "clicks": sum(truth.values()),
+            "impressions": 0,
+        }
+    finally:
+        if server is not None:
+            server.stop()
+        cluster.stop()
