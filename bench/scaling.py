@@ -7,9 +7,10 @@
 For one tapad worker (pinned to core 0; wrk and Redis share core 1) on a single
 Redis, on a three-master Redis Cluster, and on a single Redis in hll mode, it
 measures POST events/s with wrk (bench/wrk/mix.lua: 95% current hour, 100,000
-users), the events per group-commit batch (tapad's own /metrics) and the Redis
+users), the events per group-commit batch (tapad's own /metrics), the Redis
 commands per batch (Redis's INFO commandstats) and the Redis CPU time per event
-(INFO cpu). Then it measures the bytes one
+(INFO cpu); then tapad's own CPU per 32-event batch written and per hour read, in
+process (CPU time: hardly moved by other load on the machine); then the bytes one
 hour's unique users take in Redis (MEMORY USAGE) in exact and in hll mode.
 
 Everything runs on 127.0.0.1 in a temp folder and is stopped at the end.
@@ -243,6 +244,37 @@ def memory(port: int, users: int) -> dict[str, float]:
     }
 
 
+def client_cpu(url: str, batches: int = 1500) -> dict[str, float]:
+    """tapad's own CPU per store call, in process (time.process_time, so hardly touched by
+    other load on the machine): one 32-event batch written, one hour read."""
+    import asyncio
+
+    from tapad.store import Event, open_store
+
+    async def run() -> dict[str, float]:
+        store = open_store(url, timeout=5.0)
+        await store.connect()
+        hour = int(time.time()) // 3600
+        rng = random.Random(1)
+        work = [
+            [Event(hour, f"u{rng.randrange(100_000)}", rng.random() < 0.1) for _ in range(32)]
+            for _ in range(batches)
+        ]
+        await store.write(work[0])
+        start = time.process_time()
+        for batch in work:
+            await store.write(batch)
+        write = (time.process_time() - start) / batches
+        start = time.process_time()
+        for _ in range(batches):
+            await store.read(hour)
+        read = (time.process_time() - start) / batches
+        await store.close()
+        return {"write_us_per_batch": write * 1e6, "read_us": read * 1e6}
+
+    return asyncio.run(run())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=10)
@@ -269,6 +301,8 @@ def main() -> None:
             results["cluster (3 masters, 16 shards)"] = measure_worker(
                 procs, store, ports, args.seconds, args.connections
             )
+            results["client cpu, redis"] = client_cpu(f"redis://{LOOPBACK}:{single}/0?prefix=cpu:")
+            results["client cpu, cluster"] = client_cpu(store + "?prefix=cpu:")
             results["memory"] = memory(single, args.users)
     finally:
         procs.stop_all()
