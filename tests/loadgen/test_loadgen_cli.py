@@ -56,6 +56,7 @@ def test_post_records_what_was_acknowledged_and_get_verifies_it(
     assert_plain(result.stdout)
 
 
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 def test_ledger_accumulates_over_runs(tapad_server: TapadServer, tmp_path: Path) -> None:
     ledger_path = tmp_path / "ledger.json"
     for _ in range(2):

@@ -31,7 +31,7 @@ class NameSource:
         self.plan = plan
         self.names = names or (lambda n: [f"user{n}_{i}" for i in range(per_page)])
         self.slow_seconds = slow_seconds
-        self.hold_until = hold_until  # hold answers until this many are in flight (max 2 s)
+        self.hold_until = hold_until  # hold the first answers until this many are in flight
         self.lock = threading.Condition()
         self.count = 0
         self.in_flight = 0
@@ -59,8 +59,8 @@ class NameSource:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             self.lock.notify_all()
-            if self.hold_until:
-                self.lock.wait_for(lambda: self.in_flight >= self.hold_until, timeout=2.0)
+            if self.hold_until and self.max_in_flight < self.hold_until:
+                self.lock.wait_for(lambda: self.max_in_flight >= self.hold_until, timeout=2.0)
         try:
             action = self.plan(n)
             if action == "slow":
