@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from contextlib import nullcontext
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,20 +100,12 @@ async def _drive_here(job: Job, json_output: bool) -> JobResult:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, stop.set)
     outcome = Outcome(requests=job.config.requests)
-    progress = live_progress(console, outcome, job.method) if not json_output else _nothing()
+    progress = live_progress(console, outcome, job.method) if not json_output else nullcontext()
     try:
         async with progress:
             return await run_job(job, outcome, stop)
     finally:
         loop.remove_signal_handler(signal.SIGINT)
-
-
-class _nothing:  # an async context manager that does nothing (for --json)
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
 
 
 def _execute(job: Job, options: LoadOptions) -> JobResult:
