@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from contextlib import nullcontext
 import signal
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
