@@ -70,10 +70,10 @@ async def check_reachable(base: str, timeout: float) -> None:
     except TimeoutError:
         raise LoadgenError(f"cannot reach {url.origin()}: no answer (timed out)") from None
     except OSError as exc:
-        reason = exc.strerror or str(exc) or type(exc).__name__
-        raise LoadgenError(
-            f"cannot reach {url.origin()}: {reason.lower()} (is tapad serve running?)"
-        ) from None
+        reason = (exc.strerror or str(exc) or type(exc).__name__).lower()
+        if isinstance(exc, ConnectionRefusedError):
+            reason += " (is tapad serve running?)"
+        raise LoadgenError(f"cannot reach {url.origin()}: {reason}") from None
     writer.close()
 
 
