@@ -11,9 +11,12 @@ its count) is applied all or nothing, and the write load of the current hour is
 spread over the masters. A slot that moved (MOVED/ASK/TRYAGAIN: its transaction
 was refused whole) is sent once more after reloading the slot map.
 
-A batch as a whole is not atomic across masters: if one master fails, the events
-in its slots are not recorded while those in healthy masters' slots are, and the
-whole batch is answered 503 (see docs/scaling.md).
+A batch as a whole is not atomic across masters. Every master of a batch is
+connected to before anything is sent, so a master that is down (connection
+refused) fails the batch with nothing recorded anywhere; but a master that fails
+while the batch is in flight (timeout, reset) leaves the events of the other
+masters' slots recorded although the whole batch is answered 503 (see
+docs/scaling.md).
 
 A GET reads every shard of the hour, one pipeline per master, and sums: exact in
 ``exact`` mode, because a user is always counted in the same shard.
@@ -186,8 +189,14 @@ class ClusterStore:
             by_node: dict[tuple[str, int], list[tuple[int, list]]] = {}
             for slot, items in pending.items():
                 by_node.setdefault(self._node_of(slot), []).append((slot, items))
+            # Connect to every master of the batch before sending anything: a master that is
+            # down (connection refused) fails the batch with nothing recorded on the others.
+            links = await asyncio.gather(*(self._link(node) for node in by_node))
             results = await asyncio.gather(
-                *(self._write_node(node, slots) for node, slots in by_node.items()),
+                *(
+                    self._write_node(link, slots)
+                    for link, slots in zip(links, by_node.values(), strict=True)
+                ),
                 return_exceptions=True,
             )
             moved: dict[int, list] = {}
@@ -210,9 +219,7 @@ class ClusterStore:
             await self._cluster.nodes_manager.initialize()  # slots moved: reload the map
             pending = moved
 
-    async def _write_node(
-        self, node: tuple[str, int], slots: list[tuple[int, list]]
-    ) -> dict[int, list]:
+    async def _write_node(self, link: RedisLink, slots: list[tuple[int, list]]) -> dict[int, list]:
         """Every slot of one master in one round trip: MULTI ... EXEC per slot, pipelined.
 
         Returns the slots whose transaction was refused because the slot had moved: not
@@ -237,7 +244,6 @@ class ClusterStore:
                 commands += [pack(cmd) for cmd in layout.expire_commands(hour, shard)]
             commands.append(EXEC)
             spans.append((begin, len(commands) - 1))
-        link = await self._link(node)
         replies = await link.request(b"".join(commands), len(commands))
         moved: dict[int, list] = {}
         for (slot, items), (begin, end) in zip(slots, spans, strict=True):

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
+from tapad.store import Event, StoreError, open_store
 from tests.support import RedisClusterProcs, TapadServer, http, parse_counts
 
 NOW_MS = int(time.time() * 1000)
@@ -221,4 +225,34 @@ def test_a_master_dies_and_its_replica_takes_over(tmp_path: Path) -> None:
     finally:
         if server is not None:
             server.stop()
+        cluster.stop()
+
+
+def test_a_batch_for_a_master_that_is_down_records_nothing_anywhere(tmp_path: Path) -> None:
+    """A batch spans masters; with one of them refusing connections, none of it is written
+    (each POST of it gets 503 and may be retried without counting anything twice)."""
+    cluster = RedisClusterProcs(tmp_path / "down").start()
+    try:
+
+        async def go() -> None:
+            store = open_store(cluster.url, timeout=1.0)
+            try:
+                await store.connect()
+                await store.write([Event(HOUR - 1, "warm-up", True)])  # links to every master
+                victim = cluster.nodes[1]
+                assert victim.proc is not None
+                victim.proc.kill()
+                victim.proc.wait()
+                victim.proc = None
+                batch = [Event(HOUR, f"user{i}", i % 2 == 0) for i in range(200)]
+                with pytest.raises(StoreError):
+                    await store.write(batch)
+            finally:
+                await store.close()
+
+        asyncio.run(go())
+        for node in cluster.nodes:
+            if node.proc is not None:
+                assert node.cli("KEYS", f"tapad:{{{HOUR}.*") == "", "half a batch was written"
+    finally:
         cluster.stop()
