@@ -108,13 +108,21 @@ def test_sigstopped_redis_gets_503_fast_and_recovers_on_sigcont(own_redis: Redis
     assert b"Traceback" not in srv.log
 
 
-def test_redis_stopped_and_restarted_during_traffic(own_redis: RedisServer) -> None:
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_redis_stopped_and_restarted_during_traffic(own_redis: RedisServer, how: str) -> None:
+    """SIGKILL too: Redis dies mid-batch, and its fsync'ed AOF keeps every acknowledged one."""
     srv = TapadServer(own_redis.url).start()
     traffic = Traffic(srv.url, concurrency=12, limit=30_000).start()
     try:
         traffic.wait_for(lambda t: len(t.acknowledged) >= 200)
         mark = len(traffic.answers)
-        own_redis.stop()  # connection refused from now on
+        if how == "SIGKILL":
+            assert own_redis.proc is not None
+            own_redis.proc.kill()
+            own_redis.proc.wait(10)
+            own_redis.proc = None
+        else:
+            own_redis.stop()  # connection refused from now on
         traffic.wait_for(lambda t: t.statuses().get(503, 0) >= 30, timeout=10)
         assert http("GET", f"{srv.url}/healthz")[0] == 503
         check_outage(after(traffic, mark))
