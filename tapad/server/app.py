@@ -18,13 +18,14 @@ from tapad.server.metrics import CONTENT_TYPE, Metrics
 from tapad.server.query import BadRequest, parse_get, parse_post
 from tapad.server.reader import CoalescingReader
 from tapad.server.writer import GroupCommitter, Overloaded
-from tapad.store.base import Store, StoreError
+from tapad.store.base import HourCounts, Store, StoreError
 
 log = logging.getLogger("tapad.server")
 
 ALLOW = "GET, POST"
 TEXT = "text/plain"
 RETRY_AFTER = "1"
+COUNTS_HEADERS = {"Content-Type": "text/plain; charset=utf-8"}
 
 
 def bad_request(exc: BadRequest) -> web.Response:
@@ -55,39 +56,54 @@ class TapadHandler:
         self.committer = committer
         self.reader = reader
         self.metrics = metrics or Metrics()
+        self._last_counts: HourCounts | None = None
+        self._last_body = b""
 
     async def __call__(self, request: BaseRequest) -> web.StreamResponse:
+        """The whole hot path, in one coroutine.
+
+        One frame, not a timing wrapper around a handler: a POST or GET is suspended
+        once (waiting for its commit or read) and every frame in the await chain costs
+        again on resume. GET answers share one body per read (``_body``).
+        """
         start = perf_counter()
-        response = await self.handle(request)
-        self.metrics.request_done(request.method, response.status, perf_counter() - start)
+        path, _, query = request.raw_path.partition("?")
+        method = request.method
+        if path == "/analytics" and method == "POST":
+            try:
+                await self.committer.submit(parse_post(query))
+                response = web.Response()
+            except BadRequest as exc:
+                response = bad_request(exc)
+            except Overloaded:
+                response = unavailable("overloaded: too many events waiting, retry later")
+            except StoreError:
+                response = unavailable("store unavailable: event not acknowledged, retry later")
+        elif path == "/analytics" and method == "GET":
+            try:
+                counts = await self.reader.read(parse_get(query))
+                response = web.Response(body=self._body(counts), headers=COUNTS_HEADERS)
+            except BadRequest as exc:
+                response = bad_request(exc)
+            except StoreError:
+                response = unavailable("store unavailable, retry later")
+        else:
+            response = await self.handle(request, path, method)
+        self.metrics.request_done(method, response.status, perf_counter() - start)
         return response
 
-    async def handle(self, request: BaseRequest) -> web.StreamResponse:
-        path, _, query = request.raw_path.partition("?")
+    def _body(self, counts: HourCounts) -> bytes:
+        """The three lines for ``counts``, built once per store read, not once per GET."""
+        if counts is not self._last_counts:
+            self._last_counts = counts
+            self._last_body = counts_body(
+                counts.unique_users, counts.clicks, counts.impressions
+            ).encode()
+        return self._last_body
+
+    async def handle(self, request: BaseRequest, path: str, method: str) -> web.StreamResponse:
+        """Everything but POST and GET on /analytics."""
         if path == "/analytics":
-            method = request.method
-            if method == "POST":
-                try:
-                    event = parse_post(query)
-                    await self.committer.submit(event)
-                except BadRequest as exc:
-                    return bad_request(exc)
-                except Overloaded:
-                    return unavailable("overloaded: too many events waiting, retry later")
-                except StoreError:
-                    return unavailable("store unavailable: event not acknowledged, retry later")
-                return web.Response()
-            if method == "GET":
-                try:
-                    counts = await self.reader.read(parse_get(query))
-                except BadRequest as exc:
-                    return bad_request(exc)
-                except StoreError:
-                    return unavailable("store unavailable, retry later")
-                return web.Response(
-                    text=counts_body(counts.unique_users, counts.clicks, counts.impressions),
-                    content_type=TEXT,
-                )
             return web.Response(
                 status=405,
                 text=f"method {method} not allowed; use {ALLOW}\n",
