@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+try:  # typer >= 0.20 carries its own copy of click
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click import exceptions as click_errors
 
 from tapad.store import DEFAULT_STORE_URL, StoreConfigError
 
@@ -18,16 +24,24 @@ app = typer.Typer(
 )
 
 
-@app.callback()
-def root(
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
-) -> None:
-    """tapad: real-time analytics for ad clicks and impressions."""
-    if version:
+def print_version(value: bool) -> None:
+    if value:
         from tapad import __version__
 
         typer.echo(f"tapad {__version__}")
         raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """tapad: real-time analytics for ad clicks and impressions."""
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -312,4 +326,21 @@ def tally(
 
 
 def main() -> None:
-    app()
+    """Run the CLI; a usage mistake (bad option value, unknown option) is one line, exit 2."""
+    try:
+        code = app(standalone_mode=False)
+    except click_errors.UsageError as exc:
+        message = exc.format_message().strip()
+        if message:  # empty when there were no arguments at all and the help was shown
+            where = exc.ctx.command_path if exc.ctx is not None else "tapad"
+            typer.echo(f"error: {message} (see: {where} --help)", err=True)
+        sys.exit(exc.exit_code)
+    except click_errors.ClickException as exc:
+        typer.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except (click_errors.Abort, typer.Abort, KeyboardInterrupt):
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except (click_errors.Exit, typer.Exit) as exc:
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
