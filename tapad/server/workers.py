@@ -59,6 +59,8 @@ class Supervisor:
     stopping: bool = False
     running: bool = False  # all workers reported ready once
     stop_signal: int = 0
+    signals: int = 0  # stop signals received: a second one (Ctrl-C twice) kills at once
+    kill_at: float = 0.0  # monotonic time after which workers still draining are killed
 
     # ---- starting and stopping workers -------------------------------------------------
 
@@ -84,6 +86,7 @@ class Supervisor:
 
     def request_stop(self, sig: int, _frame: object = None) -> None:
         self.stop_signal = sig
+        self.signals += 1
 
     # ---- the supervising loop ----------------------------------------------------------
 
@@ -100,6 +103,13 @@ class Supervisor:
                 self.restart_at.clear()
                 log.info("stopping %d workers", len(self.workers))
                 self.signal_all(signal.SIGTERM)
+                # Each worker bounds its own drain by --shutdown-timeout; this is the backstop.
+                self.kill_at = time.monotonic() + self.settings.shutdown_timeout + 5
+            overdue = self.signals >= 2 or time.monotonic() > self.kill_at
+            if self.stopping and self.workers and self.kill_at and overdue:
+                log.warning("killing %d workers that did not stop", len(self.workers))
+                self.signal_all(signal.SIGKILL)
+                self.kill_at = 0.0
             self.read_pipes()
             self.reap()
             if self.stopping and not self.workers:

@@ -108,7 +108,8 @@ def test_a_dead_worker_is_replaced(workers3: TapadServer) -> None:
     assert workers3.proc.poll() is None
 
 
-def test_sigterm_drains_every_worker_and_loses_nothing(redis_url: str) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_drains_every_worker_and_loses_nothing(redis_url: str, sig: int) -> None:
     server = TapadServer(redis_url, "--workers", "2").start()
     assert server.proc is not None
     wait_until(lambda: len(listening_pids(server.port)) == 2)
@@ -134,7 +135,7 @@ def test_sigterm_drains_every_worker_and_loses_nothing(redis_url: str) -> None:
     for t in threads:
         t.start()
     time.sleep(0.5)
-    server.signal(signal.SIGTERM)
+    server.signal(sig)
     assert server.wait(30) == 0
     stop.set()
     for t in threads:
@@ -174,3 +175,26 @@ def test_a_busy_port_is_one_line_and_exit_2(redis_url: str) -> None:
     lines = server.log.decode().strip().splitlines()
     assert lines[-1].startswith(f"error: cannot listen on {LOOPBACK}:{port}")
     assert not any("Traceback" in line for line in lines)
+
+
+@pytest.mark.parametrize("how", ["second signal", "shutdown timeout"])
+def test_a_worker_that_does_not_stop_is_killed(redis_url: str, how: str) -> None:
+    """A worker frozen (SIGSTOP) cannot drain: a second Ctrl-C, or --shutdown-timeout plus
+    5 s, ends it with SIGKILL so the supervisor still exits."""
+    server = TapadServer(redis_url, "--workers", "2", "--shutdown-timeout", "1").start()
+    assert server.proc is not None
+    wait_until(lambda: len(listening_pids(server.port)) == 2)
+    frozen, other = sorted(children(server.proc.pid))
+    os.kill(frozen, signal.SIGSTOP)
+    started = time.monotonic()
+    server.signal(signal.SIGINT)
+    if how == "second signal":
+        wait_until(lambda: not Path(f"/proc/{other}").exists())  # the other one drained
+        server.signal(signal.SIGINT)
+        assert server.wait(10) == 0
+        assert time.monotonic() - started < 8
+    else:
+        assert server.wait(30) == 0
+        assert 5 <= time.monotonic() - started < 20
+    assert not Path(f"/proc/{frozen}").exists()
+    assert "killing 1 workers that did not stop" in server.log.decode()
