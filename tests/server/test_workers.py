@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -131,15 +132,18 @@ def test_a_stop_signal_drains_every_worker_and_loses_nothing(redis_url: str, sig
                     acked += 1
             i += 1
 
-    threads = [threading.Thread(target=hammer, args=(n,)) for n in range(4)]
-    for t in threads:
-        t.start()
-    time.sleep(0.5)
-    server.signal(sig)
-    assert server.wait(30) == 0
-    stop.set()
-    for t in threads:
-        t.join()
+    threads = [threading.Thread(target=hammer, args=(n,), daemon=True) for n in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        server.signal(sig)
+        assert server.wait(30) == 0
+    finally:  # whatever happens, no thread and no server outlives the test
+        stop.set()
+        for t in threads:
+            t.join(15)
+        server.stop()
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "a worker outlived the stop"
     assert acked > 0
 
@@ -187,14 +191,19 @@ def test_a_worker_that_does_not_stop_is_killed(redis_url: str, how: str) -> None
     frozen, other = sorted(children(server.proc.pid))
     os.kill(frozen, signal.SIGSTOP)
     started = time.monotonic()
-    server.signal(signal.SIGINT)
-    if how == "second signal":
-        wait_until(lambda: not Path(f"/proc/{other}").exists())  # the other one drained
+    try:
         server.signal(signal.SIGINT)
-        assert server.wait(10) == 0
-        assert time.monotonic() - started < 8
-    else:
-        assert server.wait(30) == 0
-        assert 5 <= time.monotonic() - started < 20
+        if how == "second signal":
+            wait_until(lambda: not Path(f"/proc/{other}").exists())  # the other one drained
+            server.signal(signal.SIGINT)
+            assert server.wait(10) == 0
+            assert time.monotonic() - started < 8
+        else:
+            assert server.wait(30) == 0
+            assert 5 <= time.monotonic() - started < 20
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(frozen, signal.SIGKILL)
+        server.stop()
     assert not Path(f"/proc/{frozen}").exists()
     assert "killing 1 workers that did not stop" in server.log.decode()
