@@ -22,12 +22,12 @@ def children(pid: int) -> set[int]:
     """The pids of a process's direct children, from /proc."""
     found: set[int] = set()
     for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
-        found.update(int(p) for p in text)
+        with contextlib.suppress(FileNotFoundError):  # a thread may end meanwhile
+            found.update(int(p) for p in (task / "children").read_text().split())
     return found
 
 
-def wait_until(check, timeout: float = 10.0) -> None:
+def wait_until(check, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
