@@ -85,6 +85,7 @@ class Target:
     kind: str  # nginx | yardstick | tapad
     store: str = ""  # tapad: redis | sqlite | sqlite-normal
     workers: int = 1
+    short: str = ""  # label in the chart
 
     @property
     def tools(self) -> tuple[str, ...]:
@@ -96,12 +97,25 @@ class Target:
 
 
 TARGETS = (
-    Target("nginx", "nginx, fixed body (ceiling)", "nginx"),
-    Target("yardstick", "bare aiohttp (yardstick)", "yardstick"),
-    Target("tapad-redis", "tapad on Redis", "tapad", "redis"),
-    Target("tapad-sqlite", "tapad on SQLite", "tapad", "sqlite"),
-    Target("tapad-sqlite-normal", "tapad on SQLite, synchronous=normal", "tapad", "sqlite-normal"),
-    Target("tapad-redis-w2", "tapad on Redis, --workers 2", "tapad", "redis", workers=2),
+    Target("nginx", "nginx, fixed body (ceiling)", "nginx", short="nginx\n(ceiling)"),
+    Target("yardstick", "bare aiohttp (yardstick)", "yardstick", short="yardstick\n(bare aiohttp)"),
+    Target("tapad-redis", "tapad on Redis", "tapad", "redis", short="tapad\nRedis"),
+    Target("tapad-sqlite", "tapad on SQLite", "tapad", "sqlite", short="tapad\nSQLite"),
+    Target(
+        "tapad-sqlite-normal",
+        "tapad on SQLite, synchronous=normal",
+        "tapad",
+        "sqlite-normal",
+        short="tapad SQLite\nsync=normal",
+    ),
+    Target(
+        "tapad-redis-w2",
+        "tapad on Redis, --workers 2",
+        "tapad",
+        "redis",
+        workers=2,
+        short="tapad Redis\n--workers 2",
+    ),
 )
 
 
@@ -612,32 +626,37 @@ def render_chart(rows: list[Row], path: Path) -> str | None:
     except ImportError:
         return "matplotlib is not installed (pip install -e '.[bench]'): no chart"
     yard = {r.method: r for r in rows if r.target == "yardstick" and r.runs}
-    labels = []
+    names = []
     for row in rows:
-        if row.runs and row.label not in labels:
-            labels.append(row.label)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+        if row.runs and row.target not in names:
+            names.append(row.target)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5))
     width = 0.38
+    top = 1.3  # nginx is far above: clip it and write its value on the bar
     for i, method in enumerate(METHODS):
         ratios, p99s = [], []
-        for label in labels:
-            row = next((r for r in rows if r.label == label and r.method == method), None)
+        for name in names:
+            row = next((r for r in rows if r.target == name and r.method == method), None)
             ok = row is not None and row.runs and method in yard
             ratios.append(row.median("rps") / yard[method].median("rps") if ok else 0)
             p99s.append(row.median("p99_ms") if ok else 0)
-        xs = [x + (i - 0.5) * width for x in range(len(labels))]
-        left.bar(xs, ratios, width, label=method)
-        right.bar(xs, p99s, width, label=method)
+        xs = [x + (i - 0.5) * width for x in range(len(names))]
+        bars = left.bar(xs, [min(r, top) for r in ratios], width, label=method)
+        left.bar_label(bars, labels=[f"{r:.2f}" for r in ratios], fontsize=7, padding=1)
+        bars = right.bar(xs, p99s, width, label=method)
+        right.bar_label(bars, labels=[f"{p:.1f}" for p in p99s], fontsize=7, padding=1)
+    left.set_ylim(0, top + 0.15)
     left.axhline(1.0, color="grey", lw=0.8)
     left.axhline(0.8, color="green", ls="--", lw=0.8, label="goal 0.80 (Redis; SQLite GET)")
     left.axhline(0.5, color="orange", ls="--", lw=0.8, label="goal 0.50 (SQLite POST)")
-    left.set_ylabel("requests/s, ratio to the yardstick (median)")
+    left.set_ylabel("requests/s, ratio to the yardstick (median; nginx clipped)")
     right.axhline(GOAL_P99_MS, color="green", ls="--", lw=0.8, label="goal 5 ms (Redis)")
     right.set_ylabel("p99 latency, ms (median)")
+    short = {t.name: t.short for t in TARGETS}
     for ax in (left, right):
-        ax.set_xticks(range(len(labels)))
-        ax.set_xticklabels([lb.replace(", ", ",\n") for lb in labels], fontsize=7)
-        ax.legend(fontsize=7)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels([short.get(n, n) for n in names], fontsize=8)
+        ax.legend(fontsize=7, loc="upper right")
     fig.suptitle("tapad vs a bare aiohttp yardstick and nginx, 32 connections, 95/5 mix")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
