@@ -45,6 +45,8 @@ def open_store(
             raise StoreConfigError(
                 "the sqlite store keeps every hour; --retention-hours needs Redis"
             )
+        if shards not in (None, 1):
+            raise StoreConfigError("the sqlite store has no shards; --shards needs Redis")
         return SQLiteStore(
             settings.path, timeout=timeout, synchronous=settings.options.get("synchronous", "full")
         )

@@ -6,6 +6,8 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -207,3 +209,28 @@ def test_a_worker_that_does_not_stop_is_killed(redis_url: str, how: str) -> None
         server.stop()
     assert not Path(f"/proc/{frozen}").exists()
     assert "killing 1 workers that did not stop" in server.log.decode()
+
+
+def test_workers_need_a_fixed_port(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tapad",
+            "serve",
+            "--port",
+            "0",
+            "--workers",
+            "2",
+            "--store",
+            f"sqlite:///{tmp_path}/t.db",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1] == (
+        "error: --workers needs a fixed --port: each worker binds the same port"
+    )
+    assert "Traceback" not in out.stderr

@@ -98,3 +98,11 @@ def test_hll_on_sqlite_is_one_line(tmp_path: Path) -> None:
     assert server.log.decode().strip().splitlines() == [
         "error: the sqlite store counts unique users exactly; --unique hll needs Redis"
     ]
+
+
+def test_shards_on_sqlite_is_one_line(tmp_path: Path) -> None:
+    server = TapadServer(f"sqlite:///{tmp_path}/t.db", "--shards", "4").start(wait=False)
+    assert server.wait(30) == 2
+    assert server.log.decode().strip().splitlines() == [
+        "error: the sqlite store has no shards; --shards needs Redis"
+    ]
