@@ -7,6 +7,7 @@ password-protected redis-server; deploy/nginx.conf passes ``nginx -t``.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -15,7 +16,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support import LOOPBACK, NGINX, Nginx, RedisServer, TapadServer, free_port, http
+from tests.support import (
+    LOOPBACK,
+    NGINX,
+    Nginx,
+    RedisServer,
+    TapadServer,
+    free_port,
+    http,
+    wait_for_port,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
@@ -109,11 +119,39 @@ def test_the_dockerfile_runs_tapad_as_a_user_not_root() -> None:
 def test_the_compose_command_and_health_checks_work_against_a_real_redis(
     tmp_path: Path,
 ) -> None:
-    """Run the analyticsserver exactly as compose would, on loopback: password, store URL
-    from the environment, and both health checks (redis-cli with REDISCLI_AUTH, /healthz)."""
+    """Run redis and the analyticsserver as compose would, on loopback: redis's command (AOF,
+    password from the environment), the store URL from the environment, and both health
+    checks (redis-cli with REDISCLI_AUTH, /healthz)."""
     password = "s3cr3tpassw0rd"
-    redis = RedisServer(tmp_path / "redis", None, "--requirepass", password).start()
+    redis_svc = SERVICES["redis"]
+    redis_env = {
+        k: interpolate(str(v), {"REDIS_PASSWORD": password})
+        for k, v in redis_svc["environment"].items()
+    }
+    sh, dash_c, script = (
+        interpolate(a, {"REDIS_PASSWORD": password}) for a in redis_svc["command"]
+    )
+    assert (sh, dash_c) == ("sh", "-c") and script.startswith("exec redis-server ")
+    redis = RedisServer(tmp_path / "redis")  # only for its free port, cli() and stop()
+    here = f"exec redis-server --port {redis.port} --bind {LOOPBACK} --dir {redis.workdir} "
+    redis.proc = subprocess.Popen(
+        ["sh", "-c", script.replace("exec redis-server ", here, 1)],
+        env={"PATH": os.environ["PATH"], **redis_env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
+        wait_for_port(redis.port, proc=redis.proc)
+        config = subprocess.run(
+            ["redis-cli", "-p", str(redis.port), "CONFIG", "GET", "append*"],
+            env={"REDISCLI_AUTH": password},
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.split()
+        assert config[config.index("appendonly") + 1] == "yes"
+        assert config[config.index("appendfsync") + 1] == "always"
+        assert "NOAUTH" in redis.cli("PING")  # without the password: refused
         app = SERVICES["analyticsserver"]
         env = {
             k: interpolate(str(v), {"REDIS_PASSWORD": password})
