@@ -29,6 +29,14 @@ def children(pid: int) -> set[int]:
     return found
 
 
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for whoever adopted it to reap it is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def wait_until(check, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -234,3 +242,15 @@ def test_workers_need_a_fixed_port(tmp_path: Path) -> None:
         "error: --workers needs a fixed --port: each worker binds the same port"
     )
     assert "Traceback" not in out.stderr
+
+
+def test_workers_die_with_a_killed_supervisor(redis_url: str) -> None:
+    server = TapadServer(redis_url, "--workers", "2").start()
+    try:
+        assert server.proc is not None
+        wait_until(lambda: len(listening_pids(server.port)) == 2)
+        workers = children(server.proc.pid)
+        server.kill()  # SIGKILL: the supervisor cannot forward anything
+        wait_until(lambda: not any(alive(pid) for pid in workers), 15)
+    finally:
+        server.stop()
