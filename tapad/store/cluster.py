@@ -41,7 +41,7 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
 from tapad.store.base import Event, HourCounts, StoreConfigError, StoreError
-from tapad.store.redis import EXEC, MULTI, UNIQUE_MODES, KeyLayout, describe
+from tapad.store.redis import EXEC, MULTI, KeyLayout, describe
 from tapad.store.resp import RedisLink, ReplyError
 from tapad.store.url import StoreSettings
 
@@ -69,12 +69,6 @@ class ClusterStore:
         retention_hours: int | None = None,
         max_connections: int = 64,
     ) -> None:
-        if unique is not None and unique not in UNIQUE_MODES:
-            raise StoreConfigError(f"unique users mode {unique!r}: use exact or hll")
-        if shards is not None and shards < 1:
-            raise StoreConfigError("shards must be at least 1")
-        if retention_hours is not None and retention_hours < 1:
-            raise StoreConfigError("retention must be at least 1 hour")
         if not settings.hosts:
             raise StoreConfigError(f"store URL {settings.redacted()!r} names no cluster node")
         self.layout = KeyLayout(

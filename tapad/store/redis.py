@@ -45,6 +45,13 @@ class KeyLayout:
         default_shards: int,
         retention_hours: int | None = None,
     ) -> None:
+        """Check the asked-for values here, once for the single and the cluster store."""
+        if unique is not None and unique not in UNIQUE_MODES:
+            raise StoreConfigError(f"unique users mode {unique!r}: use exact or hll")
+        if shards is not None and shards < 1:
+            raise StoreConfigError("shards must be at least 1")
+        if retention_hours is not None and retention_hours < 1:
+            raise StoreConfigError("retention must be at least 1 hour")
         self.prefix = prefix
         # None means "whatever the store was set up with" (or the default for a new store).
         self.asked = {
@@ -186,12 +193,6 @@ class RedisStore:
         retention_hours: int | None = None,
         max_connections: int = 64,
     ) -> None:
-        if unique is not None and unique not in UNIQUE_MODES:
-            raise StoreConfigError(f"unique users mode {unique!r}: use exact or hll")
-        if shards is not None and shards < 1:
-            raise StoreConfigError("shards must be at least 1")
-        if retention_hours is not None and retention_hours < 1:
-            raise StoreConfigError("retention must be at least 1 hour")
         self.layout = KeyLayout(
             settings.prefix, shards, unique, default_shards=1, retention_hours=retention_hours
         )
