@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""CPU per request of the yardstick and of tapad on Redis, under the same wrk load.
+
+    python bench/cpu.py                 # 3 rounds of 4 s per server and method
+    python bench/cpu.py --rounds 5 --seconds 5
+
+On a shared machine requests/s move with whatever else runs; the CPU a server
+spends per request moves much less. For each run it prints the rate, how the
+server's wall time split (running / waiting for a CPU / idle, from
+/proc/<pid>/schedstat) and its CPU time per request (utime + stime). A server at
+~100% running is CPU-bound: its rate is 1 / CPU per request, and the ratio of two
+such servers' CPU per request is the ratio bench/run.py reports. Same pinning as
+bench/run.py: servers on core 0, wrk and redis-server on core 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from run import BENCH, MIX_LUA, Processes, find_tool, free_port, wait_for_port
+
+
+def schedstat(pid: int) -> tuple[float, float]:
+    running, waiting, _ = Path(f"/proc/{pid}/schedstat").read_text().split()
+    return int(running) / 1e9, int(waiting) / 1e9
+
+
+def measure(pid: int, url: str, method: str, seconds: int) -> str:
+    run0, wait0 = schedstat(pid)
+    start = time.monotonic()
+    out = subprocess.run(
+        [
+            "taskset",
+            "-c",
+            "1",
+            "wrk",
+            "-t1",
+            "-c32",
+            f"-d{seconds}s",
+            "-s",
+            str(MIX_LUA),
+            url,
+            "--",
+            method,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+    ).stdout
+    wall = time.monotonic() - start
+    run1, wait1 = schedstat(pid)
+    data = json.loads(out.split("WRKJSON ", 1)[1])
+    requests = data["requests"]
+    running, waiting = run1 - run0, wait1 - wait0
+    return (
+        f"{requests / (data['duration_us'] / 1e6):8.0f} req/s  running {100 * running / wall:3.0f}%"
+        f"  waiting for a CPU {100 * waiting / wall:3.0f}%"
+        f"  idle {100 * max(0.0, wall - running - waiting) / wall:3.0f}%"
+        f"  CPU {1e6 * running / requests:5.1f} us/request"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=4)
+    args = parser.parse_args()
+    missing = [t for t in ("wrk", "redis-server", "taskset") if find_tool(t) is None]
+    if missing or (os.cpu_count() or 1) < 2:
+        print(f"needs 2 cores and: wrk, redis-server, taskset (missing: {missing})")
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="tapad-cpu-"))
+    procs = Processes(workdir)
+    try:
+        rport = free_port()
+        redis = procs.start(
+            "redis",
+            [
+                "redis-server",
+                "--port",
+                str(rport),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(workdir),
+            ],
+            "1",
+        )
+        wait_for_port(rport, redis)
+        servers = {}
+        yport, tport = free_port(), free_port()
+        for name, cmd, port in (
+            (
+                "yardstick",
+                [sys.executable, str(BENCH / "yardstick.py"), "--port", str(yport)],
+                yport,
+            ),
+            (
+                "tapad-redis",
+                [
+                    sys.executable,
+                    "-m",
+                    "tapad",
+                    "serve",
+                    "--port",
+                    str(tport),
+                    "--store",
+                    f"redis://127.0.0.1:{rport}/0",
+                ],
+                tport,
+            ),
+        ):
+            proc = procs.start(name, cmd, "0", cwd=workdir)
+            wait_for_port(port, proc)
+            servers[name] = (proc.pid, f"http://127.0.0.1:{port}")
+        for pid, url in servers.values():  # warm up
+            measure(pid, url, "post", 2)
+        for n in range(args.rounds):
+            for method in ("post", "get"):
+                for name, (pid, url) in servers.items():
+                    line = measure(pid, url, method, args.seconds)
+                    print(f"[{n + 1}] {method.upper():4} {name:12} {line}", flush=True)
+    finally:
+        procs.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
