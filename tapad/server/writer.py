@@ -36,6 +36,21 @@ class _Batch:
         self.done: asyncio.Future[None] = loop.create_future()
 
 
+def _settle(fut: asyncio.Future[None], error: BaseException | None) -> None:
+    """Answer a batch's waiters, unless the future is already done.
+
+    Its POSTs share it, so a handler cancelled while waiting (aiohttp cancels what is still
+    running when the shutdown timeout ends) cancels it for all of them; setting it then
+    would raise and end the committer, and every later POST would wait for ever.
+    """
+    if fut.done():
+        return
+    if error is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(error)
+
+
 def _retrieve(fut: asyncio.Future[None]) -> None:
     """Mark a batch's error as seen even if every waiting client has gone away."""
     if not fut.cancelled():
@@ -108,7 +123,8 @@ class GroupCommitter:
         if self._pending >= self._max_pending:
             raise Overloaded(f"{self._pending} events already waiting")
         batches = self._batches
-        if batches and len(batches[-1].events) < self._max_batch:
+        # (a batch whose future a cancelled POST took down is not joined: see _settle)
+        if batches and len(batches[-1].events) < self._max_batch and not batches[-1].done.done():
             batch = batches[-1]
         else:
             batch = _Batch(self._loop)
@@ -133,14 +149,14 @@ class GroupCommitter:
                 await self._store.write(batch.events)
             except (StoreError, StoreConfigError) as exc:
                 error = StoreError(str(exc))
-                batch.done.set_exception(error)
+                _settle(batch.done, error)
                 self._fail_queued(error)
                 self._outage.failed(len(batch.events), exc)
             except Exception as exc:
                 log.exception("batch of %d events failed", len(batch.events))
-                batch.done.set_exception(StoreError(f"internal error: {type(exc).__name__}"))
+                _settle(batch.done, StoreError(f"internal error: {type(exc).__name__}"))
             else:
-                batch.done.set_result(None)
+                _settle(batch.done, None)
                 self._outage.succeeded()
             finally:
                 self._pending -= len(batch.events)
@@ -156,7 +172,7 @@ class GroupCommitter:
         """
         while self._batches:
             queued = self._batches.popleft()
-            queued.done.set_exception(error)
+            _settle(queued.done, error)
             self._pending -= len(queued.events)
             self._outage.failed(len(queued.events), error)
 
