@@ -25,7 +25,7 @@ class CoalescingReader:
 
     def read(self, hour: int) -> asyncio.Future[HourCounts]:
         fut = self._open.get(hour)
-        if fut is None:
+        if fut is None or fut.done():  # done: a cancelled GET took it down, start afresh
             fut = self._open[hour] = self._loop.create_future()
             fut.add_done_callback(_retrieve)
             if hour not in self._in_flight:

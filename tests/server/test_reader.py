@@ -233,6 +233,31 @@ def test_a_cancelled_get_does_not_wedge_its_hour(tmp_path: Path) -> None:
     run_with_store(tmp_path, scenario)
 
 
+def test_a_get_arriving_after_a_cancelled_one_does_not_inherit_its_cancellation(
+    tmp_path: Path,
+) -> None:
+    """GETs share the open read's future; a cancelled GET cancels it, later GETs need another."""
+
+    async def scenario(store: SlowReadStore, committer: GroupCommitter) -> None:
+        reader = CoalescingReader(store)
+
+        async def get() -> HourCounts:
+            return await reader.read(HOUR)
+
+        first = reader.read(HOUR)  # in flight
+        await asyncio.sleep(0)
+        gone = asyncio.ensure_future(get())  # waits on the open read
+        await asyncio.sleep(0)
+        gone.cancel()
+        await asyncio.sleep(0)
+        await post(committer, "erin")
+        async with asyncio.timeout(5):
+            assert (await get()).clicks == 1  # answered, not cancelled
+            await first
+
+    run_with_store(tmp_path, scenario)
+
+
 def test_a_failed_read_fails_its_gets_and_the_next_read_works(tmp_path: Path) -> None:
     async def scenario(store: SlowReadStore, committer: GroupCommitter) -> None:
         reader = CoalescingReader(store)
