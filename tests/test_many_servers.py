@@ -102,3 +102,17 @@ def test_every_entry_point_answers_the_ground_truth(
             status, _, body = http("GET", f"{entry}/analytics?timestamp={ts}")
             assert status == 200, (entry, body)
             assert parse_counts(body) == truth, entry
+
+
+def test_nginx_keeps_metrics_private(tmp_path: Path) -> None:
+    """/metrics is per server; the public entry point refuses it instead of showing one replica."""
+    srv = TapadServer(f"sqlite:///{tmp_path}/m.db").start()
+    conf = (ROOT / "deploy" / "nginx.conf").read_text()
+    nginx = Nginx(tmp_path / "nginx", conf, [f"{LOOPBACK}:{srv.port}"]).start()
+    try:
+        assert http("GET", f"{nginx.url}/metrics")[0] == 403
+        assert http("GET", f"{nginx.url}/healthz")[0] == 200
+        assert http("GET", f"{srv.url}/metrics")[0] == 200
+    finally:
+        nginx.stop()
+        srv.stop()
