@@ -27,7 +27,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import BENCH, MIX_LUA, Processes, find_tool, free_port, wait_for_port
+from run import (
+    BENCH,
+    MIX_LUA,
+    Processes,
+    find_tool,
+    free_port,
+    redis_server_args,
+    wait_for_port,
+)  # fmt: skip
 
 
 def schedstat(pid: int) -> tuple[float, float]:
@@ -85,19 +93,7 @@ def main() -> int:
         rport = free_port()
         redis = procs.start(
             "redis",
-            [
-                "redis-server",
-                "--port",
-                str(rport),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(workdir),
-            ],
+            redis_server_args(rport, workdir),
             "1",
         )
         wait_for_port(rport, redis)

@@ -34,6 +34,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from run import redis_server_args
+
 from tapad.server import query
 from tapad.server.metrics import Metrics
 from tapad.store import open_store
@@ -167,20 +169,7 @@ def main() -> int:
         port = free_port()
         workdir = tempfile.mkdtemp(prefix="tapad-micro-")
         proc = subprocess.Popen(
-            [
-                *pin,
-                redis,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                workdir,
-            ],
+            [*pin, *redis_server_args(port, workdir)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import MIX_LUA, Processes, find_tool, free_port, wait_for_port
+from run import MIX_LUA, Processes, find_tool, free_port, redis_server_args, wait_for_port
 
 KEYS = (
     "TapadHandler.__call__",
@@ -92,19 +92,7 @@ def main() -> int:
             rport = free_port()
             redis = procs.start(
                 "redis",
-                [
-                    "redis-server",
-                    "--port",
-                    str(rport),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    str(workdir),
-                ],
+                redis_server_args(rport, workdir),
                 client,
             )
             wait_for_port(rport, redis)

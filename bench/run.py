@@ -159,6 +159,14 @@ def find_tool(name: str) -> str | None:
     return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin:/sbin")
 
 
+def redis_server_args(port: int, workdir: Path | str) -> list[str]:
+    """A throwaway redis-server on loopback without persistence: what every bench measures on."""
+    return [
+        find_tool("redis-server") or "redis-server", "--port", str(port), "--bind", LOOPBACK,
+        "--dir", str(workdir), "--save", "", "--appendonly", "no",
+    ]  # fmt: skip
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((LOOPBACK, 0))
@@ -309,21 +317,7 @@ class Bench:
         self.redis_port = free_port()
         proc = self.procs.start(
             "redis",
-            [
-                find_tool("redis-server") or "redis-server",
-                "--port",
-                str(self.redis_port),
-                "--bind",
-                LOOPBACK,
-                "--dir",
-                str(self.datadir),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--databases",
-                "16",
-            ],
+            [*redis_server_args(self.redis_port, self.datadir), "--databases", "16"],
             self.client_cpus,
         )
         wait_for_port(self.redis_port, proc)
