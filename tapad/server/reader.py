@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 
+from tapad.server.shared_future import new_shared_future, settle
 from tapad.store.base import HourCounts, Store, StoreError
 
 
@@ -26,8 +27,7 @@ class CoalescingReader:
     def read(self, hour: int) -> asyncio.Future[HourCounts]:
         fut = self._open.get(hour)
         if fut is None or fut.done():  # done: a cancelled GET took it down, start afresh
-            fut = self._open[hour] = self._loop.create_future()
-            fut.add_done_callback(_retrieve)
+            fut = self._open[hour] = new_shared_future(self._loop)
             if hour not in self._in_flight:
                 self._loop.create_task(self._send(hour))
         return fut
@@ -46,21 +46,12 @@ class CoalescingReader:
                 outcome = counts
             finally:
                 self._in_flight.discard(hour)
-            # A waiter cancelled mid-read (aiohttp cancels handlers at shutdown) cancels the
-            # shared future; setting it would raise, end this loop and strand the open read.
-            if fut.done():
+            if fut.done():  # a cancelled GET took it down (see shared_future): nobody waits
                 continue
+            settle(fut, outcome)
             if isinstance(outcome, StoreError):
-                fut.set_exception(outcome)
                 # GETs that queued behind a failed read get its answer now: sending their
                 # read too would make them wait two store timeouts for the same 503.
                 behind = self._open.pop(hour, None)
-                if behind is not None and not behind.done():
-                    behind.set_exception(outcome)
-            else:
-                fut.set_result(outcome)
-
-
-def _retrieve(fut: asyncio.Future[HourCounts]) -> None:
-    if not fut.cancelled():
-        fut.exception()
+                if behind is not None:
+                    settle(behind, outcome)

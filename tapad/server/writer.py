@@ -16,6 +16,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
+from tapad.server.shared_future import new_shared_future, settle
 from tapad.store.base import Event, Store, StoreConfigError, StoreError
 
 if TYPE_CHECKING:
@@ -33,28 +34,7 @@ class _Batch:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.events: list[Event] = []
-        self.done: asyncio.Future[None] = loop.create_future()
-
-
-def _settle(fut: asyncio.Future[None], error: BaseException | None) -> None:
-    """Answer a batch's waiters, unless the future is already done.
-
-    Its POSTs share it, so a handler cancelled while waiting (aiohttp cancels what is still
-    running when the shutdown timeout ends) cancels it for all of them; setting it then
-    would raise and end the committer, and every later POST would wait for ever.
-    """
-    if fut.done():
-        return
-    if error is None:
-        fut.set_result(None)
-    else:
-        fut.set_exception(error)
-
-
-def _retrieve(fut: asyncio.Future[None]) -> None:
-    """Mark a batch's error as seen even if every waiting client has gone away."""
-    if not fut.cancelled():
-        fut.exception()
+        self.done: asyncio.Future[None] = new_shared_future(loop)
 
 
 class _OutageLog:
@@ -123,12 +103,11 @@ class GroupCommitter:
         if self._pending >= self._max_pending:
             raise Overloaded(f"{self._pending} events already waiting")
         batches = self._batches
-        # (a batch whose future a cancelled POST took down is not joined: see _settle)
+        # (a batch whose future a cancelled POST took down is not joined: see shared_future)
         if batches and len(batches[-1].events) < self._max_batch and not batches[-1].done.done():
             batch = batches[-1]
         else:
             batch = _Batch(self._loop)
-            batch.done.add_done_callback(_retrieve)
             batches.append(batch)
             self._wakeup.set()
         batch.events.append(event)
@@ -149,14 +128,14 @@ class GroupCommitter:
                 await self._store.write(batch.events)
             except (StoreError, StoreConfigError) as exc:
                 error = StoreError(str(exc))
-                _settle(batch.done, error)
+                settle(batch.done, error)
                 self._fail_queued(error)
                 self._outage.failed(len(batch.events), exc)
             except Exception as exc:
                 log.exception("batch of %d events failed", len(batch.events))
-                _settle(batch.done, StoreError(f"internal error: {type(exc).__name__}"))
+                settle(batch.done, StoreError(f"internal error: {type(exc).__name__}"))
             else:
-                _settle(batch.done, None)
+                settle(batch.done, None)
                 self._outage.succeeded()
             finally:
                 self._pending -= len(batch.events)
@@ -172,7 +151,7 @@ class GroupCommitter:
         """
         while self._batches:
             queued = self._batches.popleft()
-            _settle(queued.done, error)
+            settle(queued.done, error)
             self._pending -= len(queued.events)
             self._outage.failed(len(queued.events), error)
 
