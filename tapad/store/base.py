@@ -8,7 +8,7 @@ SQLite, Redis and Redis Cluster stand behind the same hot path.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -60,14 +60,20 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
 
-def aggregate(events: Sequence[Event]) -> dict[int, tuple[set[str], int, int]]:
-    """Fold a batch into per-hour (users, clicks, impressions): one store write per hour."""
-    per_hour: dict[int, tuple[set[str], int, int]] = {}
+def aggregate(
+    events: Sequence[Event], shard_of: Callable[[str], int] | None = None
+) -> dict[tuple[int, int], tuple[set[str], int, int]]:
+    """Fold a batch per (hour, shard) into (users, clicks, impressions): one store write each.
+
+    Without ``shard_of`` every event is in shard 0, as on SQLite and an unsharded Redis.
+    """
+    parts: dict[tuple[int, int], tuple[set[str], int, int]] = {}
     for hour, user, click in events:
-        entry = per_hour.get(hour)
+        key = (hour, shard_of(user) if shard_of is not None else 0)
+        entry = parts.get(key)
         if entry is None:
-            per_hour[hour] = ({user}, 1 if click else 0, 0 if click else 1)
+            parts[key] = ({user}, int(click), int(not click))
         else:
             entry[0].add(user)
-            per_hour[hour] = (entry[0], entry[1] + click, entry[2] + (not click))
-    return per_hour
+            parts[key] = (entry[0], entry[1] + click, entry[2] + (not click))
+    return parts

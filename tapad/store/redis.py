@@ -24,7 +24,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from tapad.store.base import Event, HourCounts, StoreConfigError, StoreError
+from tapad.store.base import Event, HourCounts, StoreConfigError, StoreError, aggregate
 from tapad.store.resp import RedisLink, ReplyError
 from tapad.store.url import StoreSettings
 
@@ -79,27 +79,7 @@ class KeyLayout:
 
     def split(self, events: Sequence[Event]) -> dict[tuple[int, int], tuple[set[str], int, int]]:
         """Fold a batch per (hour, shard): users, clicks, impressions."""
-        parts: dict[tuple[int, int], tuple[set[str], int, int]] = {}
-        for hour, user, click in events:
-            key = (hour, self.shard_of(user))
-            entry = parts.get(key)
-            if entry is None:
-                parts[key] = ({user}, int(click), int(not click))
-            else:
-                entry[0].add(user)
-                parts[key] = (entry[0], entry[1] + click, entry[2] + (not click))
-        return parts
-
-    def queue_write(self, pipe, hour: int, shard: int, users, clicks: int, imps: int) -> None:
-        if self.unique == "hll":
-            pipe.pfadd(self.users_key(hour, shard), *users)
-        else:
-            pipe.sadd(self.users_key(hour, shard), *users)
-        counts = self.counts_key(hour, shard)
-        if clicks:
-            pipe.hincrby(counts, "c", clicks)
-        if imps:
-            pipe.hincrby(counts, "i", imps)
+        return aggregate(events, self.shard_of if self.shards > 1 else None)
 
     def deadline(self, hour: int) -> int:
         """Unix time at which an hour's keys expire: ``retention`` hours after it ends."""
@@ -135,11 +115,6 @@ class KeyLayout:
         if len(self._expiring) > 100_000:
             self._expiring = {p for p in self._expiring if self.kept(p[0])}
         self._expiring.update(p for p in pairs if self.kept(p[0]))
-
-    def queue_read(self, pipe, hour: int, shard: int) -> None:
-        users = self.users_key(hour, shard)
-        pipe.pfcount(users) if self.unique == "hll" else pipe.scard(users)
-        pipe.hmget(self.counts_key(hour, shard), "c", "i")
 
     @staticmethod
     def sum_replies(replies: list) -> HourCounts:

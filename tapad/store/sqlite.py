@@ -131,7 +131,7 @@ class SQLiteStore:
         conn = self._writer_conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for hour, (users, clicks, impressions) in aggregate(events).items():
+            for (hour, _), (users, clicks, impressions) in aggregate(events).items():
                 before = conn.total_changes
                 conn.executemany(
                     "INSERT OR IGNORE INTO hour_users (hour, user) VALUES (?, ?)",
