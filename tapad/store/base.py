@@ -25,6 +25,13 @@ class HourCounts:
     clicks: int = 0
     impressions: int = 0
 
+    def __add__(self, other: HourCounts) -> HourCounts:
+        return HourCounts(
+            self.unique_users + other.unique_users,
+            self.clicks + other.clicks,
+            self.impressions + other.impressions,
+        )
+
 
 class StoreError(Exception):
     """The store could not do what was asked; the caller may retry later (HTTP 503)."""
