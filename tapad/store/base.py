@@ -26,6 +26,7 @@ class HourCounts:
     impressions: int = 0
 
     def __add__(self, other: HourCounts) -> HourCounts:
+        """For totals over hours (``tally``)."""
         return HourCounts(
             self.unique_users + other.unique_users,
             self.clicks + other.clicks,

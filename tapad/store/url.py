@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -101,7 +100,3 @@ def parse_store_url(url: str) -> StoreSettings:
         raise StoreConfigError(f"store URL {redact(url)!r}: database must be a number, got {db!r}")
     del port  # checked above: urlsplit raises on a bad port
     return StoreSettings(scheme, url, prefix=prefix, options=query)
-
-
-def store_url_from_env(value: str | None) -> str:
-    return value or os.environ.get("TAPAD_STORE") or DEFAULT_STORE_URL
