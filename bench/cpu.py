@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""CPU per request of the yardstick and of tapad on Redis, under the same wrk load.
+"""CPU per request of the yardstick and of tapad on Redis and SQLite, under the same wrk load.
 
     python bench/cpu.py                 # 3 rounds of 4 s per server and method
     python bench/cpu.py --rounds 5 --seconds 5
@@ -82,6 +82,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=4)
+    parser.add_argument(
+        "--methods", default="post,get", help="comma-separated: post, get (default both)"
+    )
     args = parser.parse_args()
     missing = [t for t in ("wrk", "redis-server", "taskset") if find_tool(t) is None]
     if missing or (os.cpu_count() or 1) < 2:
@@ -98,7 +101,7 @@ def main() -> int:
         )
         wait_for_port(rport, redis)
         servers = {}
-        yport, tport = free_port(), free_port()
+        yport, tport, sport = free_port(), free_port(), free_port()
         for name, cmd, port in (
             (
                 "yardstick",
@@ -119,6 +122,20 @@ def main() -> int:
                 ],
                 tport,
             ),
+            (
+                "tapad-sqlite",
+                [
+                    sys.executable,
+                    "-m",
+                    "tapad",
+                    "serve",
+                    "--port",
+                    str(sport),
+                    "--store",
+                    f"sqlite:///{workdir}/cpu.db",
+                ],
+                sport,
+            ),
         ):
             proc = procs.start(name, cmd, "0", cwd=workdir)
             wait_for_port(port, proc)
@@ -126,7 +143,7 @@ def main() -> int:
         for pid, url in servers.values():  # warm up
             measure(pid, url, "post", 2)
         for n in range(args.rounds):
-            for method in ("post", "get"):
+            for method in args.methods.split(","):
                 for name, (pid, url) in servers.items():
                     line = measure(pid, url, method, args.seconds)
                     print(f"[{n + 1}] {method.upper():4} {name:12} {line}", flush=True)

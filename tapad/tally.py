@@ -55,7 +55,10 @@ async def read_store(
     try:
         await store.connect()
         hours = {hour} if hour is not None else set(await store.hours()) | extra_hours
-        rows = [HourRow(h, await store.read(h)) for h in sorted(hours, reverse=True)]
+        ordered = sorted(hours, reverse=True)
+        rows = [
+            HourRow(h, c) for h, c in zip(ordered, await store.read_hours(ordered), strict=True)
+        ]
         return rows, store.unique_mode
     except StoreConfigError as exc:
         raise TallyError(str(exc)) from None

@@ -202,6 +202,9 @@ class MeasuredStore:
     async def read(self, hour: int) -> HourCounts:
         return await self._measure("read", self._store.read(hour))
 
+    async def read_hours(self, hours: Sequence[int]) -> list[HourCounts]:
+        return await self._measure("read", self._store.read_hours(hours))
+
     async def hours(self) -> list[int]:
         return await self._store.hours()
 

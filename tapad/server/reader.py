@@ -1,11 +1,16 @@
-"""GET coalescing: concurrent GETs for one hour share one store read.
+"""GET coalescing: concurrent GETs share one store read.
 
 Read-your-writes forbids joining a read that is already on its way to the
-store: it may have been sent before the writes a late GET must see. So each
-hour has at most one read in flight and one *open* read that has not been sent;
-a GET joins the open one (creating it if needed), and the open read is sent only
-when the one in flight has come back. Every GET is therefore answered by a read
-that left after it arrived.
+store: it may have been sent before the writes a late GET must see. So there is
+at most one read in flight and one *open* read that has not been sent; a GET
+joins the open one (adding its hour if it is new), and the open read is sent
+only when the one in flight has come back. Every GET is therefore answered by a
+read that left after it arrived.
+
+One read covers every hour asked for since the last one left, in one round trip
+(``Store.read_hours``): the 5% of GETs for past hours ride along with the
+current hour's read instead of costing a round trip each, which under load was a
+third of all reads.
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ from tapad.store.base import HourCounts, Store, StoreError
 class CoalescingReader:
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._open: dict[int, asyncio.Future[HourCounts]] = {}
-        self._in_flight: set[int] = set()
+        self._open: dict[int, asyncio.Future[HourCounts]] = {}  # hour -> its GETs' future
+        self._in_flight = False
         self._loop = asyncio.get_running_loop()
         self.store_reads = 0  # how many reads went to the store (tests and metrics)
 
@@ -28,30 +33,31 @@ class CoalescingReader:
         fut = self._open.get(hour)
         if fut is None or fut.done():  # done: a cancelled GET took it down, start afresh
             fut = self._open[hour] = new_shared_future(self._loop)
-            if hour not in self._in_flight:
-                self._loop.create_task(self._send(hour))
+            if not self._in_flight:
+                self._in_flight = True
+                self._loop.create_task(self._send())
         return fut
 
-    async def _send(self, hour: int) -> None:
-        while (fut := self._open.pop(hour, None)) is not None:
-            self._in_flight.add(hour)
-            self.store_reads += 1
-            try:
-                counts = await self._store.read(hour)
-            except StoreError as exc:
-                outcome: HourCounts | StoreError = exc
-            except Exception as exc:
-                outcome = StoreError(f"internal error: {type(exc).__name__}")
-            else:
-                outcome = counts
-            finally:
-                self._in_flight.discard(hour)
-            if fut.done():  # a cancelled GET took it down (see shared_future): nobody waits
-                continue
-            settle(fut, outcome)
-            if isinstance(outcome, StoreError):
-                # GETs that queued behind a failed read get its answer now: sending their
-                # read too would make them wait two store timeouts for the same 503.
-                behind = self._open.pop(hour, None)
-                if behind is not None:
-                    settle(behind, outcome)
+    async def _send(self) -> None:
+        try:
+            while self._open:
+                batch, self._open = self._open, {}
+                self.store_reads += 1
+                try:
+                    counts = await self._store.read_hours(list(batch))
+                except StoreError as exc:
+                    self._fail(batch, exc)
+                except Exception as exc:
+                    self._fail(batch, StoreError(f"internal error: {type(exc).__name__}"))
+                else:
+                    for fut, hour_counts in zip(batch.values(), counts, strict=True):
+                        settle(fut, hour_counts)  # a no-op if a cancelled GET took it down
+        finally:
+            self._in_flight = False
+
+    def _fail(self, batch: dict[int, asyncio.Future[HourCounts]], exc: StoreError) -> None:
+        # GETs that queued behind a failed read get its answer now: sending their read
+        # too would make them wait two store timeouts for the same 503.
+        behind, self._open = self._open, {}
+        for fut in (*batch.values(), *behind.values()):
+            settle(fut, exc)

@@ -51,7 +51,11 @@ class Store(Protocol):
     async def write(self, events: Sequence[Event]) -> None:
         """Apply all events or none; raise StoreError on failure."""
 
-    async def read(self, hour: int) -> HourCounts: ...
+    async def read(self, hour: int) -> HourCounts:
+        """One hour's counts (``tally``, tests)."""
+
+    async def read_hours(self, hours: Sequence[int]) -> list[HourCounts]:
+        """Several hours' counts in one round trip, in the order asked (coalesced GETs)."""
 
     async def hours(self) -> list[int]:
         """Every hour that has data, newest first."""

@@ -257,36 +257,38 @@ class ClusterStore:
         return moved
 
     async def read(self, hour: int) -> HourCounts:
-        return await self._call(self._read(hour))
+        return (await self.read_hours((hour,)))[0]
 
-    async def _read(self, hour: int) -> HourCounts:
-        """One pipelined request per master holding shards of the hour, all at once; sum."""
+    async def read_hours(self, hours: Sequence[int]) -> list[HourCounts]:
+        return await self._call(self._read(hours))
+
+    async def _read(self, hours: Sequence[int]) -> list[HourCounts]:
+        """One pipelined request per master holding shards of the hours, all at once; sum."""
         await self._ready()
         layout = self.layout
         for attempt in (1, 2):
-            by_node: dict[tuple[str, int], list[int]] = {}
-            for shard in range(layout.shards):
-                slot = key_slot(layout.users_key(hour, shard).encode())
-                by_node.setdefault(self._node_of(slot), []).append(shard)
+            by_node: dict[tuple[str, int], list[tuple[int, int]]] = {}
+            for hour in hours:
+                for shard in range(layout.shards):
+                    slot = key_slot(layout.users_key(hour, shard).encode())
+                    by_node.setdefault(self._node_of(slot), []).append((hour, shard))
             replies = await asyncio.gather(
-                *(self._read_node(node, hour, shards) for node, shards in by_node.items())
+                *(self._read_node(node, pairs) for node, pairs in by_node.items())
             )
             errors = [str(r) for rs in replies for r in rs if isinstance(r, ReplyError)]
             if not errors:
-                return layout.sum_replies([r for rs in replies for r in rs])
+                totals = dict.fromkeys(hours, HourCounts())
+                for pairs, rs in zip(by_node.values(), replies, strict=True):
+                    for i, (hour, _) in enumerate(pairs):
+                        totals[hour] += layout.sum_replies(rs[2 * i : 2 * i + 2])
+                return [totals[hour] for hour in hours]
             if attempt == 2 or not all(e.startswith(REDIRECTS) for e in errors):
                 raise redis_errors.ResponseError(errors[0])
             await self._cluster.nodes_manager.initialize()  # slots moved: reload the map
         raise AssertionError("unreachable")
 
-    async def _read_node(self, node: tuple[str, int], hour: int, shards: list[int]) -> list:
-        layout = self.layout
-        pack = hiredis.pack_command
-        count = "PFCOUNT" if layout.unique == "hll" else "SCARD"
-        commands = []
-        for shard in shards:
-            commands.append(pack((count, layout.users_key(hour, shard))))
-            commands.append(pack(("HMGET", layout.counts_key(hour, shard), "c", "i")))
+    async def _read_node(self, node: tuple[str, int], pairs: list[tuple[int, int]]) -> list:
+        commands = self.layout.read_commands(pairs)
         link = await self._link(node)
         return await link.request(b"".join(commands), len(commands))
 

@@ -118,6 +118,7 @@ class KeyLayout:
 
     @staticmethod
     def sum_replies(replies: list) -> HourCounts:
+        """One hour's counts from its shards' (count, HMGET) reply pairs."""
         users = clicks = imps = 0
         for i in range(0, len(replies), 2):
             users += replies[i]
@@ -125,6 +126,16 @@ class KeyLayout:
             clicks += int(c or 0)
             imps += int(n or 0)
         return HourCounts(users, clicks, imps)
+
+    def read_commands(self, pairs: Sequence[tuple[int, int]]) -> list[bytes]:
+        """A (count, HMGET) command pair for each (hour, shard)."""
+        pack = hiredis.pack_command
+        count = "PFCOUNT" if self.unique == "hll" else "SCARD"
+        commands = []
+        for hour, shard in pairs:
+            commands.append(pack((count, self.users_key(hour, shard))))
+            commands.append(pack(("HMGET", self.counts_key(hour, shard), "c", "i")))
+        return commands
 
     async def check(self, client) -> None:
         """Adopt the store's layout, writing ours first if it has none; refuse a mismatch."""
@@ -193,7 +204,8 @@ class RedisStore:
         self._layout_checked = False
 
     async def _call(self, coro):
-        """Bound every store call in time and turn every Redis failure into StoreError."""
+        """Bound a call in time and turn every Redis failure into StoreError (the slow path:
+        connecting, checking the layout, and everything redis-py does)."""
         try:
             async with asyncio.timeout(self._timeout):
                 if not self._layout_checked:
@@ -203,11 +215,23 @@ class RedisStore:
         except StoreConfigError:
             coro.close()
             raise
-        except (redis_errors.RedisError, OSError, TimeoutError) as exc:
+        except (redis_errors.RedisError, OSError) as exc:
             coro.close()
-            if not isinstance(exc, redis_errors.ResponseError):
-                self._drop_link()  # timed out or broken: never reuse a half-read reply stream
-            raise StoreError(f"redis {self._name}: {describe(exc)}") from None
+            raise self._failed(exc) from None
+
+    def _failed(self, exc: BaseException) -> StoreError:
+        """The StoreError for ``exc``; a link that timed out or broke is never reused."""
+        if not isinstance(exc, redis_errors.ResponseError):
+            self._drop_link()  # a half-read reply stream can't be trusted
+        return StoreError(f"redis {self._name}: {describe(exc)}")
+
+    def _ready_link(self) -> RedisLink | None:
+        """The open link, once the layout is checked: then a call needs nothing but the link,
+        whose own timer bounds it (see resp.py)."""
+        link = self._link
+        if link is None or link.error is not None or not self._layout_checked:
+            return None
+        return link
 
     async def _get_link(self) -> RedisLink:
         link = self._link
@@ -215,7 +239,9 @@ class RedisStore:
             async with self._link_lock:
                 link = self._link
                 if link is None or link.closed:
-                    link = self._link = await RedisLink.open(self._pool.make_connection())
+                    link = self._link = await RedisLink.open(
+                        self._pool.make_connection(), self._timeout
+                    )
         return link
 
     def _drop_link(self) -> None:
@@ -231,10 +257,25 @@ class RedisStore:
         await self._call(self._redis.ping())
 
     async def write(self, events: Sequence[Event]) -> None:
-        await self._call(self._write(events))
+        """One MULTI/EXEC per batch, packed in C and sent in one write."""
+        link = self._ready_link()
+        if link is None:
+            await self._call(self._write(events))
+            return
+        packed, replies, expire = self._write_request(events)
+        try:
+            check_exec(await link.request(packed, replies))
+        except (redis_errors.RedisError, OSError) as exc:
+            raise self._failed(exc) from None
+        self.layout.expired(expire)
 
     async def _write(self, events: Sequence[Event]) -> None:
-        """One MULTI/EXEC per batch, packed in C and sent in one write."""
+        packed, replies, expire = self._write_request(events)
+        link = await self._get_link()
+        check_exec(await link.request(packed, replies))
+        self.layout.expired(expire)
+
+    def _write_request(self, events: Sequence[Event]) -> tuple[bytes, int, list[tuple[int, int]]]:
         layout = self.layout
         pack = hiredis.pack_command
         add = "PFADD" if layout.unique == "hll" else "SADD"
@@ -259,25 +300,37 @@ class RedisStore:
                 commands += [pack(cmd) for cmd in layout.expire_commands(hour, shard)]
             commands.append(pack(layout.trim_hours_command()))
         commands.append(EXEC)
-        link = await self._get_link()
-        check_exec(await link.request(b"".join(commands), len(commands)))
-        layout.expired(expire)
+        return b"".join(commands), len(commands), expire
 
     async def read(self, hour: int) -> HourCounts:
-        return await self._call(self._read(hour))
+        return (await self.read_hours((hour,)))[0]
 
-    async def _read(self, hour: int) -> HourCounts:
-        """Every shard of the hour in one MULTI/EXEC: one consistent snapshot."""
-        layout = self.layout
-        pack = hiredis.pack_command
-        count = "PFCOUNT" if layout.unique == "hll" else "SCARD"
-        commands = [MULTI]
-        for shard in range(layout.shards):
-            commands.append(pack((count, layout.users_key(hour, shard))))
-            commands.append(pack(("HMGET", layout.counts_key(hour, shard), "c", "i")))
-        commands.append(EXEC)
+    async def read_hours(self, hours: Sequence[int]) -> list[HourCounts]:
+        """Every shard of every hour asked in one MULTI/EXEC: one consistent snapshot."""
+        link = self._ready_link()
+        if link is None:
+            return await self._call(self._read_hours(hours))
+        try:
+            replies = check_exec(await link.request(*self._read_request(hours)))
+        except (redis_errors.RedisError, OSError) as exc:
+            raise self._failed(exc) from None
+        return self._counts(replies, len(hours))
+
+    async def _read_hours(self, hours: Sequence[int]) -> list[HourCounts]:
         link = await self._get_link()
-        return layout.sum_replies(check_exec(await link.request(b"".join(commands), len(commands))))
+        replies = check_exec(await link.request(*self._read_request(hours)))
+        return self._counts(replies, len(hours))
+
+    def _read_request(self, hours: Sequence[int]) -> tuple[bytes, int]:
+        shards = range(self.layout.shards)
+        commands = [MULTI, *self.layout.read_commands([(h, s) for h in hours for s in shards])]
+        commands.append(EXEC)
+        return b"".join(commands), len(commands)
+
+    def _counts(self, replies: list, hours: int) -> list[HourCounts]:
+        per_hour = 2 * self.layout.shards
+        sums = self.layout.sum_replies
+        return [sums(replies[i * per_hour : (i + 1) * per_hour]) for i in range(hours)]
 
     async def hours(self) -> list[int]:
         raw = await self._call(self._redis.zrevrange(self.layout.hours_key, 0, -1))

@@ -1,10 +1,15 @@
 """The embedded default store: one SQLite file in WAL mode.
 
 Like datasette, one thread owns the write connection; every batch becomes one
-transaction on it, so group commit turns many POSTs into one fsync. Reads use a
-second connection on their own thread: WAL lets them run beside the writer and
-see every committed batch. Several processes may open the same file; SQLite's
-file lock serialises their writers and ``busy_timeout`` bounds the wait.
+transaction on it, so group commit turns many POSTs into one fsync. WAL lets reads
+run beside the writer and see every committed batch. An hour's read is one row by
+primary key, about 2 us, while handing it to a thread and back costs the event loop
+ten times that (a work queue, a wake-up of the loop, two futures): so it runs on
+the event loop itself, on a connection that never waits for a lock. In the rare
+moment SQLite answers "busy" (another process recovering the WAL, say) that read
+goes to the read thread instead, whose connection waits up to ``busy_timeout``
+like the writer's; so do listing the hours and pings. Several processes may open
+the same file; SQLite's file lock serialises their writers.
 """
 
 from __future__ import annotations
@@ -59,7 +64,8 @@ class SQLiteStore:
         self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="tapad-sqlite-write")
         self._read_thread = ThreadPoolExecutor(1, thread_name_prefix="tapad-sqlite-read")
         self._writer: sqlite3.Connection | None = None
-        self._reader: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None  # on the read thread
+        self._loop_reader: sqlite3.Connection | None = None  # on the event loop, never waits
 
     # -- lifecycle -------------------------------------------------------
 
@@ -72,6 +78,9 @@ class SQLiteStore:
         await self._on(self._write_thread, self._writer_conn)
 
     async def close(self) -> None:
+        if self._loop_reader is not None:
+            self._loop_reader.close()
+            self._loop_reader = None
         for pool, attr in ((self._write_thread, "_writer"), (self._read_thread, "_reader")):
             conn = getattr(self, attr)
             if conn is not None:
@@ -85,7 +94,19 @@ class SQLiteStore:
         await self._on(self._write_thread, self._write_batch, events)
 
     async def read(self, hour: int) -> HourCounts:
-        return await self._on(self._read_thread, self._read_hour, hour)
+        return (await self.read_hours((hour,)))[0]
+
+    async def read_hours(self, hours: Sequence[int]) -> list[HourCounts]:
+        if self._writer is not None:  # connected: the file, WAL mode and schema are there
+            try:
+                conn = self._loop_reader_conn()
+                return [self._read_hour(conn, hour) for hour in hours]
+            except sqlite3.OperationalError as exc:
+                if not is_busy(exc):
+                    raise StoreError(f"sqlite: {exc}") from exc
+            except sqlite3.Error as exc:
+                raise StoreError(f"sqlite: {exc}") from exc
+        return await self._on(self._read_thread, self._read_hours_on_thread, hours)
 
     async def hours(self) -> list[int]:
         return await self._on(self._read_thread, self._list_hours)
@@ -127,6 +148,13 @@ class SQLiteStore:
             self._reader = self._open()
         return self._reader
 
+    def _loop_reader_conn(self) -> sqlite3.Connection:
+        if self._loop_reader is None:
+            conn = sqlite3.connect(self.path, timeout=0, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout = 0")  # busy: go to the read thread instead
+            self._loop_reader = conn
+        return self._loop_reader
+
     def _write_batch(self, events: Sequence[Event]) -> None:
         conn = self._writer_conn()
         conn.execute("BEGIN IMMEDIATE")
@@ -145,15 +173,16 @@ class SQLiteStore:
                 conn.execute("ROLLBACK")
             raise
 
-    def _read_hour(self, hour: int) -> HourCounts:
+    def _read_hours_on_thread(self, hours: Sequence[int]) -> list[HourCounts]:
+        conn = self._reader_conn()
+        return [self._read_hour(conn, hour) for hour in hours]
+
+    @staticmethod
+    def _read_hour(conn: sqlite3.Connection, hour: int) -> HourCounts:
         try:
-            row = (
-                self._reader_conn()
-                .execute(
-                    "SELECT unique_users, clicks, impressions FROM hours WHERE hour = ?", (hour,)
-                )
-                .fetchone()
-            )
+            row = conn.execute(
+                "SELECT unique_users, clicks, impressions FROM hours WHERE hour = ?", (hour,)
+            ).fetchone()
         except sqlite3.OperationalError as exc:
             if "no such table" in str(exc):
                 return HourCounts()
@@ -168,3 +197,11 @@ class SQLiteStore:
                 return []
             raise
         return [hour for (hour,) in rows]
+
+
+def is_busy(exc: sqlite3.OperationalError) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED: another connection holds a lock for now."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "locked" in str(exc) or "busy" in str(exc)

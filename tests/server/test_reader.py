@@ -48,8 +48,11 @@ class SlowReadStore:
         await self.inner.write(events)
 
     async def read(self, hour: int) -> HourCounts:
+        return (await self.read_hours([hour]))[0]
+
+    async def read_hours(self, hours: Sequence[int]) -> list[HourCounts]:
         self.reads += 1
-        counts = await self.inner.read(hour)  # the snapshot is taken now...
+        counts = await self.inner.read_hours(hours)  # the snapshot is taken now...
         await asyncio.sleep(self.delay)  # ...and the answer comes back later
         return counts
 
@@ -207,6 +210,23 @@ def test_gets_arriving_during_a_read_all_join_the_next_one(tmp_path: Path) -> No
         other = await reader.read(HOUR + 1)  # another hour has its own read
         assert other == HourCounts()
         assert store.reads == 3
+
+    run_with_store(tmp_path, scenario)
+
+
+def test_gets_for_many_hours_share_the_next_read_and_see_every_ack(tmp_path: Path) -> None:
+    """Past hours ride along: GETs for ten hours, arriving during a read, cost one more."""
+
+    async def scenario(store: SlowReadStore, committer: GroupCommitter) -> None:
+        reader = CoalescingReader(store)
+        first = reader.read(HOUR)
+        await asyncio.sleep(0)  # the first read leaves
+        await committer.submit(Event(HOUR - 5, "dave", True))  # acknowledged
+        burst = [reader.read(HOUR - h) for h in range(10)]
+        answers = await asyncio.gather(first, *burst)
+        assert answers[1 + 5] == HourCounts(1, 1, 0)  # the past hour's GET saw the ack
+        assert all(a == HourCounts() for i, a in enumerate(answers) if i != 1 + 5)
+        assert store.reads == reader.store_reads == 2
 
     run_with_store(tmp_path, scenario)
 

@@ -70,6 +70,26 @@ def test_many_servers_on_a_cluster_agree_and_spread_the_hour(
     assert layout.split() == ["shards", "16", "unique", "exact", "retention", "0"]
 
 
+def test_read_hours_sums_each_hour_over_every_master(cluster_url: str) -> None:
+    """Several hours in one call: each hour's 16 shards summed, whichever master holds them."""
+
+    async def main() -> list:
+        store = open_store(cluster_url)
+        await store.connect()
+        try:
+            await store.write(
+                [Event(h, f"user-{i}", i % 3 > 0) for h in (7, 9) for i in range(h * 10)]
+            )
+            return await store.read_hours([9, 8, 7])
+        finally:
+            await store.close()
+
+    nine, eight, seven = asyncio.run(main())
+    assert (nine.unique_users, nine.clicks, nine.impressions) == (90, 60, 30)
+    assert (eight.unique_users, eight.clicks, eight.impressions) == (0, 0, 0)
+    assert (seven.unique_users, seven.clicks, seven.impressions) == (70, 46, 24)
+
+
 def test_a_server_with_another_layout_refuses_to_start(cluster_url: str) -> None:
     TapadServer(cluster_url, "--shards", "8").start().stop()
     adopted = TapadServer(cluster_url).start()  # no explicit values: adopts shards=8

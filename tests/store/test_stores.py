@@ -32,6 +32,24 @@ def test_write_read_hours(store_url: str) -> None:
     assert hours == [12, 10]
 
 
+async def read_several(url: str) -> list[HourCounts]:
+    store = open_store(url)
+    await store.connect()
+    try:
+        await store.write([Event(h, f"u{i}", i % 2 == 0) for h in (3, 5) for i in range(h)])
+        return await store.read_hours([5, 4, 3])
+    finally:
+        await store.close()
+
+
+def test_read_hours_answers_each_hour_in_the_order_asked(store_url: str) -> None:
+    assert run(read_several(store_url)) == [
+        HourCounts(unique_users=5, clicks=3, impressions=2),
+        HourCounts(),
+        HourCounts(unique_users=3, clicks=2, impressions=1),
+    ]
+
+
 async def reopen_and_read(url: str) -> HourCounts:
     await write_and_read(url)
     store = open_store(url)
