@@ -54,3 +54,29 @@ def test_quick_benchmark_run_writes_a_table(tmp_path: Path) -> None:
         port = int(url.rsplit(":", 1)[1])
         with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), 1):
             pass
+
+
+def test_ab_compares_servers_cpu_per_request() -> None:
+    """``bench/ab.py`` starts the servers it is given, measures each and compares the medians."""
+    if shutil.which("wrk") is None or shutil.which("redis-server") is None:
+        pytest.skip("bench/ab.py needs wrk and redis-server (apt-get install -y wrk redis-server)")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "bench/ab.py",
+            "--rounds",
+            "1",
+            "--seconds",
+            "1",
+            f"yardstick={sys.executable} bench/yardstick.py --port {{port}}",
+            f"tapad={sys.executable} -m tapad serve --port {{port}} --store {{redis}}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    medians = [line for line in out.stdout.splitlines() if "median CPU" in line]
+    assert [line.split()[0] for line in medians] == ["yardstick", "tapad"], out.stdout
+    assert "x yardstick: 1.000" in medians[0]

@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""CPU per request of any servers side by side, under the same wrk load: an A/B for a change.
+
+    python bench/ab.py \\
+        "yardstick=python bench/yardstick.py --port {port}" \\
+        "before=env PYTHONPATH=/tmp/before python -m tapad serve --port {port} --store {redis}" \\
+        "after=python -m tapad serve --port {port} --store {redis}"
+    python bench/ab.py --method post --rounds 5 ...
+
+Each argument is ``name=command``; ``{port}`` is replaced by a free port, ``{redis}``
+by a URL to its own database on a redis-server started here, ``{workdir}`` by a
+scratch folder (for SQLite files); commands run in the current folder. Servers run
+on core 0, wrk and Redis on core 1, as in bench/run.py; the servers take turns,
+round after round, and the medians are compared with the first server's. On a
+shared machine requests/s move with whatever else runs; CPU per request (from
+/proc/<pid>/schedstat, see bench/cpu.py) moves much less, and for a CPU-bound
+server its ratio is the ratio bench/run.py reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cpu import measure
+from run import Processes, find_tool, free_port, redis_server_args, wait_for_port
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("servers", nargs="+", metavar="name=command")
+    parser.add_argument("--method", choices=("get", "post"), default="get")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=4)
+    args = parser.parse_args()
+    specs = [spec.partition("=")[::2] for spec in args.servers]
+    if any(not name or not cmd for name, cmd in specs):
+        parser.error("each server is name=command")
+    missing = [t for t in ("wrk", "redis-server", "taskset") if find_tool(t) is None]
+    if missing:
+        print(f"missing: {', '.join(missing)} (apt-get install -y wrk redis-server util-linux)")
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="tapad-ab-"))
+    procs = Processes(workdir)
+    try:
+        rport = free_port()
+        wait_for_port(rport, procs.start("redis", redis_server_args(rport, workdir), "1"))
+        servers: dict[str, tuple[int, str]] = {}
+        for db, (name, cmd) in enumerate(specs):
+            port = free_port()
+            line = cmd.format(port=port, redis=f"redis://127.0.0.1:{rport}/{db}", workdir=workdir)
+            proc = procs.start(name, shlex.split(line), "0", cwd=Path.cwd())
+            try:
+                wait_for_port(port, proc)
+            except RuntimeError as exc:
+                log = (workdir / f"{name}.log").read_text(errors="replace").strip()
+                print(f"error: {name} ({line}): {exc}: {log.splitlines()[-1:] or ''}")
+                return 1
+            servers[name] = (proc.pid, f"http://127.0.0.1:{port}")
+        for pid, url in servers.values():  # warm up
+            measure(pid, url, args.method, 2)
+        us: dict[str, list[float]] = {name: [] for name in servers}
+        for n in range(args.rounds):
+            for name, (pid, url) in servers.items():
+                line = measure(pid, url, args.method, args.seconds)
+                us[name].append(float(re.search(r"CPU\s+([\d.]+) us", line).group(1)))
+                print(f"[{n + 1}] {args.method.upper():4} {name:12} {line}", flush=True)
+        base = statistics.median(us[specs[0][0]])
+        for name, values in us.items():
+            median = statistics.median(values)
+            ratio = base / median
+            print(f"{name:12} median CPU {median:5.1f} us/request, x {specs[0][0]}: {ratio:.3f}")
+    finally:
+        procs.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
