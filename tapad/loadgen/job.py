@@ -69,9 +69,11 @@ async def run_job(job: Job, outcome: Outcome, stop: asyncio.Event | None = None)
         def ignore(token: object, body: bytes) -> None:
             return None
 
-        await run_load(job.config, make, on_answer if job.record else ignore, outcome, stop)
+        await run_load(
+            job.base, job.config, make, on_answer if job.record else ignore, outcome, stop
+        )
         return result
     verifier = Verifier(job.verify, job.tolerance)
-    await run_load(job.config, traffic.get, verifier.check, outcome, stop)
+    await run_load(job.base, job.config, traffic.get, verifier.check, outcome, stop)
     result.checked, result.mismatches = verifier.checked, verifier.mismatches
     return result

@@ -1,10 +1,11 @@
 """Run a load job in several processes, for when one Python process is the bottleneck.
 
-The aiohttp client spends roughly 80 microseconds of CPU per request, so one process
-tops out near 12,000 requests/s; on a machine with a core to spare, a second process
-drives more. Each child runs its share of the requests and connections on its own event
-loop and publishes its counters a few times a second into shared memory for the live
-display; the parent merges the results.
+One process drives about as many requests as one core of a bare aiohttp server can
+answer; against several server processes (``tapad serve --workers N``, or servers behind
+nginx) on a machine with a core to spare, a second loadgen process drives more. Each
+child runs its share of the requests and connections on its own event loop and
+publishes its counters a few times a second into shared memory for the live display;
+the parent merges the results.
 """
 
 from __future__ import annotations
