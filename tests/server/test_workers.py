@@ -107,6 +107,9 @@ def test_workers_share_one_port_and_announce_once(workers3: TapadServer) -> None
 def test_a_dead_worker_is_replaced(workers3: TapadServer) -> None:
     assert workers3.proc is not None
     parent = workers3.proc.pid
+    # /proc's children lists are read task by task, so a read can catch a worker mid-start
+    # (or miss one, under load): look until three are there, then pick the victim
+    wait_until(lambda: len(children(parent)) == 3)
     before = children(parent)
     victim = min(before)
     os.kill(victim, signal.SIGKILL)
