@@ -47,12 +47,13 @@ class CoalescingReader:
                 self.store_reads += 1
                 try:
                     counts = await self._store.read_hours(list(batch))
+                    answers = list(zip(batch.values(), counts, strict=True))
                 except StoreError as exc:
                     self._fail(batch, exc)
-                except Exception as exc:
+                except Exception as exc:  # never leave a GET waiting for ever
                     self._fail(batch, StoreError(f"internal error: {type(exc).__name__}"))
                 else:
-                    for fut, hour_counts in zip(batch.values(), counts, strict=True):
+                    for fut, hour_counts in answers:
                         settle(fut, hour_counts)  # a no-op if a cancelled GET took it down
         finally:
             self._in_flight = False
