@@ -23,6 +23,7 @@ import tempfile
 import time
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 from prometheus_client import (
@@ -226,13 +227,33 @@ def shared_folder() -> Iterator[str]:
         os.makedirs(given, exist_ok=True)
         yield given
         return
-    directory = tempfile.mkdtemp(prefix="tapad-metrics-")
+    remove_orphaned_folders()
+    directory = tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-")
     os.environ[MULTIPROC_ENV] = directory
     try:
         yield directory
     finally:
         os.environ.pop(MULTIPROC_ENV, None)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+FOLDER_PREFIX = "tapad-metrics-"
+
+
+def remove_orphaned_folders() -> None:
+    """Remove metric folders whose supervisor is gone: one killed with SIGKILL (or a power
+    cut) never removed its own. A folder is named after its supervisor's pid; one whose pid
+    is alive (even if reused by another process) is left alone."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*-*"):
+        pid = folder.name[len(FOLDER_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:  # alive, someone else's
+            continue
 
 
 def worker_died(pid: int) -> None:

@@ -117,3 +117,32 @@ def test_metrics_add_up_across_workers_and_survive_a_dead_worker(
         code = srv.stop()
     assert code == 0
     assert list(tmpdir.glob("tapad-metrics-*")) == [], "the metrics folder was not removed"
+
+
+def test_a_killed_supervisors_metrics_folder_is_removed_by_the_next_one(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """SIGKILL leaves no time to clean up; the next supervisor removes what it left."""
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    env_without = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    env = {**env_without, "TMPDIR": str(tmpdir)}
+    killed = TapadServer(sqlite_url, "--workers", "2", env=env).start()
+    assert killed.proc is not None
+    (left,) = tmpdir.glob("tapad-metrics-*")
+    assert left.name.startswith(f"tapad-metrics-{killed.proc.pid}-")
+    killed.proc.kill()
+    killed.proc.wait(10)
+    assert left.is_dir()  # nobody removed it
+
+    someone_elses = tmpdir / f"tapad-metrics-{os.getpid()}-alive"  # a live supervisor's
+    someone_elses.mkdir()
+    time.sleep(1)  # the killed supervisor's workers follow it (PDEATHSIG) and free the port
+    srv = TapadServer(sqlite_url, "--workers", "2", env=env).start()
+    try:
+        assert not left.exists()
+        assert someone_elses.is_dir()
+        assert fresh_post(srv.url, "after") == 200
+    finally:
+        assert srv.stop() == 0
+    assert sorted(p.name for p in tmpdir.glob("tapad-metrics-*")) == [someone_elses.name]
