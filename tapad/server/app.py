@@ -1,7 +1,8 @@
 """The HTTP layer and the hot path, all of it in ``TapadHandler.__call__``.
 
-POST: parse -> enqueue in the group commit -> wait for the commit -> 200.
-GET:  parse -> join the hour's next coalesced read -> 200 with three lines.
+POST: parse -> enqueue in the group commit -> wait for the commit -> 200 (or 503 if its
+      part of the batch failed).
+GET:  parse -> join the next coalesced read -> 200 with three lines.
 It runs on aiohttp's low-level server: no router, no middleware, and the query
 string is taken raw so percent-decoding follows the contract, not yarl.
 """
@@ -25,6 +26,7 @@ log = logging.getLogger("tapad.server")
 ALLOW = "GET, POST"
 TEXT = "text/plain"
 RETRY_AFTER = "1"
+STORE_FAILED = "store unavailable: event not acknowledged, retry later"
 COUNTS_HEADERS = {"Content-Type": "text/plain; charset=utf-8"}
 
 
@@ -71,14 +73,18 @@ class TapadHandler:
         method = request.method
         if path == "/analytics" and method == "POST":
             try:
-                await self.committer.submit(parse_post(query))
-                response = web.Response()
+                event = parse_post(query)
+                partial = await self.committer.submit(event)
+                if partial is None or partial.committed(event):
+                    response = web.Response()
+                else:
+                    response = unavailable(STORE_FAILED)
             except BadRequest as exc:
                 response = bad_request(exc)
             except Overloaded:
                 response = unavailable("overloaded: too many events waiting, retry later")
             except StoreError:
-                response = unavailable("store unavailable: event not acknowledged, retry later")
+                response = unavailable(STORE_FAILED)
         elif path == "/analytics" and method == "GET":
             try:
                 counts = await self.reader.read(parse_get(query))

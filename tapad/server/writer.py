@@ -23,7 +23,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from tapad.server.shared_future import new_shared_future, settle
-from tapad.store.base import Event, Store, StoreConfigError, StoreError
+from tapad.store.base import Event, PartialWrite, Store, StoreConfigError, StoreError
 
 if TYPE_CHECKING:
     from tapad.server.metrics import Metrics
@@ -40,7 +40,7 @@ class _Batch:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.events: list[Event] = []
-        self.done: asyncio.Future[None] = new_shared_future(loop)
+        self.done: asyncio.Future[PartialWrite | None] = new_shared_future(loop)
 
 
 class _OutageLog:
@@ -104,8 +104,10 @@ class GroupCommitter:
     def start(self) -> None:
         self._task = asyncio.create_task(self._commit_forever(), name="tapad-group-commit")
 
-    def submit(self, event: Event) -> asyncio.Future[None]:
-        """Queue an event; the returned future resolves once it is committed."""
+    def submit(self, event: Event) -> asyncio.Future[PartialWrite | None]:
+        """Queue an event; the returned future resolves once its batch is committed: to None,
+        or to a PartialWrite if only part of it was (a cluster master failed mid-batch),
+        which says whether this event's part was. A failed batch raises StoreError."""
         if self._pending >= self._max_pending:
             raise Overloaded(f"{self._pending} events already waiting")
         batches = self._batches
@@ -133,6 +135,11 @@ class GroupCommitter:
                 self._metrics.pending.set(self._pending)
             try:
                 await self._store.write(batch.events)
+            except PartialWrite as exc:
+                if not batch.done.done():  # a result, not an error: each POST asks it
+                    batch.done.set_result(exc)  # whether its own part was committed
+                self._fail_queued(StoreError(str(exc)))
+                self._outage.failed(len(batch.events), exc)
             except (StoreError, StoreConfigError) as exc:
                 error = StoreError(str(exc))
                 settle(batch.done, error)

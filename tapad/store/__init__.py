@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from tapad.store.base import Event, HourCounts, Store, StoreConfigError, StoreError
+from tapad.store.base import (
+    Event,
+    HourCounts,
+    PartialWrite,
+    Store,
+    StoreConfigError,
+    StoreError,
+)
 from tapad.store.url import DEFAULT_STORE_URL, StoreSettings, parse_store_url, redact
 
 __all__ = [
     "DEFAULT_STORE_URL",
     "Event",
     "HourCounts",
+    "PartialWrite",
     "Store",
     "StoreConfigError",
     "StoreError",

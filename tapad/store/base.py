@@ -38,6 +38,23 @@ class StoreError(Exception):
     """The store could not do what was asked; the caller may retry later (HTTP 503)."""
 
 
+class PartialWrite(StoreError):
+    """A batch was applied in part: a Redis Cluster master failed while its part was in
+    flight, and the other masters had committed theirs. ``committed(event)`` tells them
+    apart, so each POST gets its own answer: 200 if its part was committed, 503 if not (its
+    part may still have been applied, as after any store timeout)."""
+
+    def __init__(
+        self, message: str, parts: set[tuple[int, int]], shard_of: Callable[[str], int]
+    ) -> None:
+        super().__init__(message)
+        self._parts = parts  # the committed (hour, shard) parts
+        self._shard_of = shard_of
+
+    def committed(self, event: Event) -> bool:
+        return (event.hour, self._shard_of(event.user)) in self._parts
+
+
 class StoreConfigError(Exception):
     """The store refuses this configuration (bad URL, mismatched layout); retrying won't help."""
 

@@ -40,7 +40,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
-from tapad.store.base import Event, HourCounts, StoreConfigError, StoreError
+from tapad.store.base import Event, HourCounts, PartialWrite, StoreConfigError, StoreError
 from tapad.store.redis import EXEC, MULTI, KeyLayout, describe
 from tapad.store.resp import RedisLink, ReplyError
 from tapad.store.url import StoreSettings
@@ -163,9 +163,17 @@ class ClusterStore:
         await self._call(self._ping())
 
     async def write(self, events: Sequence[Event]) -> None:
-        await self._call(self._write(events))
+        """Every master's part at once; if one fails, raise PartialWrite naming the parts the
+        others committed (if any), so their POSTs are not answered 503 and retried twice."""
+        committed: set[tuple[int, int]] = set()
+        try:
+            await self._call(self._write(events, committed))
+        except StoreError as exc:
+            if committed:
+                raise PartialWrite(str(exc), committed, self.layout.shard_of) from None
+            raise
 
-    async def _write(self, events: Sequence[Event]) -> None:
+    async def _write(self, events: Sequence[Event], committed: set[tuple[int, int]]) -> None:
         layout = self.layout
         parts = layout.split(events)
         new_hours = {str(hour): hour for hour, _ in parts if hour not in self._indexed}
@@ -188,7 +196,7 @@ class ClusterStore:
             links = await asyncio.gather(*(self._link(node) for node in by_node))
             results = await asyncio.gather(
                 *(
-                    self._write_node(link, slots)
+                    self._write_node(link, slots, committed)
                     for link, slots in zip(links, by_node.values(), strict=True)
                 ),
                 return_exceptions=True,
@@ -213,11 +221,15 @@ class ClusterStore:
             await self._cluster.nodes_manager.initialize()  # slots moved: reload the map
             pending = moved
 
-    async def _write_node(self, link: RedisLink, slots: list[tuple[int, list]]) -> dict[int, list]:
+    async def _write_node(
+        self, link: RedisLink, slots: list[tuple[int, list]], committed: set[tuple[int, int]]
+    ) -> dict[int, list]:
         """Every slot of one master in one round trip: MULTI ... EXEC per slot, pipelined.
 
-        Returns the slots whose transaction was refused because the slot had moved: not
-        applied at all, so safe to send again. Any other failure raises.
+        Adds the (hour, shard) parts it committed to ``committed`` as soon as the reply is
+        in, so they are known even if another master's part fails or times out. Returns the
+        slots whose transaction was refused because the slot had moved: not applied at all,
+        so safe to send again. Any other failure raises.
         """
         layout = self.layout
         pack = hiredis.pack_command
@@ -246,6 +258,7 @@ class ClusterStore:
                 for reply in result:  # applied, but a command failed (e.g. a wrong key type)
                     if isinstance(reply, ReplyError):
                         raise redis_errors.ResponseError(str(reply))
+                committed.update((hour, shard) for hour, shard, _ in items)
                 continue
             # EXECABORT: a queued command was refused and nothing of this slot applied.
             causes = [r for r in replies[begin:end] if isinstance(r, ReplyError)]

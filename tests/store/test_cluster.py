@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -10,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tapad.store import Event, StoreError, open_store
+from tapad.server.writer import GroupCommitter
+from tapad.store import Event, PartialWrite, StoreError, open_store
+from tapad.store.redis import KeyLayout
 from tests.support import RedisClusterProcs, TapadServer, http, parse_counts
 
 NOW_MS = int(time.time() * 1000)
@@ -275,4 +280,92 @@ def test_a_batch_for_a_master_that_is_down_records_nothing_anywhere(tmp_path: Pa
             if node.proc is not None:
                 assert node.cli("KEYS", f"tapad:{{{HOUR}.*") == "", "half a batch was written"
     finally:
+        cluster.stop()
+
+
+def clicks_per_shard(nodes: list) -> dict[int, int]:
+    """The clicks of this hour that ``nodes`` hold, by shard."""
+    held: dict[int, int] = {}
+    for node in nodes:
+        for key in node.cli("KEYS", f"tapad:{{{HOUR}.*}}:n").split():
+            held[int(key.split(".")[1].split("}")[0])] = int(node.cli("HGET", key, "c") or 0)
+    return held
+
+
+SHARD_OF = KeyLayout("tapad:", 16, None, default_shards=16).shard_of
+
+
+def test_a_master_that_hangs_mid_batch_fails_only_its_own_posts(tmp_path: Path) -> None:
+    """A batch spans masters and one of them stops answering while its part is in flight:
+    the other masters' parts are committed, and the committer tells each POST whether its
+    own part was (200) or not (503), instead of 503 for all and double counts on retry."""
+    cluster = RedisClusterProcs(tmp_path / "hang").start()
+    victim = cluster.nodes[1]
+    assert victim.proc is not None
+    others = [node for node in cluster.nodes if node is not victim]
+    try:
+
+        async def go() -> list[tuple[Event, object]]:
+            store = open_store(cluster.url, timeout=1.0)
+            await store.connect()
+            committer = GroupCommitter(store)
+            committer.start()
+            try:
+                # Impressions for this hour from 64 users: a link to every master, and the
+                # hour already indexed, so the batch below goes straight to the masters.
+                await asyncio.gather(
+                    *(committer.submit(Event(HOUR, f"warm-up{i}", False)) for i in range(64))
+                )
+                os.kill(victim.proc.pid, signal.SIGSTOP)
+                batch = [Event(HOUR, f"user{i}", True) for i in range(200)]
+                outcomes = await asyncio.gather(*(committer.submit(e) for e in batch))
+                return list(zip(batch, outcomes, strict=True))
+            finally:
+                os.kill(victim.proc.pid, signal.SIGCONT)
+                await committer.drain()
+                await store.close()
+
+        answered = asyncio.run(go())
+        held = clicks_per_shard(others)  # what the masters that kept answering hold
+        assert held and len(held) < 16  # the batch did span the stopped master and others
+        for event, outcome in answered:
+            assert isinstance(outcome, PartialWrite)  # one batch, applied in part
+            assert outcome.committed(event) == (SHARD_OF(event.user) in held), event
+        acknowledged = sum(1 for event, outcome in answered if outcome.committed(event))
+        assert 0 < acknowledged < len(answered)
+        assert sum(held.values()) == acknowledged  # every 200 stored, nothing else there
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim.proc.pid, signal.SIGCONT)
+        cluster.stop()
+
+
+def test_over_http_only_posts_whose_part_failed_get_503(tmp_path: Path) -> None:
+    """The same wired through the HTTP handler: whichever way the POSTs fall into batches,
+    every 200 is stored on a master that kept answering, nothing else is stored there, and
+    no POST for the stopped master's shards gets 200."""
+    cluster = RedisClusterProcs(tmp_path / "hang-http").start()
+    victim = cluster.nodes[1]
+    assert victim.proc is not None
+    server = TapadServer(cluster.url, "--store-timeout", "1").start()
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            warm = [f"w{i}" for i in range(64)]
+            assert (
+                list(pool.map(lambda u: post(server.url, NOW_MS, u, "impression"), warm))
+                == [200] * 64
+            )
+            os.kill(victim.proc.pid, signal.SIGSTOP)
+            users = [f"user{i}" for i in range(200)]
+            codes = list(pool.map(lambda u: post(server.url, NOW_MS, u, "click"), users))
+        os.kill(victim.proc.pid, signal.SIGCONT)
+        assert set(codes) <= {200, 503} and 503 in codes
+        held = clicks_per_shard([node for node in cluster.nodes if node is not victim])
+        acked = Counter(SHARD_OF(u) for u, code in zip(users, codes, strict=True) if code == 200)
+        assert all(shard in held for shard in acked)  # no 200 for the stopped master's part
+        assert {s: n for s, n in held.items() if n} == dict(acked)  # every 200 stored, no more
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim.proc.pid, signal.SIGCONT)
+        server.stop()
         cluster.stop()
