@@ -27,6 +27,7 @@ ALLOW = "GET, POST"
 TEXT = "text/plain"
 RETRY_AFTER = "1"
 STORE_FAILED = "store unavailable: event not acknowledged, retry later"
+HEALTH_WINDOW = 5.0  # seconds a failed batch keeps /healthz at 503 (see failing_writes)
 COUNTS_HEADERS = {"Content-Type": "text/plain; charset=utf-8"}
 
 
@@ -129,4 +130,7 @@ class TapadHandler:
             await self.store.ping()
         except StoreError as exc:
             return unavailable(f"store unavailable: {exc}")
+        failing = self.committer.failing_writes(within=HEALTH_WINDOW)
+        if failing is not None:
+            return unavailable(f"store refusing writes: {failing}")
         return web.Response(text="ok\n", content_type=TEXT)

@@ -52,9 +52,11 @@ class _OutageLog:
         self.since: float | None = None
         self.last_line = 0.0
         self.batches = self.events = 0
+        self.last_failure: tuple[float, str] | None = None  # (when, why) until a batch succeeds
 
     def failed(self, events: int, exc: BaseException) -> None:
         now = time.monotonic()
+        self.last_failure = (now, str(exc))
         self.batches += 1
         self.events += events
         if self.since is None or now - self.last_line >= self.EVERY:
@@ -69,6 +71,7 @@ class _OutageLog:
             self.batches = self.events = 0
 
     def succeeded(self) -> None:
+        self.last_failure = None
         if self.since is not None:
             if self.batches:
                 log.warning("%d more batches (%d events) answered 503", self.batches, self.events)
@@ -100,6 +103,16 @@ class GroupCommitter:
     @property
     def pending(self) -> int:
         return self._pending
+
+    def failing_writes(self, within: float) -> str | None:
+        """Why the last batch failed, if it did in the last ``within`` seconds and none has
+        succeeded since. A store can answer PING and still refuse every write (a Redis out
+        of memory); /healthz asks this too. The window lets a server that a load balancer
+        stopped sending POSTs to say healthy again, get traffic, and find out."""
+        failure = self._outage.last_failure
+        if failure is None or time.monotonic() - failure[0] > within:
+            return None
+        return failure[1]
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._commit_forever(), name="tapad-group-commit")

@@ -147,9 +147,14 @@ def test_redis_refusing_writes_mid_batch_records_nothing_of_it(own_redis: RedisS
         own_redis.cli("CONFIG", "SET", "maxmemory", "1")
         traffic.wait_for(lambda t: t.statuses().get(503, 0) >= 30, timeout=10)
         check_outage(after(traffic, mark))
+        # PING still works, but the server knows its writes fail and says so.
+        status, _, body = http("GET", f"{srv.url}/healthz")
+        assert (status, body.split(":")[0]) == (503, "store refusing writes"), body
+        assert "OOM" in body or "memory" in body
         own_redis.cli("CONFIG", "SET", "maxmemory", "0")
         # Refused at once, never sent for execution: nothing of a refused batch is stored.
         check_recovered(traffic, srv.url, 0)
+        assert http("GET", f"{srv.url}/healthz")[::2] == (200, "ok\n")
     finally:
         traffic.stop()
         srv.stop()
