@@ -11,7 +11,7 @@ Before taking a batch the committer yields to the event loop once, so requests
 whose bytes are already in the socket buffers are parsed and join it: one more
 poll, microseconds when idle, and under load batches twice as large. Every batch
 costs the event loop a round trip (a send, a receive, a wake-up), so halving
-their number cut CPU per POST by about 8% on the benchmark (``bench/cpu.py``).
+their number cut CPU per POST by about 8% on the benchmark (``bench/ab.py``).
 """
 
 from __future__ import annotations
