@@ -233,19 +233,13 @@ class ClusterStore:
         """
         layout = self.layout
         pack = hiredis.pack_command
-        add = "PFADD" if layout.unique == "hll" else "SADD"
         commands: list[bytes] = []
         spans = []
         for _slot, items in slots:
             begin = len(commands)
             commands.append(MULTI)
-            for hour, shard, (users, clicks, imps) in items:
-                commands.append(pack((add, layout.users_key(hour, shard), *users)))
-                counts = layout.counts_key(hour, shard)
-                if clicks:
-                    commands.append(pack(("HINCRBY", counts, "c", clicks)))
-                if imps:
-                    commands.append(pack(("HINCRBY", counts, "i", imps)))
+            for hour, shard, part in items:
+                commands += layout.write_commands(hour, shard, *part)
             for hour, shard in layout.expiries((h, s) for h, s, _ in items):
                 commands += [pack(cmd) for cmd in layout.expire_commands(hour, shard)]
             commands.append(EXEC)

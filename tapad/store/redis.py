@@ -127,6 +127,20 @@ class KeyLayout:
             imps += int(n or 0)
         return HourCounts(users, clicks, imps)
 
+    def write_commands(
+        self, hour: int, shard: int, users: set[str], clicks: int, impressions: int
+    ) -> list[bytes]:
+        """One (hour, shard) part of a batch: add its users, count its clicks and impressions."""
+        pack = hiredis.pack_command
+        add = "PFADD" if self.unique == "hll" else "SADD"
+        commands = [pack((add, self.users_key(hour, shard), *users))]
+        counts = self.counts_key(hour, shard)
+        if clicks:
+            commands.append(pack(("HINCRBY", counts, "c", clicks)))
+        if impressions:
+            commands.append(pack(("HINCRBY", counts, "i", impressions)))
+        return commands
+
     def read_commands(self, pairs: Sequence[tuple[int, int]]) -> list[bytes]:
         """A (count, HMGET) command pair for each (hour, shard)."""
         pack = hiredis.pack_command
@@ -278,17 +292,11 @@ class RedisStore:
     def _write_request(self, events: Sequence[Event]) -> tuple[bytes, int, list[tuple[int, int]]]:
         layout = self.layout
         pack = hiredis.pack_command
-        add = "PFADD" if layout.unique == "hll" else "SADD"
         commands = [MULTI]
         hours: dict[int, str] = {}
         parts = layout.split(events)
-        for (hour, shard), (users, clicks, imps) in parts.items():
-            commands.append(pack((add, layout.users_key(hour, shard), *users)))
-            counts = layout.counts_key(hour, shard)
-            if clicks:
-                commands.append(pack(("HINCRBY", counts, "c", clicks)))
-            if imps:
-                commands.append(pack(("HINCRBY", counts, "i", imps)))
+        for (hour, shard), part in parts.items():
+            commands += layout.write_commands(hour, shard, *part)
             hours[hour] = str(hour)
         zadd: list[object] = ["ZADD", layout.hours_key]
         for hour, member in hours.items():
