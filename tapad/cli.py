@@ -76,7 +76,7 @@ def serve(
     store: StoreOption = DEFAULT_STORE_URL,
     store_timeout: Annotated[
         float, typer.Option(min=0.05, help="Seconds before a store call counts as failed (503).")
-    ] = 1.0,
+    ] = 0.75,
     max_pending: Annotated[
         int, typer.Option(min=1, help="Events waiting for commit before POST answers 503.")
     ] = 50_000,

@@ -26,7 +26,9 @@ class ServeSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     store_url: str = "sqlite:///tapad-data/tapad.db"
-    store_timeout: float = 1.0
+    # A POST may wait for the batch ahead of it and then its own: two store timeouts, which
+    # must stay under the 2 s in which every POST is promised an answer while the store hangs.
+    store_timeout: float = 0.75
     max_pending: int = 50_000
     max_connections: int = 10_000
     max_batch: int = 2048
