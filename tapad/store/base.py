@@ -38,6 +38,13 @@ class StoreError(Exception):
     """The store could not do what was asked; the caller may retry later (HTTP 503)."""
 
 
+class CommitUnknown(StoreError):
+    """The store went silent while a batch was being committed and did not come back within
+    the commit deadline: the batch may or may not have been applied (HTTP 504). Raised only
+    after the store tried to find out (see docs/operations.md); never for a batch that was
+    not sent."""
+
+
 class PartialWrite(StoreError):
     """A batch was applied in part: a Redis Cluster master failed while its part was in
     flight, and the other masters had committed theirs. ``committed(event)`` tells them
@@ -66,7 +73,12 @@ class Store(Protocol):
         """Check the store at start: StoreConfigError is fatal, StoreError means not yet."""
 
     async def write(self, events: Sequence[Event]) -> None:
-        """Apply all events or none; raise StoreError on failure."""
+        """Apply all events or none, exactly once.
+
+        Returns: applied. StoreError: known not applied, and never will be (HTTP 503, safe
+        to retry). CommitUnknown: may or may not have been applied (HTTP 504). PartialWrite
+        (cluster): some parts applied, the others known not applied.
+        """
 
     async def read(self, hour: int) -> HourCounts:
         """One hour's counts (``tally``, tests)."""
