@@ -28,6 +28,25 @@ def format_hour(hour: int) -> str:
     return datetime.fromtimestamp(hour * 3600, tz=UTC).strftime("%Y-%m-%dT%H")
 
 
+def hour_start_ms(hour: int) -> int:
+    """The first millisecond of an hour bucket."""
+    return hour * MS_PER_HOUR
+
+
+def hour_ends_at(hour: int, after_hours: int = 0) -> float:
+    """Unix time (seconds) at which an hour ends, or ``after_hours`` hours after that.
+
+    Retention on every store counts from here: an hour's data goes once this moment,
+    with ``after_hours`` the retention, has passed.
+    """
+    return (hour + 1 + after_hours) * 3600.0
+
+
+def oldest_kept_hour(retention_hours: int, now: float) -> int:
+    """The oldest hour a retention of ``retention_hours`` still keeps at Unix time ``now``."""
+    return int(now // 3600) - retention_hours
+
+
 def parse_hour(text: str) -> int:
     """Read an hour as a person writes it: ``YYYY-MM-DDTHH``, ``now`` or epoch milliseconds.
 

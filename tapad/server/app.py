@@ -15,8 +15,9 @@ from time import perf_counter
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
+from tapad.hourly import CONTENT_TYPES, render_text
 from tapad.server.metrics import CONTENT_TYPE, Metrics
-from tapad.server.query import BadRequest, parse_get, parse_post
+from tapad.server.query import BadRequest, parse_get, parse_hours_query, parse_post
 from tapad.server.reader import CoalescingReader
 from tapad.server.writer import GroupCommitter, Overloaded
 from tapad.store.base import HourCounts, Store, StoreError
@@ -38,6 +39,15 @@ def bad_request(exc: BadRequest) -> web.Response:
 def unavailable(reason: str) -> web.Response:
     return web.Response(
         status=503, text=f"{reason}\n", content_type=TEXT, headers={"Retry-After": RETRY_AFTER}
+    )
+
+
+def not_allowed(method: str, allow: str) -> web.Response:
+    return web.Response(
+        status=405,
+        text=f"method {method} not allowed; use {allow}\n",
+        content_type=TEXT,
+        headers={"Allow": allow},
     )
 
 
@@ -110,6 +120,8 @@ class TapadHandler:
 
     async def handle(self, request: BaseRequest, path: str, method: str) -> web.StreamResponse:
         """Everything but POST and GET on /analytics."""
+        if path == "/analytics/hours":
+            return await self.hours(request, method)
         if path == "/analytics":
             return web.Response(
                 status=405,
@@ -122,6 +134,25 @@ class TapadHandler:
         if path == "/metrics":
             return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
         return web.Response(status=404, text=f"not found: {path[:100]}\n", content_type=TEXT)
+
+    async def hours(self, request: BaseRequest, method: str) -> web.Response:
+        """``GET /analytics/hours``: a range of hours through the coalesced read path."""
+        if method not in ("GET", "HEAD"):
+            return not_allowed(method, "GET, HEAD")
+        try:
+            first, last, fmt = parse_hours_query(request.raw_path.partition("?")[2])
+            hours = range(first, last + 1)
+            futures = self.reader.read_many(hours)
+            counts = [await fut for fut in futures]  # one read: all done once the first is
+        except BadRequest as exc:
+            return bad_request(exc)
+        except StoreError:
+            return unavailable("store unavailable, retry later")
+        body = render_text(fmt, zip(hours, counts, strict=True))
+        return web.Response(
+            body=body.encode(),
+            headers={"Content-Type": CONTENT_TYPES[fmt], "Cache-Control": "no-store"},
+        )
 
     async def healthz(self, request: BaseRequest) -> web.Response:
         if request.method not in ("GET", "HEAD"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote_plus
 
+from tapad.hourly import FORMATS, MAX_HOURS
 from tapad.hours import MAX_TIMESTAMP_MS, MS_PER_HOUR
 from tapad.store.base import Event
 
@@ -60,17 +61,17 @@ def _only(params: dict[str, list[str]], name: str, what: str) -> str:
     return _decode(name, values[0])
 
 
-def parse_timestamp(params: dict[str, list[str]]) -> int:
-    """The hour bucket of the request's timestamp."""
-    text = _only(params, "timestamp", "milliseconds since the Unix epoch")
+def parse_timestamp(params: dict[str, list[str]], name: str = "timestamp") -> int:
+    """The hour bucket of the request's timestamp (or of ``from``/``to``, same rules)."""
+    text = _only(params, name, "milliseconds since the Unix epoch")
     digits = text.lstrip("0") or "0"
     if not text.isascii() or not text.isdigit():
         raise BadRequest(
-            f"timestamp: must be a decimal integer of milliseconds since the Unix epoch, "
+            f"{name}: must be a decimal integer of milliseconds since the Unix epoch, "
             f"got {_show(text)}"
         )
     if len(digits) > 15 or int(digits) > MAX_TIMESTAMP_MS:
-        raise BadRequest(f"timestamp: must be between 0 and {MAX_TIMESTAMP_MS}, got {_show(text)}")
+        raise BadRequest(f"{name}: must be between 0 and {MAX_TIMESTAMP_MS}, got {_show(text)}")
     return int(digits) // MS_PER_HOUR
 
 
@@ -118,6 +119,26 @@ def parse_get(query: str) -> int:
     if hour is not None:
         return hour
     return parse_timestamp(split_query(query))
+
+
+def parse_hours_query(query: str) -> tuple[int, int, str]:
+    """``GET /analytics/hours``: the first and last hour and the format (json or csv)."""
+    params = split_query(query)
+    first = parse_timestamp(params, "from")
+    last = parse_timestamp(params, "to")
+    formats = params.get("format")
+    if formats is not None and len(formats) > 1:
+        raise BadRequest(f"format: given {len(formats)} times, must be given once")
+    fmt = _decode("format", formats[0]) if formats else "json"
+    if fmt not in FORMATS:
+        raise BadRequest(f"format: must be json or csv, got {_show(fmt)}")
+    if first > last:
+        raise BadRequest("from: must not be after to")
+    if last - first + 1 > MAX_HOURS:
+        raise BadRequest(
+            f"to: one request covers at most {MAX_HOURS} hours, from..to spans {last - first + 1}"
+        )
+    return first, last, fmt
 
 
 # -- the hot path's shortcut -----------------------------------------------------------

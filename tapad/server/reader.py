@@ -17,6 +17,7 @@ once before a read leaves, so GETs already in the socket buffers join it.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 
 from tapad.server.shared_future import new_shared_future, settle
 from tapad.store.base import HourCounts, Store, StoreError
@@ -38,6 +39,11 @@ class CoalescingReader:
                 self._in_flight = True
                 self._loop.create_task(self._send())
         return fut
+
+    def read_many(self, hours: Iterable[int]) -> list[asyncio.Future[HourCounts]]:
+        """A range of hours (``GET /analytics/hours``) joins the open read as a whole:
+        one store round trip for all of them, shared with the GETs around it."""
+        return [self.read(hour) for hour in hours]
 
     async def _send(self) -> None:
         try:

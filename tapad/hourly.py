@@ -1,0 +1,58 @@
+"""The rows of ``GET /analytics/hours`` and ``tapad export``, written in one place.
+
+The server and the export command both read hours from a store and hand them here,
+so the two give the very same bytes for the same range (a test holds them to it).
+Rows are written as text pieces, one per row, so ``export`` can stream a range far
+longer than one request may ask for and the server can join a short one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Final
+
+from tapad.hours import format_hour, hour_start_ms
+from tapad.store.base import HourCounts
+
+MAX_HOURS: Final = 744  # one request covers at most 31 days
+FORMATS: Final = ("json", "csv")
+CONTENT_TYPES: Final = {"json": "application/json", "csv": "text/csv; charset=utf-8"}
+CSV_HEADER: Final = "hour,timestamp,unique_users,clicks,impressions\n"
+
+HourRows = Iterable[tuple[int, HourCounts]]  # (hour, its counts), oldest first
+
+
+def csv_row(hour: int, counts: HourCounts) -> str:
+    return (
+        f"{format_hour(hour)},{hour_start_ms(hour)},"
+        f"{counts.unique_users},{counts.clicks},{counts.impressions}\n"
+    )
+
+
+def json_row(hour: int, counts: HourCounts) -> str:
+    # Written out rather than json.dumps'd: every value is a number or an hour label of
+    # digits and dashes, and this is the same text json.dumps gives, several times faster.
+    return (
+        f'{{"hour": "{format_hour(hour)}", "timestamp": {hour_start_ms(hour)}, '
+        f'"unique_users": {counts.unique_users}, "clicks": {counts.clicks}, '
+        f'"impressions": {counts.impressions}}}'
+    )
+
+
+def render(fmt: str, rows: HourRows) -> Iterator[str]:
+    """The document for ``rows`` in ``fmt`` (json or csv), piece by piece."""
+    if fmt == "csv":
+        yield CSV_HEADER
+        for hour, counts in rows:
+            yield csv_row(hour, counts)
+        return
+    yield '{"hours": ['
+    sep = ""
+    for hour, counts in rows:
+        yield sep + json_row(hour, counts)
+        sep = ", "
+    yield "]}\n"
+
+
+def render_text(fmt: str, rows: HourRows) -> str:
+    return "".join(render(fmt, rows))
