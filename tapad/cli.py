@@ -325,6 +325,46 @@ def tally(
     raise typer.Exit(code)
 
 
+class ExportFormat(StrEnum):
+    csv = "csv"
+    json = "json"
+
+
+@app.command()
+def export(
+    store: StoreOption = DEFAULT_STORE_URL,
+    from_hour: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="First hour: YYYY-MM-DDTHH (UTC), 'now' or epoch ms "
+            "(default: the oldest hour with data).",
+        ),
+    ] = None,
+    to_hour: Annotated[
+        str | None,
+        typer.Option("--to", help="Last hour, included (default: the current hour)."),
+    ] = None,
+    fmt: Annotated[
+        ExportFormat,
+        typer.Option(
+            "--format", case_sensitive=False, help="csv or json, as GET /analytics/hours."
+        ),
+    ] = ExportFormat.csv,
+    out: Annotated[
+        Path | None, typer.Option(help="File to write (default: standard output).")
+    ] = None,
+) -> None:
+    """Read the store directly and write every hour of a range, as GET /analytics/hours does."""
+    from tapad.export import ExportError, run_export
+
+    try:
+        summary = run_export(store, from_hour, to_hour, fmt.value, out)
+    except ExportError as exc:
+        raise fail(str(exc), 2) from None
+    typer.echo(summary, err=True)
+
+
 def main() -> None:
     """Run the CLI; a usage mistake (bad option value, unknown option) is one line, exit 2."""
     try:

@@ -1,0 +1,150 @@
+"""``tapad export`` gives the same rows as ``GET /analytics/hours``, on SQLite and Redis."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tapad.hours import MS_PER_HOUR, current_hour, format_hour
+from tests.support import TapadServer, http
+
+HOUR = 2_100_000  # 2209-07-27T00: far from now and from the other tests' hours
+
+
+def export(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tapad", "export", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def api(server: TapadServer, first: int, last: int, fmt: str) -> str:
+    status, _, body = http(
+        "GET",
+        f"{server.url}/analytics/hours?from={first * MS_PER_HOUR}"
+        f"&to={last * MS_PER_HOUR}&format={fmt}",
+    )
+    assert status == 200, body
+    return body
+
+
+def post(server: TapadServer, hour: int, user: str, kind: str) -> None:
+    ts = hour * MS_PER_HOUR + 1234
+    status, _, body = http("POST", f"{server.url}/analytics?timestamp={ts}&user={user}&{kind}")
+    assert status == 200, body
+
+
+@pytest.fixture
+def server(store_url: str) -> TapadServer:
+    srv = TapadServer(store_url).start()
+    yield srv
+    srv.stop()
+
+
+def test_export_agrees_with_the_api_in_both_formats(
+    server: TapadServer, store_url: str, tmp_path: Path
+) -> None:
+    for hour, user, kind in [
+        (HOUR, "ann", "click"),
+        (HOUR, "ben", "impression"),
+        (HOUR + 3, "ann", "impression"),
+        (HOUR + 3, "ann", "click"),
+        (HOUR + 5, "cat", "click"),
+    ]:
+        post(server, hour, user, kind)
+    first, last = HOUR - 1, HOUR + 6
+    for fmt in ("csv", "json"):
+        out = tmp_path / f"hours.{fmt}"
+        done = export(
+            "--store", store_url, "--from", format_hour(first), "--to", format_hour(last),
+            "--format", fmt, "--out", str(out),
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == ""
+        assert "exported 8 hours" in done.stderr
+        assert out.read_text() == api(server, first, last, fmt)
+    rows = json.loads((tmp_path / "hours.json").read_text())["hours"]
+    assert [r["clicks"] for r in rows] == [0, 1, 0, 0, 1, 0, 1, 0], "not the posted events"
+
+
+def test_export_to_stdout_with_epoch_ms_and_now(server: TapadServer, store_url: str) -> None:
+    now = current_hour()
+    post(server, now, "dan", "click")
+    done = export("--store", store_url, "--from", str((now - 2) * MS_PER_HOUR + 5), "--to", "now")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == api(server, now - 2, now, "csv")
+    assert done.stdout.splitlines()[-1].endswith(",1,1,0")
+
+
+def test_export_defaults_from_oldest_hour_with_data_to_now(
+    server: TapadServer, store_url: str
+) -> None:
+    now = current_hour()
+    post(server, now - 30, "eve", "impression")
+    post(server, now, "eve", "click")
+    done = export("--store", store_url, "--format", "json")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == api(server, now - 30, now, "json")
+
+
+def test_a_range_longer_than_one_request_is_read_in_chunks(
+    server: TapadServer, store_url: str
+) -> None:
+    first, last = HOUR, HOUR + 1000  # 1,001 hours: two chunks of at most 744
+    post(server, first, "fay", "click")
+    post(server, first + 743, "fay", "click")
+    post(server, first + 744, "gil", "impression")
+    post(server, last, "hal", "click")
+    done = export("--store", store_url, "--from", format_hour(first), "--to", format_hour(last))
+    assert done.returncode == 0, done.stderr
+    head, *rows = done.stdout.splitlines()
+    by_api = api(server, first, first + 743, "csv").splitlines()
+    by_api += api(server, first + 744, last, "csv").splitlines()[1:]
+    assert [head, *rows] == by_api
+    assert len(rows) == 1001
+    assert rows[744].endswith(",1,0,1") and rows[-1].endswith(",1,1,0")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--from", "2026-11-29T20", "--to", "2026-11-29T10"], "--from 2026-11-29T20 is after"),
+        (["--from", "yesterday"], "--from 'yesterday' is not an hour"),
+        (["--to", "2026-02-30T00"], "--to '2026-02-30T00' is not a valid hour"),
+        (["--format", "xml"], "'xml' is not one of"),
+    ],
+)
+def test_user_errors_are_one_line_and_exit_2(
+    sqlite_url: str, tmp_path: Path, args: list[str], message: str
+) -> None:
+    done = export("--store", sqlite_url, *args)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_missing_database_and_unreachable_redis_are_one_line(tmp_path: Path) -> None:
+    done = export("--store", f"sqlite:///{tmp_path}/none.db")
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: no database at") and done.stderr.count("\n") == 1
+    assert not (tmp_path / "none.db").exists(), "export must not create a database"
+    from tests.support import free_port
+
+    done = export("--store", f"redis://127.0.0.1:{free_port()}/0")
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: cannot read store") and done.stderr.count("\n") == 1
+
+
+def test_unwritable_out_leaves_no_file(sqlite_url: str, tmp_path: Path) -> None:
+    TapadServer(sqlite_url).start().stop()  # creates the database
+    done = export("--store", sqlite_url, "--out", str(tmp_path / "missing" / "x.csv"))
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: cannot write") and done.stderr.count("\n") == 1
