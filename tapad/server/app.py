@@ -20,7 +20,7 @@ from tapad.server.metrics import CONTENT_TYPE, Metrics
 from tapad.server.query import BadRequest, parse_get, parse_hours_query, parse_post
 from tapad.server.reader import CoalescingReader
 from tapad.server.writer import GroupCommitter, Overloaded
-from tapad.store.base import HourCounts, Store, StoreError
+from tapad.store.base import CommitUnknown, HourCounts, Store, StoreError
 
 log = logging.getLogger("tapad.server")
 
@@ -28,6 +28,7 @@ ALLOW = "GET, POST"
 TEXT = "text/plain"
 RETRY_AFTER = "1"
 STORE_FAILED = "store unavailable: event not acknowledged, retry later"
+OUTCOME_UNKNOWN = "store silent past the commit deadline: event may or may not be recorded\n"
 HEALTH_WINDOW = 5.0  # seconds a failed batch keeps /healthz at 503 (see failing_writes)
 COUNTS_HEADERS = {"Content-Type": "text/plain; charset=utf-8"}
 
@@ -94,6 +95,8 @@ class TapadHandler:
                 response = bad_request(exc)
             except Overloaded:
                 response = unavailable("overloaded: too many events waiting, retry later")
+            except CommitUnknown:
+                response = web.Response(status=504, text=OUTCOME_UNKNOWN, content_type=TEXT)
             except StoreError:
                 response = unavailable(STORE_FAILED)
         elif path == "/analytics" and method == "GET":

@@ -23,7 +23,14 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from tapad.server.shared_future import new_shared_future, settle
-from tapad.store.base import Event, PartialWrite, Store, StoreConfigError, StoreError
+from tapad.store.base import (
+    CommitUnknown,
+    Event,
+    PartialWrite,
+    Store,
+    StoreConfigError,
+    StoreError,
+)
 
 if TYPE_CHECKING:
     from tapad.server.metrics import Metrics
@@ -154,9 +161,10 @@ class GroupCommitter:
                 self._fail_queued(StoreError(str(exc)))
                 self._outage.failed(len(batch.events), exc)
             except (StoreError, StoreConfigError) as exc:
+                # CommitUnknown stays itself for its own batch (504: may have been applied)
                 error = StoreError(str(exc))
-                settle(batch.done, error)
-                self._fail_queued(error)
+                settle(batch.done, exc if isinstance(exc, CommitUnknown) else error)
+                self._fail_queued(error)  # never sent: 503
                 self._outage.failed(len(batch.events), exc)
             except Exception as exc:
                 log.exception("batch of %d events failed", len(batch.events))

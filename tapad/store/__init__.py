@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from tapad import settings as _settings
 from tapad.store.base import (
+    CommitUnknown,
     Event,
     HourCounts,
     PartialWrite,
@@ -14,6 +16,7 @@ from tapad.store.url import DEFAULT_STORE_URL, StoreSettings, parse_store_url, r
 
 __all__ = [
     "DEFAULT_STORE_URL",
+    "CommitUnknown",
     "Event",
     "HourCounts",
     "PartialWrite",
@@ -34,6 +37,7 @@ def open_store(
     shards: int | None = None,
     unique: str | None = None,
     retention_hours: int | None = None,
+    commit_deadline: float = _settings.default("commit_deadline"),
 ) -> Store:
     """Open the store a URL names. Raises StoreConfigError with one line for a bad URL.
 
@@ -56,7 +60,10 @@ def open_store(
         if shards not in (None, 1):
             raise StoreConfigError("the sqlite store has no shards; --shards needs Redis")
         return SQLiteStore(
-            settings.path, timeout=timeout, synchronous=settings.options.get("synchronous", "full")
+            settings.path,
+            timeout=timeout,
+            synchronous=settings.options.get("synchronous", "full"),
+            commit_deadline=commit_deadline,
         )
     if settings.scheme == "redis+cluster":
         from tapad.store.cluster import ClusterStore

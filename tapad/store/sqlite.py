@@ -10,18 +10,35 @@ moment SQLite answers "busy" (another process recovering the WAL, say) that read
 goes to the read thread instead, whose connection waits up to ``busy_timeout``
 like the writer's; so do listing the hours and pings. Several processes may open
 the same file; SQLite's file lock serialises their writers.
+
+A write's outcome is never guessed (see ``Store.write``). Waiting for the lock is bounded
+by ``busy_timeout`` (the store timeout): a batch that could not start was not applied
+(503). A write still running after the store timeout (a disk that stalls) is told to
+stop: the thread rolls back instead of committing, and ``Connection.interrupt`` ends the
+statement running. Its answer waits for the thread to say how the write ended, applied
+or rolled back, up to the commit deadline; only a write still running then is unknown
+(``CommitUnknown``, 504), and it may yet commit when the disk comes back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from tapad.store.base import Event, HourCounts, StoreConfigError, StoreError, aggregate
+from tapad import settings
+from tapad.store.base import (
+    CommitUnknown,
+    Event,
+    HourCounts,
+    StoreConfigError,
+    StoreError,
+    aggregate,
+)
 
 T = TypeVar("T")
 
@@ -53,13 +70,21 @@ SYNCHRONOUS = ("full", "normal", "extra")
 class SQLiteStore:
     unique_mode = "exact"
 
-    def __init__(self, path: str, *, timeout: float = 1.0, synchronous: str = "full") -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        timeout: float = 1.0,
+        synchronous: str = "full",
+        commit_deadline: float = settings.default("commit_deadline"),
+    ) -> None:
         if synchronous not in SYNCHRONOUS:
             raise StoreConfigError(
                 f"sqlite synchronous={synchronous!r}: use one of {', '.join(SYNCHRONOUS)}"
             )
         self.path = Path(path)
         self._timeout = timeout
+        self._commit_deadline = max(commit_deadline, timeout)
         self._synchronous = synchronous
         self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="tapad-sqlite-write")
         self._read_thread = ThreadPoolExecutor(1, thread_name_prefix="tapad-sqlite-read")
@@ -91,7 +116,28 @@ class SQLiteStore:
     # -- the interface ---------------------------------------------------
 
     async def write(self, events: Sequence[Event]) -> None:
-        await self._on(self._write_thread, self._write_batch, events)
+        stop = threading.Event()  # set: roll back instead of committing
+        try:
+            job = self._write_thread.submit(self._write_batch, events, stop)
+        except RuntimeError as exc:  # pool shut down
+            raise StoreError(f"sqlite: {exc}") from exc
+        done = asyncio.wrap_future(job)
+        if not await finished(done, self._timeout):
+            if job.cancel():  # queued behind a write that is still stalled: never started
+                raise StoreError("sqlite: a stalled write holds the connection")
+            stop.set()
+            if self._writer is not None:
+                self._writer.interrupt()
+            if not await finished(done, self._commit_deadline - self._timeout):
+                raise CommitUnknown(
+                    f"sqlite: a write still running after {self._commit_deadline:g}s"
+                )
+        try:
+            done.result()
+        except _InDoubt as exc:
+            raise CommitUnknown(f"sqlite: COMMIT failed: {exc}") from exc
+        except sqlite3.Error as exc:  # busy, interrupted: rolled back
+            raise StoreError(f"sqlite: {exc}") from exc
 
     async def read(self, hour: int) -> HourCounts:
         return (await self.read_hours((hour,)))[0]
@@ -155,7 +201,8 @@ class SQLiteStore:
             self._loop_reader = conn
         return self._loop_reader
 
-    def _write_batch(self, events: Sequence[Event]) -> None:
+    def _write_batch(self, events: Sequence[Event], stop: threading.Event) -> None:
+        """One transaction; ``stop`` set (the write took too long) rolls it back."""
         conn = self._writer_conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -167,10 +214,24 @@ class SQLiteStore:
                 )
                 new_users = conn.total_changes - before
                 conn.execute(ADD_TO_HOUR, (hour, new_users, clicks, impressions))
-            conn.execute("COMMIT")
+            if stop.is_set():
+                raise sqlite3.OperationalError("interrupted: past the store timeout")
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                # Busy or interrupted, the COMMIT did not happen. Any other failure (an I/O
+                # error while the WAL was written or synced) may have left a commit that a
+                # later recovery finds.
+                if not (is_busy(exc) or is_interrupted(exc)):
+                    raise _InDoubt(str(exc)) from exc
+                raise
         except BaseException:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:  # closing rolls back; the next write opens anew
+                    self._writer = None
+                    conn.close()
             raise
 
     def _read_hours_on_thread(self, hours: Sequence[int]) -> list[HourCounts]:
@@ -197,6 +258,24 @@ class SQLiteStore:
                 return []
             raise
         return [hour for (hour,) in rows]
+
+
+class _InDoubt(Exception):
+    """COMMIT failed in a way that does not say whether it was applied."""
+
+
+async def finished(fut: asyncio.Future[None], within: float) -> bool:
+    """Wait up to ``within`` seconds for ``fut``; whether it is done (never cancels it)."""
+    if not fut.done():
+        await asyncio.wait((fut,), timeout=within)
+    return fut.done()
+
+
+def is_interrupted(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF == sqlite3.SQLITE_INTERRUPT
+    return "interrupted" in str(exc)
 
 
 def is_busy(exc: sqlite3.OperationalError) -> bool:

@@ -26,6 +26,7 @@ class Answer:
     seconds: float
     retry_after: str | None = None
     body: str = ""
+    user: str = ""  # each POST has its own user, so its answer can be checked in the store
 
 
 @dataclass
@@ -94,6 +95,7 @@ class Traffic:
                 await asyncio.sleep(0.05)  # server gone: do not spin
             finally:
                 self.in_flight -= 1
+            answer.user = user
             if answer.status == 200:
                 self.acknowledged.add(user)
             self.answers.append(answer)
