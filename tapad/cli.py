@@ -120,7 +120,7 @@ def serve(
 ) -> None:
     """Run the HTTP server."""
     from tapad.server.run import ServeSettings, StartupError, configure_logging
-    from tapad.server.run import serve as run
+    from tapad.server.serve import serve as run
 
     configure_logging()
     settings = ServeSettings(

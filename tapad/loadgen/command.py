@@ -110,7 +110,7 @@ async def _drive_here(job: Job, json_output: bool) -> JobResult:
 
 def _execute(job: Job, options: LoadOptions) -> JobResult:
     """Check the server answers, then run the job in one process or several."""
-    from tapad.server.run import install_uvloop
+    from tapad.eventloop import install_uvloop
 
     install_uvloop()
     asyncio.run(check_reachable(job.base, options.timeout))

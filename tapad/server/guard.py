@@ -15,21 +15,18 @@ those at will, so they are counted and dropped from the log instead.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
 
-from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_protocol import RequestHandler
+from tapad.adapters.aiohttp import AdmittingServer, client_error_code
 
 IDLE_TIMEOUT = 75.0  # seconds without a complete request before a connection is closed
 MAX_LINE_SIZE = 8190  # request line (method, URL, version), bytes
 MAX_FIELD_SIZE = 8190  # one header, bytes
 
 
-class BoundedServer(web.Server):
+class BoundedServer(AdmittingServer):
     """aiohttp's low-level server with a cap on open connections and tighter timeouts."""
 
     def __init__(
@@ -47,14 +44,12 @@ class BoundedServer(web.Server):
         self.max_connections = max_connections
         self.on_refuse = on_refuse
 
-    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
-        if len(self._connections) >= self.max_connections:
-            if self.on_refuse is not None:
-                self.on_refuse()
-            handler.force_close()
-            transport.close()
-            return
-        super().connection_made(handler, transport)
+    def admit(self) -> bool:
+        if self.open_connections() < self.max_connections:
+            return True
+        if self.on_refuse is not None:
+            self.on_refuse()
+        return False
 
 
 class QuietClientErrors(logging.Filter):
@@ -65,8 +60,7 @@ class QuietClientErrors(logging.Filter):
         self.on_drop = on_drop
 
     def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError) and (exc.code or 400) < 500:
+        if record.exc_info and client_error_code(record.exc_info[1]) is not None:
             if self.on_drop is not None:
                 self.on_drop()
             return False

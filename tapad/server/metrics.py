@@ -16,15 +16,8 @@ inventing methods.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import tempfile
-import time
 from bisect import bisect_left
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from pathlib import Path
-from typing import TypeVar
+from collections.abc import Callable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -34,21 +27,15 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
-    values,
 )
 
-from tapad.store.base import Event, HourCounts, Store, StoreError
+from tapad.adapters.prometheus import add_observations, use_multiprocess_values
+from tapad.server.metrics_folder import multiprocess_dir
 
-T = TypeVar("T")
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 METHODS = frozenset({"GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"})
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
-
-
-def multiprocess_dir() -> str | None:
-    return os.environ.get(MULTIPROC_ENV) or None
 
 
 class Metrics:
@@ -59,7 +46,7 @@ class Metrics:
         if self.multiprocess:
             # The value class is chosen when prometheus_client is imported, which in a
             # forked worker happened in the parent before the folder existed: pick again.
-            values.ValueClass = values.MultiProcessValue()
+            use_multiprocess_values()
         self.registry = CollectorRegistry()
         reg = self.registry
         self.requests = Histogram(
@@ -146,10 +133,7 @@ class Metrics:
             child = self._request_children.get((method, status))
             if child is None:
                 child = self._bind_request(method, status)
-            child._sum.inc(counts[0])
-            for bucket, n in zip(child._buckets, counts[1:], strict=True):
-                if n:
-                    bucket.inc(n)
+            add_observations(child, counts[0], counts[1:])
             counts[:] = [0.0] + [0] * (len(counts) - 1)
 
     def _bind_request(self, method: str, status: int) -> Histogram:
@@ -170,95 +154,3 @@ class Metrics:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=directory)
         return generate_latest(registry)
-
-
-class MeasuredStore:
-    """A store wrapper that times every call and counts failures; the store is unchanged."""
-
-    def __init__(self, store: Store, metrics: Metrics) -> None:
-        self._store = store
-        self._errors = {op: metrics.store_errors.labels(op) for op in ("write", "read", "ping")}
-        self._seconds = {op: metrics.store_seconds.labels(op) for op in ("write", "read", "ping")}
-
-    @property
-    def unique_mode(self) -> str:
-        return self._store.unique_mode
-
-    async def _measure(self, op: str, call: Awaitable[T]) -> T:
-        start = time.perf_counter()
-        try:
-            return await call
-        except StoreError:
-            self._errors[op].inc()
-            raise
-        finally:
-            self._seconds[op].observe(time.perf_counter() - start)
-
-    async def connect(self) -> None:
-        await self._store.connect()
-
-    async def write(self, events: Sequence[Event]) -> None:
-        await self._measure("write", self._store.write(events))
-
-    async def read(self, hour: int) -> HourCounts:
-        return await self._measure("read", self._store.read(hour))
-
-    async def read_hours(self, hours: Sequence[int]) -> list[HourCounts]:
-        return await self._measure("read", self._store.read_hours(hours))
-
-    async def hours(self) -> list[int]:
-        return await self._store.hours()
-
-    async def ping(self) -> None:
-        await self._measure("ping", self._store.ping())
-
-    async def close(self) -> None:
-        await self._store.close()
-
-
-@contextlib.contextmanager
-def shared_folder() -> Iterator[str]:
-    """For the supervisor: a fresh folder for the workers' metric files, removed at exit.
-
-    A folder the user set in ``PROMETHEUS_MULTIPROC_DIR`` is used as it is and kept.
-    """
-    given = multiprocess_dir()
-    if given is not None:
-        os.makedirs(given, exist_ok=True)
-        yield given
-        return
-    remove_orphaned_folders()
-    directory = tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-")
-    os.environ[MULTIPROC_ENV] = directory
-    try:
-        yield directory
-    finally:
-        os.environ.pop(MULTIPROC_ENV, None)
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-FOLDER_PREFIX = "tapad-metrics-"
-
-
-def remove_orphaned_folders() -> None:
-    """Remove metric folders whose supervisor is gone: one killed with SIGKILL (or a power
-    cut) never removed its own. A folder is named after its supervisor's pid; one whose pid
-    is alive (even if reused by another process) is left alone."""
-    for folder in Path(tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*-*"):
-        pid = folder.name[len(FOLDER_PREFIX) :].split("-", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(folder, ignore_errors=True)
-        except OSError:  # alive, someone else's
-            continue
-
-
-def worker_died(pid: int) -> None:
-    """Drop a dead worker's live gauges (its counters stay in the totals)."""
-    directory = multiprocess_dir()
-    if directory is not None:
-        with contextlib.suppress(OSError):
-            multiprocess.mark_process_dead(pid, directory)

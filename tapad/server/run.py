@@ -1,4 +1,4 @@
-"""Start, run and stop one server process."""
+"""Start, run and stop one server process (alone, or as one of ``--workers N``)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,17 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from tapad.adapters.aiohttp import name_server
 from tapad.server.app import TapadHandler
 from tapad.server.guard import BoundedServer, quiet_client_errors
-from tapad.server.metrics import MeasuredStore, Metrics
+from tapad.server.measured_store import MeasuredStore
+from tapad.server.metrics import Metrics
 from tapad.server.reader import CoalescingReader
 from tapad.server.writer import GroupCommitter
 from tapad.store import StoreConfigError, StoreError, open_store, redact
 
 log = logging.getLogger("tapad.server")
+SERVER_NAME = "tapad"  # the Server header: no versions for an attacker to look up
 
 
 @dataclass(frozen=True)
@@ -42,25 +45,6 @@ class ServeSettings:
 
 class StartupError(Exception):
     """The server cannot start; ``str()`` is the one line the user sees."""
-
-
-def install_uvloop() -> None:
-    try:
-        import uvloop
-    except ImportError:
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-
-
-def serve(settings: ServeSettings) -> None:
-    """Run one server process until SIGTERM or SIGINT; raise StartupError if it cannot start."""
-    if settings.workers > 1:  # a supervisor and N worker processes on one port
-        from tapad.server.workers import supervise
-
-        supervise(settings)
-        return
-    install_uvloop()
-    asyncio.run(run_server(settings))
 
 
 async def run_server(
@@ -91,6 +75,7 @@ async def run_server(
     metrics.pending_source = lambda: committer.pending
     handler = TapadHandler(measured, committer, CoalescingReader(measured), metrics)
     quiet_client_errors(metrics.malformed.inc)
+    name_server(SERVER_NAME)
     server = BoundedServer(
         handler,
         max_connections=settings.max_connections,

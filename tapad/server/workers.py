@@ -27,8 +27,9 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 
-from tapad.server import metrics
-from tapad.server.run import ServeSettings, StartupError, install_uvloop, run_server
+from tapad.eventloop import install_uvloop
+from tapad.server import metrics_folder
+from tapad.server.run import ServeSettings, StartupError, run_server
 from tapad.store import StoreConfigError
 
 log = logging.getLogger("tapad.workers")
@@ -164,7 +165,7 @@ class Supervisor:
                 continue
             self.read_pipe(worker)
             os.close(worker.pipe)
-            metrics.worker_died(pid)
+            metrics_folder.worker_died(pid)
             code = os.waitstatus_to_exitcode(status)
             if self.stopping or self.stop_signal:
                 continue
@@ -266,5 +267,5 @@ def supervise(settings: ServeSettings) -> None:
     """Run ``settings.workers`` worker processes on one port until SIGTERM/SIGINT."""
     if settings.port == 0:
         raise StartupError("--workers needs a fixed --port: each worker binds the same port")
-    with metrics.shared_folder():  # before the fork: every worker writes its metrics there
+    with metrics_folder.shared_folder():  # before the fork: every worker writes its metrics there
         Supervisor(settings).run()

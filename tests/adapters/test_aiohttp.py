@@ -1,0 +1,126 @@
+"""The aiohttp private parts tapad relies on still behave as tapad expects.
+
+A failure here names the installed aiohttp version: a release changed what
+``tapad/adapters/aiohttp.py`` uses, and that module is the one to update. Each test runs a
+real aiohttp server on loopback and talks to it over a socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import aiohttp
+import aiohttp.web_response
+from aiohttp import web
+from aiohttp.web_request import BaseRequest
+
+from tapad.adapters import aiohttp as adapter
+
+VERSION = f"{adapter.LIBRARY} {aiohttp.__version__}"
+LOOPBACK = "127.0.0.1"
+REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def changed(what: str) -> str:
+    return f"{VERSION} changed {what}: update tapad/adapters/aiohttp.py"
+
+
+class OneConnection(adapter.AdmittingServer):
+    def admit(self) -> bool:
+        return self.open_connections() < 1
+
+
+async def hello(request: BaseRequest) -> web.Response:
+    return web.Response(text="hello")
+
+
+@asynccontextmanager
+async def serving(server: web.Server) -> AsyncIterator[int]:
+    runner = web.ServerRunner(server, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, LOOPBACK, 0)
+    await site.start()
+    try:
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
+async def ask(port: int, request: bytes = REQUEST) -> bytes:
+    """Send one request and read what comes back until the first answer or the close."""
+    reader, writer = await asyncio.open_connection(LOOPBACK, port)
+    try:
+        writer.write(request)
+        async with asyncio.timeout(30):
+            return await reader.read(65536)
+    finally:
+        writer.close()
+
+
+def run(main: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(main())  # type: ignore[arg-type]
+
+
+def test_a_refused_connection_is_closed_before_any_request() -> None:
+    async def main() -> None:
+        server = OneConnection(hello)
+        connections = getattr(server, adapter.CONNECTIONS, None)
+        assert isinstance(connections, dict), changed(f"web.Server.{adapter.CONNECTIONS}")
+        async with serving(server) as port:
+            reader, writer = await asyncio.open_connection(LOOPBACK, port)
+            writer.write(REQUEST)
+            async with asyncio.timeout(30):
+                first = await reader.read(65536)
+            assert first.startswith(b"HTTP/1.1 200"), first
+            assert server.open_connections() == 1, changed(f"web.Server.{adapter.CONNECTIONS}")
+            second = await ask(port)  # the one connection is still open: refused
+            writer.close()
+        assert second == b"", changed("web.Server.connection_made (refused: answered)")
+
+    run(main)
+
+
+def test_every_answer_names_the_server_as_told() -> None:
+    original = aiohttp.web_response.SERVER_SOFTWARE
+
+    async def main() -> None:
+        async with serving(web.Server(hello)) as port:
+            answer = await ask(port)
+        assert b"\r\nServer: probe-name\r\n" in answer, (
+            changed(f"web_response.{adapter.SERVER_SOFTWARE} (the default Server header)")
+            + f": {answer[:300]!r}"
+        )
+
+    adapter.name_server("probe-name")
+    try:
+        run(main)
+    finally:
+        adapter.name_server(original)
+
+
+def test_a_malformed_request_is_logged_as_a_client_error() -> None:
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    async def main() -> None:
+        async with serving(web.Server(hello)) as port:
+            answer = await ask(port, b"GET /\x00 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert answer.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request"), answer
+
+    logger = logging.getLogger("aiohttp.server")
+    keep = Keep()
+    logger.addHandler(keep)
+    try:
+        run(main)
+    finally:
+        logger.removeHandler(keep)
+    errors = [r.exc_info[1] for r in records if r.exc_info]
+    assert errors, changed("what it logs for a malformed request (nothing logged)")
+    codes = [adapter.client_error_code(exc) for exc in errors]
+    assert codes == [400], changed(f"the error it logs for a malformed request: {errors!r}")
