@@ -113,7 +113,7 @@ def serve(
         typer.Option(
             envvar="TAPAD_RETENTION_HOURS",
             min=1,
-            help="Redis: keep each hour this many hours after it ends, then expire it. "
+            help="Keep each hour this many hours after it ends, then remove it. "
             "Default: the store's, else for ever.",
         ),
     ] = None,

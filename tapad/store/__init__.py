@@ -53,10 +53,6 @@ def open_store(
             raise StoreConfigError(
                 "the sqlite store counts unique users exactly; --unique hll needs Redis"
             )
-        if retention_hours is not None:
-            raise StoreConfigError(
-                "the sqlite store keeps every hour; --retention-hours needs Redis"
-            )
         if shards not in (None, 1):
             raise StoreConfigError("the sqlite store has no shards; --shards needs Redis")
         return SQLiteStore(
@@ -64,6 +60,7 @@ def open_store(
             timeout=timeout,
             synchronous=settings.options.get("synchronous", "full"),
             commit_deadline=commit_deadline,
+            retention_hours=retention_hours,
         )
     if settings.scheme == "redis+cluster":
         from tapad.store.cluster import ClusterStore

@@ -23,14 +23,19 @@ or rolled back, up to the commit deadline; only a write still running then is un
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
 from tapad import settings
+from tapad.hours import oldest_kept_hour
+from tapad.store import sqlite_retention as retention
 from tapad.store.base import (
     CommitUnknown,
     Event,
@@ -41,6 +46,7 @@ from tapad.store.base import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger("tapad.store")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS hours (
@@ -77,6 +83,9 @@ class SQLiteStore:
         timeout: float = 1.0,
         synchronous: str = "full",
         commit_deadline: float = settings.default("commit_deadline"),
+        retention_hours: int | None = None,
+        clock: Callable[[], float] = time.time,
+        sweep_every: float | None = retention.SWEEP_EVERY,
     ) -> None:
         if synchronous not in SYNCHRONOUS:
             raise StoreConfigError(
@@ -91,6 +100,12 @@ class SQLiteStore:
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None  # on the read thread
         self._loop_reader: sqlite3.Connection | None = None  # on the event loop, never waits
+        if retention_hours is not None and retention_hours < 1:
+            raise StoreConfigError("retention must be at least 1 hour")
+        self.retention_hours = retention_hours  # None: keep every hour
+        self._clock = clock  # Unix time; tests and bench/retention.py move it
+        self._sweep_every = sweep_every  # None: no sweeps of its own, the caller calls sweep()
+        self._sweeper: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------
 
@@ -100,9 +115,18 @@ class SQLiteStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreConfigError(f"cannot create {self.path.parent}: {exc.strerror}") from None
+        if self.retention_hours is not None and self._sweep_every and self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
         await self._on(self._write_thread, self._writer_conn)
+        if self.retention_hours is not None:
+            await self._on(self._write_thread, lambda: retention.prepare(self._writer_conn()))
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
         if self._loop_reader is not None:
             self._loop_reader.close()
             self._loop_reader = None
@@ -146,13 +170,15 @@ class SQLiteStore:
         if self._writer is not None:  # connected: the file, WAL mode and schema are there
             try:
                 conn = self._loop_reader_conn()
-                return [self._read_hour(conn, hour) for hour in hours]
+                return self._kept(hours, [self._read_hour(conn, hour) for hour in hours])
             except sqlite3.OperationalError as exc:
                 if not is_busy(exc):
                     raise StoreError(f"sqlite: {exc}") from exc
             except sqlite3.Error as exc:
                 raise StoreError(f"sqlite: {exc}") from exc
-        return await self._on(self._read_thread, self._read_hours_on_thread, hours)
+        return self._kept(
+            hours, await self._on(self._read_thread, self._read_hours_on_thread, hours)
+        )
 
     async def hours(self) -> list[int]:
         return await self._on(self._read_thread, self._list_hours)
@@ -258,6 +284,46 @@ class SQLiteStore:
                 return []
             raise
         return [hour for (hour,) in rows]
+
+    # -- retention (tapad/store/sqlite_retention.py) -----------------------
+
+    def _kept(self, hours: Sequence[int], counts: list[HourCounts]) -> list[HourCounts]:
+        """Zeros for hours past their retention, whether or not the sweep has come yet."""
+        if self.retention_hours is None:
+            return counts
+        oldest = oldest_kept_hour(self.retention_hours, self._clock())
+        return [c if h >= oldest else HourCounts() for h, c in zip(hours, counts, strict=True)]
+
+    async def sweep(self) -> int:
+        """Remove every hour past its retention, step by step on the writer thread, then
+        give the freed pages back. Returns the rows removed."""
+        assert self.retention_hours is not None
+        await self._on(self._write_thread, lambda: retention.prepare(self._writer_conn()))
+        oldest = oldest_kept_hour(self.retention_hours, self._clock())
+        removed = 0
+        while step := await self._on(
+            self._write_thread, lambda: retention.delete_chunk(self._writer_conn(), oldest)
+        ):
+            removed += step
+        while await self._on(  # until no page is left to free (or none could be)
+            self._write_thread, lambda: retention.vacuum_chunk(self._writer_conn())
+        ):
+            pass
+        return removed
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                removed = await self.sweep()
+                if removed:
+                    log.info(
+                        "retention: removed %d rows of hours past %d h",
+                        removed,
+                        self.retention_hours,
+                    )
+            except StoreError as exc:  # the store is down for now: the next sweep tries again
+                log.warning("retention sweep failed: %s", exc)
+            await asyncio.sleep(self._sweep_every or retention.SWEEP_EVERY)
 
 
 class _InDoubt(Exception):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 
 from tapad.store import open_store
 from tests.support import RedisClusterProcs, RedisServer, TapadServer, http, parse_counts
@@ -117,11 +116,3 @@ def test_retention_on_the_cluster(redis_cluster: RedisClusterProcs, cluster_url:
     assert len(keys) == 2 * 16
     for node, key in keys:
         assert low <= ttl(node, key) <= high, key
-
-
-def test_retention_on_sqlite_is_one_line(tmp_path: Path) -> None:
-    server = TapadServer(f"sqlite:///{tmp_path}/t.db", "--retention-hours", "24").start(wait=False)
-    assert server.wait(30) == 2
-    assert server.log.decode().strip().splitlines() == [
-        "error: the sqlite store keeps every hour; --retention-hours needs Redis"
-    ]

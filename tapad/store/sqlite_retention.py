@@ -1,0 +1,71 @@
+"""``--retention-hours`` on SQLite: remove hours past their retention, give the space back.
+
+Redis lets keys expire by themselves; SQLite needs a sweep. The store runs one at start
+and then every ``SWEEP_EVERY`` seconds. Each step below is one short transaction on the
+writer's own thread and connection, so batches of POSTs queue between steps rather than
+behind a whole sweep: an hour with a million users is removed ``DELETE_ROWS`` rows at a
+time, and the pages freed go back to the file system ``VACUUM_PAGES`` at a time
+(``auto_vacuum = INCREMENTAL``), so the file shrinks instead of only stopping to grow.
+
+Reads do not wait for the sweep: the store answers zeros for an hour past its retention
+from that moment on (``expired``), as a Redis key past its EXPIREAT would.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+
+log = logging.getLogger("tapad.store")
+
+SWEEP_EVERY = 30.0  # seconds between sweeps: an hour's rows go within this of its deadline
+DELETE_ROWS = 5_000  # (hour, user) rows per transaction: a few milliseconds of the writer
+VACUUM_PAGES = 2_000  # pages handed back per transaction (8 MB at 4 KiB pages)
+INCREMENTAL = 2  # PRAGMA auto_vacuum value
+
+
+def prepare(conn: sqlite3.Connection) -> None:
+    """Switch the file to incremental auto-vacuum, once.
+
+    A new file switches at once; a file made before needs one VACUUM (a rewrite of the
+    whole file, so it is logged), after which every sweep can shrink it.
+    """
+    (mode,) = conn.execute("PRAGMA auto_vacuum").fetchone()
+    if mode == INCREMENTAL:
+        return
+    conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    (pages,) = conn.execute("PRAGMA page_count").fetchone()
+    log.info("retention: rewriting the sqlite file once for incremental vacuum (%d pages)", pages)
+    conn.execute("VACUUM")
+
+
+def delete_chunk(conn: sqlite3.Connection, oldest_kept: int) -> int:
+    """Remove up to ``DELETE_ROWS`` rows of hours before ``oldest_kept``; 0 when none are left.
+
+    The per-hour counters go last, once their hours' users are all gone.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        removed = conn.execute(
+            "DELETE FROM hour_users WHERE (hour, user) IN "
+            "(SELECT hour, user FROM hour_users WHERE hour < ? LIMIT ?)",
+            (oldest_kept, DELETE_ROWS),
+        ).rowcount
+        if removed < DELETE_ROWS:
+            removed += conn.execute("DELETE FROM hours WHERE hour < ?", (oldest_kept,)).rowcount
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return removed
+
+
+def vacuum_chunk(conn: sqlite3.Connection) -> int:
+    """Hand up to ``VACUUM_PAGES`` free pages back to the file system; return how many."""
+    (before,) = conn.execute("PRAGMA freelist_count").fetchone()
+    if not before:
+        return 0
+    conn.execute(f"PRAGMA incremental_vacuum({VACUUM_PAGES})").fetchall()
+    (after,) = conn.execute("PRAGMA freelist_count").fetchone()
+    return int(before - after)
