@@ -1,16 +1,22 @@
-"""The compose stack, checked without a Docker engine.
+"""The compose stack's files, checked without a Docker engine.
 
-compose.yaml is parsed and its services, commands and health checks are checked;
-the analyticsserver command and health check are run for real against a real
-password-protected redis-server; deploy/nginx.conf passes ``nginx -t``.
+compose.yaml is parsed and its services, commands and health checks are checked, and
+docker-compose 1.29 (Debian 12's) must accept it; the analyticsserver command and health
+check are run for real against a real password-protected redis-server; deploy/nginx.conf
+passes ``nginx -t`` and routes what it must; the lock file pins every dependency with hashes;
+the Prometheus rules pass ``promtool check rules``. tests/deploy/ runs the stack itself.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import threading
+import tomllib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -50,8 +56,13 @@ def interpolate(text: str, env: dict[str, str]) -> str:
 
 
 def test_three_services_and_only_nginx_publishes_a_port() -> None:
-    assert set(SERVICES) == {"redis", "analyticsserver", "nginx"}
-    assert [name for name, svc in SERVICES.items() if "ports" in svc] == ["nginx"]
+    assert set(SERVICES) == {"redis", "analyticsserver", "nginx", "prometheus"}
+    # Prometheus is opt-in (--profile monitoring); the default stack is the other three.
+    assert SERVICES["prometheus"]["profiles"] == ["monitoring"]
+    default = {name for name, svc in SERVICES.items() if "profiles" not in svc}
+    assert default == {"redis", "analyticsserver", "nginx"}
+    assert [name for name in default if "ports" in SERVICES[name]] == ["nginx"]
+    assert interpolate(SERVICES["prometheus"]["ports"][0], {}).startswith("127.0.0.1:")
     (published,) = SERVICES["nginx"]["ports"]
     # On this machine only, unless .env opens it up.
     assert interpolate(published, {}) == "127.0.0.1:8080:80"
@@ -61,9 +72,62 @@ def test_three_services_and_only_nginx_publishes_a_port() -> None:
         assert "container_name" not in svc, f"{name}: a fixed name cannot be scaled"
 
 
-def test_redis_is_the_official_image_with_aof_a_volume_and_a_password() -> None:
+def test_the_official_images_are_the_defaults_and_env_may_name_stand_ins() -> None:
+    images = {name: svc["image"] for name, svc in SERVICES.items() if "build" not in svc}
+    official = {name: interpolate(image, {}) for name, image in images.items()}
+    assert re.fullmatch(r"redis:7\.[\w.-]+", official["redis"])
+    assert re.fullmatch(r"prom/prometheus:v[\w.-]+", official["prometheus"])
+    version = re.fullmatch(r"nginx:(\d+)\.(\d+)[\w.-]*", official["nginx"])
+    assert version and (int(version[1]), int(version[2])) >= (1, 28)  # "resolve" in upstream
+    for name, image in images.items():
+        variable = f"{name.upper()}_IMAGE"
+        assert interpolate(image, {variable: "tapad-local/x:1"}) == "tapad-local/x:1", name
+    args = SERVICES["analyticsserver"]["build"]["args"]
+    assert interpolate(args["PYTHON_IMAGE"], {}) == "python:3.11-slim"
+    assert interpolate(args["PYTHON_IMAGE"], {"PYTHON_IMAGE": "p:1"}) == "p:1"
+
+
+def test_the_compose_file_has_no_top_level_name_and_docker_compose_1_29_accepts_it(
+    tmp_path: Path,
+) -> None:
+    """docker-compose 1.29 (Debian 12) refused the file for its top-level ``name:``."""
+    assert "name" not in COMPOSE
+    tools = [[tool] for tool in ("docker-compose",) if shutil.which(tool)]
+    if (
+        shutil.which("docker")
+        and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+    ):
+        tools.append(["docker", "compose"])
+    if not tools:
+        pytest.skip("neither docker-compose nor docker compose is installed")
+    (tmp_path / ".env").write_text("REDIS_PASSWORD=pw\nNGINX_IMAGE=tapad-local/nginx:x\n")
+    for tool in tools:
+        # --project-directory: .env and relative paths as if compose.yaml were there.
+        command = [*tool, "-f", str(ROOT / "compose.yaml"), "--project-directory", str(tmp_path)]
+        env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+        result = subprocess.run(
+            [*command, "config"], capture_output=True, text=True, env=env, timeout=60
+        )
+        assert result.returncode == 0, f"{tool}: {result.stderr}"
+        config = yaml.safe_load(result.stdout)
+        assert config["services"]["nginx"]["image"] == "tapad-local/nginx:x"
+        assert config["services"]["redis"]["user"] == "redis"
+        (tmp_path / "empty.env").write_text("TAPAD_WORKERS=2\n")
+        missing = subprocess.run(
+            [*command, "--env-file", str(tmp_path / "empty.env"), "config"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert missing.returncode != 0  # no REDIS_PASSWORD: refused, with the reason
+        assert "set REDIS_PASSWORD in .env" in missing.stderr + missing.stdout
+
+
+def test_redis_runs_as_the_redis_user_with_aof_a_volume_and_a_password() -> None:
     redis = SERVICES["redis"]
-    assert re.fullmatch(r"redis:[\w.-]+", redis["image"])
+    # Not root: the command is "sh -c ...", which the image's entrypoint does not drop.
+    assert redis["user"] == "redis"
     command = " ".join(redis["command"])
     assert "--appendonly yes" in command
     assert '--requirepass "$$REDIS_PASSWORD"' in command
@@ -75,7 +139,7 @@ def test_redis_is_the_official_image_with_aof_a_volume_and_a_password() -> None:
 
 def test_the_analyticsserver_is_built_here_and_listens_for_nginx() -> None:
     app = SERVICES["analyticsserver"]
-    assert app["build"] == "."
+    assert app["build"]["context"] == "."
     assert (ROOT / "Dockerfile").exists()
     assert app["command"][:3] == ["serve", "--host", "0.0.0.0"]
     assert "8080" in [str(p) for p in app["expose"]]
@@ -86,8 +150,6 @@ def test_the_analyticsserver_is_built_here_and_listens_for_nginx() -> None:
     nginx = SERVICES["nginx"]
     assert nginx["depends_on"]["analyticsserver"]["condition"] == "service_healthy"
     assert "./deploy/nginx.conf:/etc/nginx/nginx.conf:ro" in nginx["volumes"]
-    version = re.fullmatch(r"nginx:(\d+)\.(\d+)[\w.-]*", nginx["image"])
-    assert version and (int(version[1]), int(version[2])) >= (1, 28)  # "resolve" in upstream
 
 
 def test_no_secret_is_committed() -> None:
@@ -113,7 +175,40 @@ def test_the_dockerfile_runs_tapad_as_a_user_not_root() -> None:
     users = [words[1] for words in instructions if words[0] == "USER"]
     assert users and users[-1] != "root"
     assert ["ENTRYPOINT", '["tapad"]'] in instructions
-    assert any(words[0] == "FROM" and words[1].startswith("python:3.1") for words in instructions)
+    assert ["ARG", "PYTHON_IMAGE=python:3.11-slim"] in instructions
+    froms = [words[1] for words in instructions if words[0] == "FROM"]
+    assert froms and set(froms) == {"${PYTHON_IMAGE}"}
+
+
+def test_the_lock_pins_every_dependency_with_hashes_and_the_builds_use_it() -> None:
+    from packaging.requirements import Requirement
+
+    text = (ROOT / "requirements.lock").read_text()
+    pins: dict[str, str] = {}
+    hashes: dict[str, int] = {}
+    for block in re.split(r"\n(?=[A-Za-z])", text.split("\n", 2)[2]):
+        head = block.split("\\", 1)[0].split(";")[0].strip()
+        name, _, version = head.partition("==")
+        key = re.sub(r"[-_.]+", "-", name).lower()
+        pins[key] = version
+        hashes[key] = block.count("--hash=sha256:")
+    assert text.splitlines()[1].strip() == "#    make lock"
+    assert all(hashes.values()), [name for name, count in hashes.items() if not count]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for spec in project["dependencies"]:
+        requirement = Requirement(spec)
+        key = re.sub(r"[-_.]+", "-", requirement.name).lower()
+        assert key in pins, f"{requirement.name} is not in requirements.lock: run make lock"
+        assert requirement.specifier.contains(pins[key], prereleases=True), (
+            f"requirements.lock pins {key}=={pins[key]} outside pyproject's "
+            f"{requirement.specifier}: run make lock"
+        )
+        for extra in requirement.extras:  # redis[hiredis]
+            assert extra in pins, f"{extra} (extra of {key}) is not locked: run make lock"
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "COPY requirements.lock" in dockerfile
+    assert "--require-hashes" in dockerfile and "--no-deps" in dockerfile
+    assert "--require-hashes -r requirements.lock" in (ROOT / "scripts" / "test").read_text()
 
 
 def test_the_compose_command_and_health_checks_work_against_a_real_redis(
@@ -198,8 +293,14 @@ def test_the_deploy_nginx_conf_passes_nginx_t(tmp_path: Path) -> None:
     block = NGINX_CONF.split("# tapad:upstream-servers begin")[1].split(
         "# tapad:upstream-servers end"
     )
-    assert block[0].split() == ["server", "analyticsserver:8080", "resolve;"]
-    assert re.search(r"^\s*resolver 127\.0\.0\.11 valid=5s", NGINX_CONF, re.M)
+    assert block[0].split() == [
+        "server",
+        "analyticsserver:8080",
+        "resolve",
+        "max_fails=1",
+        "fail_timeout=2s;",
+    ]
+    assert re.search(r"^\s*resolver 127\.0\.0\.11 valid=1s", NGINX_CONF, re.M)
     assert re.search(r"^\s*zone analyticsserver", NGINX_CONF, re.M)
     assert re.search(r"^\s*keepalive \d+;", NGINX_CONF, re.M)
     assert 'proxy_set_header Connection "";' in NGINX_CONF
@@ -230,3 +331,95 @@ def test_the_deploy_nginx_conf_as_is_on_a_recent_nginx(tmp_path: Path) -> None:
         text=True,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_nginx_sends_the_dashboard_and_hours_to_tapad_and_refuses_metrics(tmp_path: Path) -> None:
+    """Whatever tapad serves reaches it through nginx, path and query intact (/, the hours
+    API, /analytics, /healthz); /metrics is refused by nginx itself and never reaches it."""
+    if not Path(NGINX).exists():
+        pytest.skip("nginx is not installed (apt-get install -y nginx-light)")
+    seen: list[str] = []
+
+    class Upstream(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            body = f"upstream saw {self.path}".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    upstream = ThreadingHTTPServer((LOOPBACK, 0), Upstream)
+    thread = threading.Thread(target=upstream.serve_forever, daemon=True)
+    thread.start()
+    local = Nginx(tmp_path / "nginx", NGINX_CONF, [f"{LOOPBACK}:{upstream.server_address[1]}"])
+    local.start()
+    try:
+        paths = [
+            "/",
+            "/analytics/hours?from=2026-11-29T00&to=2026-11-29T23&format=csv",
+            "/analytics?timestamp=1764374400000",
+            "/healthz",
+            "/static/dashboard.js",
+        ]
+        for path in paths:
+            status, _, body = http("GET", f"{local.url}{path}")
+            assert (status, body) == (200, f"upstream saw {path}"), path
+        status = http("GET", f"{local.url}/metrics")[0]
+        assert status == 403
+        assert seen == paths  # /metrics never reached the upstream
+    finally:
+        local.stop()
+        upstream.shutdown()
+        upstream.server_close()
+
+
+PROMTOOL = shutil.which("promtool")
+needs_promtool = pytest.mark.skipif(
+    PROMTOOL is None, reason="promtool is not installed (apt-get install -y prometheus)"
+)
+
+
+@needs_promtool
+def test_the_prometheus_config_and_rules_pass_promtool(tmp_path: Path) -> None:
+    deploy = ROOT / "deploy"
+    for check in (
+        ["check", "rules", "prometheus-rules.yml"],
+        ["check", "config", "prometheus.yml"],
+        ["test", "rules", "prometheus-rules.test.yml"],  # each alert fires when it should
+    ):
+        result = subprocess.run(
+            [PROMTOOL, *check], cwd=deploy, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+    # promtool can fail: a rule on a mistyped expression is refused.
+    broken = tmp_path / "rules.yml"
+    broken.write_text(
+        (deploy / "prometheus-rules.yml").read_text().replace("> 0.01", "> > 0.01", 1)
+    )
+    result = subprocess.run([PROMTOOL, "check", "rules", str(broken)], capture_output=True)
+    assert result.returncode != 0
+
+
+def test_the_prometheus_rules_name_metrics_tapad_serves(tmp_path: Path) -> None:
+    """Every tapad_* series the rules use is one a real server's /metrics exposes (a
+    renamed metric would leave an alert that can never fire)."""
+    rules = (ROOT / "deploy" / "prometheus-rules.yml").read_text()
+    used = set(re.findall(r"\b(tapad_\w+)", rules))
+    assert {
+        "tapad_http_request_duration_seconds_count",
+        "tapad_pending_events",
+        "tapad_store_errors_total",
+    } <= used
+    server = TapadServer(f"sqlite:///{tmp_path}/data.db")
+    server.start()
+    try:
+        http("POST", f"{server.url}/analytics?timestamp=1764374400000&user=u&event=click")
+        exposed = http("GET", f"{server.url}/metrics")[2]
+    finally:
+        server.stop()
+    names = set(re.findall(r"^(tapad_\w+)", exposed, re.M))
+    assert used <= names, f"not exposed by tapad: {sorted(used - names)}"
