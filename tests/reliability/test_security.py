@@ -162,8 +162,15 @@ def test_serve_binds_loopback_by_default(tmp_path: Path) -> None:
 
 def test_compose_publishes_only_nginx_and_holds_no_password() -> None:
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
-    published = sorted(name for name, svc in compose["services"].items() if svc.get("ports"))
-    assert published == ["nginx"]
+    services = compose["services"]
+    # The default stack; opt-in profiles (monitoring: Prometheus) publish on loopback only.
+    default = [name for name, svc in services.items() if "profiles" not in svc]
+    assert sorted(name for name in default if services[name].get("ports")) == ["nginx"]
+    for svc in services.values():
+        if "profiles" in svc:
+            assert all(
+                p.startswith("${TAPAD_PROMETHEUS_ADDRESS:-127.0.0.1}:") for p in svc["ports"]
+            )
     text = (ROOT / "compose.yaml").read_text()
     assert 'requirepass "$$REDIS_PASSWORD"' in text or "$$REDIS_PASSWORD" in text
 
