@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
 from tapad.hourly import CONTENT_TYPES, render_text
+from tapad.server.dashboard import DASHBOARD_FILES, dashboard_file
 from tapad.server.metrics import CONTENT_TYPE, Metrics
 from tapad.server.query import BadRequest, parse_get, parse_hours_query, parse_post
 from tapad.server.reader import CoalescingReader
@@ -125,6 +126,8 @@ class TapadHandler:
         """Everything but POST and GET on /analytics."""
         if path == "/analytics/hours":
             return await self.hours(request, method)
+        if path in DASHBOARD_FILES:
+            return dashboard_file(path, method)
         if path == "/analytics":
             return web.Response(
                 status=405,

@@ -132,7 +132,9 @@ def test_other_methods_are_405_with_allow(server: TapadServer, method: str) -> N
     assert {m.strip() for m in headers["Allow"].split(",")} == {"GET", "POST"}
 
 
-@pytest.mark.parametrize("path", ["/", "/analytics/", "/analytic", "/nope?timestamp=1"])
+@pytest.mark.parametrize(
+    "path", ["/index.html", "/analytics/", "/analytic", "/static/", "/nope?timestamp=1"]
+)
 def test_unknown_paths_are_404(server: TapadServer, path: str) -> None:
     assert http("GET", f"{server.url}{path}")[0] == 404
 

@@ -1,0 +1,55 @@
+"""``GET /``: the dashboard, a few static files shipped inside the package.
+
+There is no build step and nothing is fetched from elsewhere: the page, its script and
+uPlot (from the npm registry, its LICENSE kept beside it in ``static/``) are package
+data, read once and answered from memory. The page draws what ``GET /analytics`` and
+``GET /analytics/hours`` answer, so it shows nothing the API does not. The
+Content-Security-Policy holds the browser to that: the page may load and ask only
+tapad itself.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib.resources import files
+
+from aiohttp import web
+
+STATIC = "/static/"
+DASHBOARD_FILES = {
+    "/": "index.html",
+    f"{STATIC}dashboard.js": "dashboard.js",
+    f"{STATIC}dashboard.css": "dashboard.css",
+    f"{STATIC}uPlot.iife.min.js": "uPlot.iife.min.js",
+    f"{STATIC}uPlot.min.css": "uPlot.min.css",
+}
+CONTENT_TYPES = {
+    "html": "text/html; charset=utf-8",
+    "js": "text/javascript; charset=utf-8",
+    "css": "text/css; charset=utf-8",
+}
+HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",  # revalidate: a new tapad may ship a new page
+}
+
+
+@cache
+def _body(name: str) -> bytes:
+    return (files("tapad.server") / "static" / name).read_bytes()
+
+
+def dashboard_file(path: str, method: str) -> web.Response:
+    """One of ``DASHBOARD_FILES``: GET or HEAD only."""
+    if method not in ("GET", "HEAD"):
+        return web.Response(
+            status=405,
+            text=f"method {method} not allowed; use GET, HEAD\n",
+            content_type="text/plain",
+            headers={"Allow": "GET, HEAD"},
+        )
+    name = DASHBOARD_FILES[path]
+    content_type = CONTENT_TYPES[name.rpartition(".")[2]]
+    return web.Response(body=_body(name), headers={**HEADERS, "Content-Type": content_type})
