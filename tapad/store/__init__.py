@@ -11,6 +11,7 @@ from tapad.store.base import (
     Store,
     StoreConfigError,
     StoreError,
+    StoreFault,
 )
 from tapad.store.url import DEFAULT_STORE_URL, StoreSettings, parse_store_url, redact
 
@@ -23,6 +24,7 @@ __all__ = [
     "Store",
     "StoreConfigError",
     "StoreError",
+    "StoreFault",
     "StoreSettings",
     "open_store",
     "parse_store_url",
@@ -33,18 +35,23 @@ __all__ = [
 def open_store(
     url: str,
     *,
-    timeout: float = 1.0,
+    timeout: float | None = None,
     shards: int | None = None,
     unique: str | None = None,
     retention_hours: int | None = None,
-    commit_deadline: float = _settings.default("commit_deadline"),
+    commit_deadline: float | None = None,
 ) -> Store:
     """Open the store a URL names. Raises StoreConfigError with one line for a bad URL.
 
     ``shards`` and ``unique`` left as None adopt what the store was set up with (the
     defaults for a new store); given explicitly, a store set up otherwise is refused.
+    ``timeout`` and ``commit_deadline`` left as None take the defaults of tapad.settings.
     Call ``await store.connect()`` before relying on ``store.unique_mode``.
     """
+    if timeout is None:
+        timeout = _settings.default("store_timeout")
+    if commit_deadline is None:
+        commit_deadline = _settings.default("commit_deadline")
     settings = parse_store_url(url)
     if settings.scheme == "sqlite":
         from tapad.store.sqlite import SQLiteStore
@@ -68,6 +75,7 @@ def open_store(
         return ClusterStore(
             settings,
             timeout=timeout,
+            commit_deadline=commit_deadline,
             shards=shards,
             unique=unique,
             retention_hours=retention_hours,
@@ -75,5 +83,10 @@ def open_store(
     from tapad.store.redis import RedisStore
 
     return RedisStore(
-        settings, timeout=timeout, shards=shards, unique=unique, retention_hours=retention_hours
+        settings,
+        timeout=timeout,
+        commit_deadline=commit_deadline,
+        shards=shards,
+        unique=unique,
+        retention_hours=retention_hours,
     )

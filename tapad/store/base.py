@@ -45,21 +45,37 @@ class CommitUnknown(StoreError):
     not sent."""
 
 
+class StoreFault(CommitUnknown):
+    """A command failed inside a committed transaction (e.g. WRONGTYPE: a key under the
+    prefix that tapad did not write): Redis applied the other commands, so the batch is
+    applied in part. A configuration fault, not an outage: the store sets its ``fault``
+    (a line for /healthz, which its ping() then fails with) and refuses every later write
+    before sending it, so no retry adds to a hour in that state. See docs/operations.md."""
+
+
 class PartialWrite(StoreError):
     """A batch was applied in part: a Redis Cluster master failed while its part was in
-    flight, and the other masters had committed theirs. ``committed(event)`` tells them
-    apart, so each POST gets its own answer: 200 if its part was committed, 503 if not (its
-    part may still have been applied, as after any store timeout)."""
+    flight, and the other masters had committed theirs. Each POST gets its own answer:
+    ``committed(event)``: 200; ``in_doubt(event)``: its part's outcome stayed unknown past
+    the commit deadline, 504; neither: its part is known not applied, 503."""
 
     def __init__(
-        self, message: str, parts: set[tuple[int, int]], shard_of: Callable[[str], int]
+        self,
+        message: str,
+        parts: set[tuple[int, int]],
+        shard_of: Callable[[str], int],
+        unknown: set[tuple[int, int]] | None = None,
     ) -> None:
         super().__init__(message)
         self._parts = parts  # the committed (hour, shard) parts
+        self._unknown = unknown or set()  # the parts in doubt
         self._shard_of = shard_of
 
     def committed(self, event: Event) -> bool:
         return (event.hour, self._shard_of(event.user)) in self._parts
+
+    def in_doubt(self, event: Event) -> bool:
+        return bool(self._unknown) and (event.hour, self._shard_of(event.user)) in self._unknown
 
 
 class StoreConfigError(Exception):

@@ -1,27 +1,32 @@
 """Redis Cluster store: the hot current hour spread over the cluster's masters.
 
-Same keys as the single-Redis store (``tapad.store.redis.KeyLayout``), 16 shards
-an hour by default: each user falls in one shard (crc32 of the name), and the two
-keys of one (hour, shard) share a hash tag, so they live in one slot on one node.
+Same keys as the single-Redis store (``layout.py``), 16 shards an hour by default:
+each user falls in one shard (crc32 of the name), and the keys of one (hour, shard)
+share a hash tag, so they live in one slot on one master.
 
-A batch is split by slot; each slot's part is one MULTI/EXEC on the master that
-owns the slot. All the slots of one master go in one round trip (transactions
-pipelined), and the masters are written concurrently. So an event (its user and
-its count) is applied all or nothing, and the write load of the current hour is
-spread over the masters. A slot that moved (MOVED/ASK/TRYAGAIN: its transaction
-was refused whole) is sent once more after reloading the slot map.
+The store reads the slot map itself (``CLUSTER SLOTS``) and holds one pipelined link
+per master (``link.NodeLink``), each with its own lock and watchdog: connecting to one
+master never waits on another, and a master that fails closes its own link only.
 
-A batch as a whole is not atomic across masters. Every master of a batch is
-connected to before anything is sent, so a master that is down (connection
-refused) fails the batch with nothing recorded anywhere; but a master that fails
-while the batch is in flight (timeout, reset) leaves the events of the other
-masters' slots recorded although the whole batch is answered 503 (see
-docs/scaling.md).
+A batch is split by slot; each slot's part is one MULTI/EXEC on the master that owns
+the slot, with a commit marker in the same transaction. All the slots of one master
+go in one round trip, and the masters are written concurrently. So an event (its user
+and its count) is applied all or nothing. A slot that moved (MOVED/ASK/TRYAGAIN: its
+transaction was refused whole) is sent again after reloading the slot map. Every
+master of a batch is connected to before anything is sent, so a master that is down
+fails the batch with nothing recorded anywhere.
+
+A master whose reply is lost after sending is settled as on a single Redis
+(``link.py``), part by part: its link is killed and its markers read, on the master
+that now owns each slot (after a failover the replica that took over; the old master's
+late writes are dropped when it rejoins as a replica). Parts not applied are sent
+again. The batch's outcome is per part: ``PartialWrite`` says which parts are applied,
+which are in doubt past the commit deadline, and the rest are known not applied.
 
 A GET reads every shard of the hour, one pipeline per master, and sums: exact in
 ``exact`` mode, because a user is always counted in the same shard.
 
-``tapad:hours`` and ``tapad:layout`` are single keys on one node each. The hours
+``tapad:hours`` and ``tapad:layout`` are single keys on one master each. The hours
 index is written before the shard data, so an indexed hour may read zeros for a
 moment, but an hour with data is always indexed.
 """
@@ -29,31 +34,44 @@ moment, but an hour with data is always indexed.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
-from urllib.parse import unquote, urlsplit
+from typing import Any
 
-import hiredis
-from redis import exceptions as redis_errors
-from redis.asyncio import BlockingConnectionPool
-from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.crc import key_slot
-
-from tapad.store.base import Event, HourCounts, PartialWrite, StoreConfigError, StoreError
-from tapad.store.redis import EXEC, MULTI, KeyLayout, describe
-from tapad.store.resp import RedisLink, ReplyError
+from tapad import settings as defaults
+from tapad.adapters.redis_py import key_slot
+from tapad.store.base import (
+    CommitUnknown,
+    Event,
+    HourCounts,
+    PartialWrite,
+    StoreConfigError,
+    StoreError,
+    StoreFault,
+)
+from tapad.store.layout import EXEC, MULTI, KeyLayout
+from tapad.store.link import (
+    FAILURES,
+    InDoubt,
+    NodeLink,
+    applied,
+    endpoint_of,
+    kill_and_read,
+    store_error,
+)
+from tapad.store.resp import CommandError, Endpoint, LinkClosed, LinkLost, RedisLink, ReplyError
 from tapad.store.url import StoreSettings
 
+log = logging.getLogger("tapad.store")
+
+SLOTS = 16384
 # Replies after which a slot's commands were certainly not applied: safe to send once more
 # after reloading the slot map (the slot moved, or is migrating).
-REDIRECTS = ("MOVED ", "ASK ", "TRYAGAIN ")
-FAILURES = (
-    redis_errors.RedisError,
-    redis_errors.RedisClusterException,
-    OSError,
-    TimeoutError,
-)
+REDIRECTS = ("MOVED ", "ASK ", "TRYAGAIN ", "CLUSTERDOWN ")
+ATTEMPTS = 4  # sends of one part at most: redirections and parts settled as not applied
+
+Node = tuple[str, int]
+Part = tuple[int, int, tuple[set[str], int, int]]  # hour, shard, (users, clicks, imps)
 
 
 class ClusterStore:
@@ -63,256 +81,424 @@ class ClusterStore:
         self,
         settings: StoreSettings,
         *,
-        timeout: float = 1.0,
+        timeout: float | None = None,
+        commit_deadline: float | None = None,
         shards: int | None = None,
         unique: str | None = None,
         retention_hours: int | None = None,
-        max_connections: int = 64,
     ) -> None:
         if not settings.hosts:
             raise StoreConfigError(f"store URL {settings.redacted()!r} names no cluster node")
         self.layout = KeyLayout(
             settings.prefix, shards, unique, default_shards=16, retention_hours=retention_hours
         )
-        self._timeout = timeout
-        self._name = settings.redacted()
-        userinfo = urlsplit(settings.url)
-        self._auth = {
-            "username": unquote(userinfo.username) if userinfo.username else None,
-            "password": unquote(userinfo.password) if userinfo.password else None,
-        }
-        self._max_connections = max_connections
-        # Reads, pings and the idempotent index/layout writes go through the cluster client,
-        # which follows redirections; one retry at most, all within ``timeout``.
-        self._cluster = RedisCluster(
-            startup_nodes=[ClusterNode(host, port) for host, port in settings.hosts],
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 1),
-            max_connections=max_connections,
-            **self._auth,
+        self._timeout = timeout if timeout is not None else defaults.default("store_timeout")
+        self._deadline = (
+            commit_deadline if commit_deadline is not None else defaults.default("commit_deadline")
         )
-        # The hot path (shard writes and reads) talks to each master over one pipelined link
-        # (tapad.store.resp), commands packed by hiredis; never retried after a lost reply.
-        self._pools: dict[tuple[str, int], BlockingConnectionPool] = {}
-        self._links: dict[tuple[str, int], RedisLink] = {}
-        self._link_lock = asyncio.Lock()
+        self._name = settings.redacted()
+        self._seed: Endpoint = endpoint_of(settings)
+        self._start_nodes: list[Node] = list(settings.hosts)
+        self._nodes: dict[Node, NodeLink] = {}
+        self._owners: list[Node] | None = None  # the slot map: owner of each slot
+        self._map_lock = asyncio.Lock()
         self._reload_map = False  # a master failed: it may have been replaced (failover)
         self._indexed: set[int] = set()  # hours this process already put in the index
         self._layout_checked = False
+        self.in_doubt = InDoubt()
+        self.fault: str | None = None  # set by an error inside EXEC: see StoreFault
 
     @property
     def unique_mode(self) -> str:
         return self.layout.unique
 
-    async def _call(self, coro):
-        """Bound every store call in time and turn every Redis failure into StoreError."""
-        try:
-            async with asyncio.timeout(self._timeout):
-                if not self._layout_checked:
-                    await self.layout.check(self._cluster)
-                    self._layout_checked = True
-                return await coro
-        except StoreConfigError:
-            coro.close()
-            raise
-        except FAILURES as exc:
-            coro.close()
-            if not isinstance(exc, redis_errors.ResponseError):
-                self._drop_links()  # timed out or broken: never reuse a half-read reply stream
-                self._reload_map = True
-            raise StoreError(f"redis cluster {self._name}: {describe(exc)}") from None
+    # -- nodes and the slot map ------------------------------------------------------------
 
-    def _node_of(self, slot: int) -> tuple[str, int]:
-        node = self._cluster.nodes_manager.get_node_from_slot(slot)
-        return (node.host, node.port)
+    def _node(self, addr: Node) -> NodeLink:
+        node = self._nodes.get(addr)
+        if node is None:
+            node = self._nodes[addr] = NodeLink(self._seed.at(*addr), self._timeout)
+        return node
 
-    async def _link(self, node: tuple[str, int]) -> RedisLink:
-        link = self._links.get(node)
-        if link is None or link.closed:
-            async with self._link_lock:
-                link = self._links.get(node)
-                if link is None or link.closed:
-                    pool = self._pools.get(node)
-                    if pool is None:
-                        pool = self._pools[node] = BlockingConnectionPool(
-                            host=node[0],
-                            port=node[1],
-                            max_connections=self._max_connections,
-                            timeout=self._timeout,
-                            socket_timeout=self._timeout,
-                            socket_connect_timeout=self._timeout,
-                            **self._auth,
-                        )
-                    link = self._links[node] = await RedisLink.open(pool.make_connection())
-        return link
+    def _owner(self, slot: int) -> Node:
+        assert self._owners is not None
+        return self._owners[slot]
 
-    def _drop_links(self) -> None:
-        links, self._links = self._links, {}
-        for link in links.values():
-            link.close()
+    async def _load_map(self, force: bool = False) -> None:
+        """Read the slot map from the first node that answers (known masters first)."""
+        async with self._map_lock:
+            if self._owners is not None and not force and not self._reload_map:
+                return
+            candidates = list(dict.fromkeys([*(self._owners or ()), *self._start_nodes]))
+            error: BaseException | None = None
+            for addr in candidates:
+                node = self._node(addr)
+                try:
+                    async with asyncio.timeout(self._timeout):
+                        reply = await node.call("CLUSTER", "SLOTS")
+                except FAILURES as exc:
+                    node.close()
+                    error = exc
+                    continue
+                owners: list[Node] = [addr] * SLOTS
+                covered = 0
+                for first, last, master, *_ in reply:
+                    host = master[0].decode() or addr[0]
+                    owner = (host, int(master[1]))
+                    owners[first : last + 1] = [owner] * (last - first + 1)
+                    covered += last - first + 1
+                if covered < SLOTS:
+                    error = CommandError(f"CLUSTERDOWN {SLOTS - covered} slots not served")
+                    continue
+                self._owners = owners
+                self._reload_map = False
+                for gone in set(self._nodes) - set(owners) - set(self._start_nodes):
+                    self._nodes.pop(gone).close()
+                return
+            raise error or OSError("no cluster node answered")
 
     async def _ready(self) -> None:
-        if self._cluster._initialize:  # the slot map is loaded lazily
-            await self._cluster.initialize()
-        elif self._reload_map:  # after a failure: a replica may have taken over the slots
-            await self._cluster.nodes_manager.initialize()
-        self._reload_map = False
+        """Slot map and layout, once (and the map again after a failure): StoreError if not."""
+        if self._owners is not None and not self._reload_map and self._layout_checked:
+            return
+        try:
+            await self._load_map()
+            if not self._layout_checked:
+                await self.layout.check(lambda cmds: self._on_key(self.layout.layout_key, cmds))
+                self._layout_checked = True
+        except FAILURES as exc:
+            raise store_error(f"cluster {self._name}", exc) from None
+
+    async def _on_key(self, key: str, commands: list[bytes]) -> list[Any]:
+        """Commands on one key, on the master holding it, following one redirection."""
+        slot = key_slot(key.encode())
+        for attempt in (1, 2):
+            node = self._node(self._owner(slot))
+            try:
+                link = await node.get()
+                replies = await link.request(b"".join(commands), len(commands))
+            except LinkClosed:
+                self._reload_map = True
+                raise
+            errors = [str(r) for r in replies if isinstance(r, ReplyError)]
+            if not errors:
+                return replies
+            if attempt == 2 or not errors[0].startswith(REDIRECTS):
+                raise CommandError(errors[0])
+            await self._load_map(force=True)
+        raise AssertionError("unreachable")
+
+    # -- writes ----------------------------------------------------------------------------
 
     async def connect(self) -> None:
-        await self._call(self._ping())
+        await self.ping()
 
     async def write(self, events: Sequence[Event]) -> None:
-        """Every master's part at once; if one fails, raise PartialWrite naming the parts the
-        others committed (if any), so their POSTs are not answered 503 and retried twice."""
-        committed: set[tuple[int, int]] = set()
-        try:
-            await self._call(self._write(events, committed))
-        except StoreError as exc:
-            if committed:
-                raise PartialWrite(str(exc), committed, self.layout.shard_of) from None
-            raise
-
-    async def _write(self, events: Sequence[Event], committed: set[tuple[int, int]]) -> None:
+        """Every master's part at once. Returns if every part is applied; StoreError if
+        none is and none is in doubt; PartialWrite (each part applied, in doubt, or not)
+        or CommitUnknown (every part in doubt) otherwise."""
+        if self.fault is not None:
+            raise StoreError(self.fault)
+        await self._ready()
         layout = self.layout
         parts = layout.split(events)
-        new_hours = {str(hour): hour for hour, _ in parts if hour not in self._indexed}
+        new_hours = [hour for hour, _ in parts if hour not in self._indexed]
         if new_hours:  # first: an hour with data must be in the index (for tally)
-            await self._cluster.zadd(layout.hours_key, new_hours)
+            commands = [layout.index_command(new_hours)]
             if layout.retention:
-                await self._cluster.execute_command(*layout.trim_hours_command())
-            self._indexed.update(new_hours.values())
-        pending: dict[int, list[tuple[int, int, tuple[set[str], int, int]]]] = {}
+                commands.append(layout.pack_trim())
+            try:
+                await self._on_key(layout.hours_key, commands)
+            except FAILURES as exc:
+                raise self._failed(exc) from None
+            self._indexed.update(new_hours)
+        pending: dict[int, list[Part]] = {}
         for (hour, shard), part in parts.items():
             slot = key_slot(layout.users_key(hour, shard).encode())
             pending.setdefault(slot, []).append((hour, shard, part))
-        await self._ready()
-        for attempt in (1, 2):
-            by_node: dict[tuple[str, int], list[tuple[int, list]]] = {}
+        batch = _Outcome(asyncio.get_running_loop().time() + self._deadline)
+        for attempt in range(ATTEMPTS):
+            by_node: dict[Node, list[tuple[int, list[Part]]]] = {}
             for slot, items in pending.items():
-                by_node.setdefault(self._node_of(slot), []).append((slot, items))
-            # Connect to every master of the batch before sending anything: a master that is
-            # down (connection refused) fails the batch with nothing recorded on the others.
-            links = await asyncio.gather(*(self._link(node) for node in by_node))
+                by_node.setdefault(self._owner(slot), []).append((slot, items))
+            # Connect to every master of this round before sending anything: a master that
+            # is down fails the round with nothing of it sent anywhere.
+            links = await asyncio.gather(
+                *(self._node(addr).get() for addr in by_node), return_exceptions=True
+            )
+            down = [
+                (a, r) for a, r in zip(by_node, links, strict=True) if not isinstance(r, RedisLink)
+            ]
+            if down:
+                for addr, _ in down:
+                    self._node(addr).close()
+                self._reload_map = True
+                batch.fail(down[0][1])
+                batch.not_sent(pending)
+                break
             results = await asyncio.gather(
                 *(
-                    self._write_node(link, slots, committed)
-                    for link, slots in zip(links, by_node.values(), strict=True)
+                    self._write_node(addr, link, slots, batch)  # type: ignore[arg-type]
+                    for (addr, slots), link in zip(by_node.items(), links, strict=True)
                 ),
                 return_exceptions=True,
             )
-            moved: dict[int, list] = {}
+            again: dict[int, list[Part]] = {}
             for result in results:
-                if isinstance(result, BaseException):
-                    raise result
-                moved.update(result)
-            layout.expired(
-                [
-                    (h, s)
-                    for slot, items in pending.items()
-                    if slot not in moved
-                    for h, s, _ in items
-                ]
+                if isinstance(result, dict):
+                    again.update(result)
+                elif isinstance(result, StoreFault):
+                    self.fault = f"store misconfigured: {result}"
+                    batch.fail(result)
+                else:
+                    batch.fail(result)
+            if not again or batch.error is not None or attempt == ATTEMPTS - 1:
+                batch.not_sent(again)
+                break
+            try:
+                await self._load_map(force=True)
+            except FAILURES as exc:
+                batch.fail(exc)
+                batch.not_sent(again)
+                break
+            pending = again
+        layout.expired(sorted(batch.applied))
+        self._answer(batch)
+
+    def _answer(self, batch: _Outcome) -> None:
+        if batch.error is None and not batch.unknown:
+            return
+        error = batch.error
+        if isinstance(error, StoreFault):
+            log.error(
+                "redis cluster %s: a part of a batch was applied in part (%s); refusing writes "
+                "until restarted (see docs/operations.md)",
+                self._name,
+                error,
             )
-            if not moved:
-                return
-            if attempt == 2:
-                raise redis_errors.TryAgainError("slots kept moving; retry later")
-            await self._cluster.nodes_manager.initialize()  # slots moved: reload the map
-            pending = moved
+        text = (
+            f"redis cluster {self._name}: part in doubt past the commit deadline"
+            if error is None
+            else str(self._failed(error))
+        )
+        if batch.applied or (batch.unknown and batch.failed):
+            raise PartialWrite(text, batch.applied, self.layout.shard_of, batch.unknown)
+        # Nothing applied: every part in doubt, or every part known not applied.
+        if batch.unknown or isinstance(error, StoreFault):
+            raise CommitUnknown(text)
+        raise StoreError(text)
 
     async def _write_node(
-        self, link: RedisLink, slots: list[tuple[int, list]], committed: set[tuple[int, int]]
-    ) -> dict[int, list]:
-        """Every slot of one master in one round trip: MULTI ... EXEC per slot, pipelined.
+        self, addr: Node, link: RedisLink, slots: list[tuple[int, list[Part]]], batch: _Outcome
+    ) -> dict[int, list[Part]]:
+        """Every slot of one master in one round trip: MULTI ... marker EXEC per slot.
 
-        Adds the (hour, shard) parts it committed to ``committed`` as soon as the reply is
-        in, so they are known even if another master's part fails or times out. Returns the
-        slots whose transaction was refused because the slot had moved: not applied at all,
-        so safe to send again. Any other failure raises.
-        """
+        Records the parts applied in ``batch`` as soon as they are known. Returns the slots
+        to send again: refused whole because the slot moved, or settled as not applied."""
         layout = self.layout
-        pack = hiredis.pack_command
+        link.seq += 1
+        seq = link.seq
         commands: list[bytes] = []
         spans = []
+        markers = []
         for _slot, items in slots:
             begin = len(commands)
             commands.append(MULTI)
             for hour, shard, part in items:
                 commands += layout.write_commands(hour, shard, *part)
             for hour, shard in layout.expiries((h, s) for h, s, _ in items):
-                commands += [pack(cmd) for cmd in layout.expire_commands(hour, shard)]
+                commands += layout.pack_expire(hour, shard)
+            marker = layout.marker_key(link.token, (items[0][0], items[0][1]))
+            markers.append(marker)
+            commands.append(layout.marker_command(marker, seq, self._deadline))
             commands.append(EXEC)
             spans.append((begin, len(commands) - 1))
-        replies = await link.request(b"".join(commands), len(commands))
-        moved: dict[int, list] = {}
+        try:
+            replies = await link.request(b"".join(commands), len(commands))
+        except LinkLost:
+            self._reload_map = True
+            return await self._settle(addr, link, slots, markers, seq, batch)
+        except LinkClosed as exc:
+            batch.failed.update(_pairs(slots))
+            raise exc
+        again: dict[int, list[Part]] = {}
+        fault: BaseException | None = None
         for (slot, items), (begin, end) in zip(slots, spans, strict=True):
             result = replies[end]
             if isinstance(result, list):
-                for reply in result:  # applied, but a command failed (e.g. a wrong key type)
-                    if isinstance(reply, ReplyError):
-                        raise redis_errors.ResponseError(str(reply))
-                committed.update((hour, shard) for hour, shard, _ in items)
+                batch.applied.update((h, s) for h, s, _ in items)
+                errors = [r for r in result if isinstance(r, ReplyError)]
+                if errors:  # applied, but a command failed (e.g. a wrong key type)
+                    batch.applied.difference_update((h, s) for h, s, _ in items)
+                    batch.unknown.update((h, s) for h, s, _ in items)
+                    fault = StoreFault(f"applied in part: {errors[0]}")
                 continue
             # EXECABORT: a queued command was refused and nothing of this slot applied.
             causes = [r for r in replies[begin:end] if isinstance(r, ReplyError)]
             cause = str(causes[0] if causes else result)
             if cause.startswith(REDIRECTS):
-                moved[slot] = items
+                again[slot] = items
             else:
-                raise redis_errors.ResponseError(cause)
-        return moved
+                batch.failed.update((h, s) for h, s, _ in items)
+                fault = fault or CommandError(cause)
+        if fault is not None:
+            raise fault
+        return again
+
+    async def _settle(
+        self,
+        addr: Node,
+        old: RedisLink,
+        slots: list[tuple[int, list[Part]]],
+        markers: list[str],
+        seq: int,
+        batch: _Outcome,
+    ) -> dict[int, list[Part]]:
+        """The reply of one master was lost: per slot, applied or not (then sent again),
+        until the deadline; past it the parts left are in doubt."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        events = sum(len(part[0]) for _, items in slots for _, _, part in items)
+        old.close()
+        while True:
+            try:
+                async with asyncio.timeout_at(batch.deadline):
+                    found = await self._read_markers(addr, old, slots, markers)
+                break
+            except FAILURES:
+                if loop.time() >= batch.deadline:
+                    batch.unknown.update(_pairs(slots))
+                    self.in_doubt.settled(
+                        f"cluster master {addr[0]}:{addr[1]}",
+                        "unknown",
+                        events,
+                        loop.time() - start,
+                    )
+                    return {}
+                await asyncio.sleep(0.05)
+        again: dict[int, list[Part]] = {}
+        for (slot, items), marker in zip(slots, found, strict=True):
+            if applied(marker, seq):
+                batch.applied.update((h, s) for h, s, _ in items)
+            else:
+                again[slot] = items
+        outcome = "not_applied" if again else "applied"
+        self.in_doubt.settled(
+            f"cluster master {addr[0]}:{addr[1]}", outcome, events, loop.time() - start
+        )
+        return again
+
+    async def _read_markers(
+        self, addr: Node, old: RedisLink, slots: list[tuple[int, list[Part]]], markers: list[str]
+    ) -> list[object]:
+        """Kill ``old`` on ``addr`` and read the markers there; after a failover, read those
+        of slots that moved on their new master (the old one's late writes are dropped)."""
+        try:
+            link = await self._node(addr).get()
+            return await kill_and_read(link, old, markers)
+        except FAILURES:
+            self._node(addr).close()
+            await self._load_map(force=True)
+            if all(self._owner(slot) == addr for slot, _ in slots):
+                raise
+        found: list[object] = []
+        for (slot, _), marker in zip(slots, markers, strict=True):
+            owner = self._owner(slot)
+            if owner == addr:
+                raise ConnectionError(f"master {addr[0]}:{addr[1]} out of reach")
+            link = await self._node(owner).get()
+            (reply,) = await link.request(self.layout.pack_get(marker), 1)
+            if isinstance(reply, ReplyError):
+                raise CommandError(str(reply))
+            found.append(reply)
+        return found
+
+    def _failed(self, exc: BaseException) -> StoreError:
+        if not isinstance(exc, CommandError):
+            self._reload_map = True  # a master failed: a replica may take over its slots
+        return store_error(f"cluster {self._name}", exc)
+
+    # -- reads -----------------------------------------------------------------------------
 
     async def read(self, hour: int) -> HourCounts:
         return (await self.read_hours((hour,)))[0]
 
     async def read_hours(self, hours: Sequence[int]) -> list[HourCounts]:
-        return await self._call(self._read(hours))
-
-    async def _read(self, hours: Sequence[int]) -> list[HourCounts]:
         """One pipelined request per master holding shards of the hours, all at once; sum."""
         await self._ready()
         layout = self.layout
-        for attempt in (1, 2):
-            by_node: dict[tuple[str, int], list[tuple[int, int]]] = {}
-            for hour in hours:
-                for shard in range(layout.shards):
-                    slot = key_slot(layout.users_key(hour, shard).encode())
-                    by_node.setdefault(self._node_of(slot), []).append((hour, shard))
-            replies = await asyncio.gather(
-                *(self._read_node(node, pairs) for node, pairs in by_node.items())
-            )
-            errors = [str(r) for rs in replies for r in rs if isinstance(r, ReplyError)]
-            if not errors:
-                totals = dict.fromkeys(hours, HourCounts())
-                for pairs, rs in zip(by_node.values(), replies, strict=True):
-                    for i, (hour, _) in enumerate(pairs):
-                        totals[hour] += layout.sum_replies(rs[2 * i : 2 * i + 2])
-                return [totals[hour] for hour in hours]
-            if attempt == 2 or not all(e.startswith(REDIRECTS) for e in errors):
-                raise redis_errors.ResponseError(errors[0])
-            await self._cluster.nodes_manager.initialize()  # slots moved: reload the map
+        try:
+            for attempt in (1, 2):
+                by_node: dict[Node, list[tuple[int, int]]] = {}
+                for hour in hours:
+                    for shard in range(layout.shards):
+                        slot = key_slot(layout.users_key(hour, shard).encode())
+                        by_node.setdefault(self._owner(slot), []).append((hour, shard))
+                replies = await asyncio.gather(
+                    *(self._read_node(addr, pairs) for addr, pairs in by_node.items())
+                )
+                errors = [str(r) for rs in replies for r in rs if isinstance(r, ReplyError)]
+                if not errors:
+                    totals = dict.fromkeys(hours, HourCounts())
+                    for pairs, rs in zip(by_node.values(), replies, strict=True):
+                        for i, (hour, _) in enumerate(pairs):
+                            totals[hour] += layout.sum_replies(rs[2 * i : 2 * i + 2])
+                    return [totals[hour] for hour in hours]
+                if attempt == 2 or not all(e.startswith(REDIRECTS) for e in errors):
+                    raise CommandError(errors[0])
+                await self._load_map(force=True)  # slots moved: reload the map
+        except FAILURES as exc:
+            raise self._failed(exc) from None
         raise AssertionError("unreachable")
 
-    async def _read_node(self, node: tuple[str, int], pairs: list[tuple[int, int]]) -> list:
+    async def _read_node(self, addr: Node, pairs: list[tuple[int, int]]) -> list[Any]:
         commands = self.layout.read_commands(pairs)
-        link = await self._link(node)
+        link = await self._node(addr).get()
         return await link.request(b"".join(commands), len(commands))
 
     async def hours(self) -> list[int]:
-        raw = await self._call(self._cluster.zrevrange(self.layout.hours_key, 0, -1))
-        return [int(h) for h in raw if self.layout.kept(int(h))]
+        await self._ready()
+        try:
+            (raw,) = await self._on_key(self.layout.hours_key, [self.layout.hours_command()])
+        except FAILURES as exc:
+            raise self._failed(exc) from None
+        return self.layout.kept_hours(raw)
 
     async def ping(self) -> None:
-        await self._call(self._ping())
-
-    async def _ping(self) -> None:
         await self._ready()
-        await self._cluster.ping(target_nodes=RedisCluster.PRIMARIES)
+        assert self._owners is not None
+        try:
+            await asyncio.gather(*(self._node(a).call("PING") for a in set(self._owners)))
+        except FAILURES as exc:
+            raise self._failed(exc) from None
+        if self.fault is not None:
+            raise StoreError(self.fault)
 
     async def close(self) -> None:
-        self._drop_links()
-        for pool in self._pools.values():
-            await pool.aclose()
-        self._pools.clear()
-        await self._cluster.aclose()
+        for node in self._nodes.values():
+            node.close()
+        self._nodes.clear()
+
+
+class _Outcome:
+    """What became of one batch's (hour, shard) parts."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline  # loop time by which parts in doubt must be settled
+        self.applied: set[tuple[int, int]] = set()
+        self.unknown: set[tuple[int, int]] = set()
+        self.failed: set[tuple[int, int]] = set()  # known not applied
+        self.error: BaseException | None = None
+
+    def fail(self, exc: BaseException) -> None:
+        if self.error is None or isinstance(exc, StoreFault):
+            self.error = exc
+
+    def not_sent(self, slots: dict[int, list[Part]]) -> None:
+        self.failed.update(_pairs(slots.items()))
+        if slots and self.error is None:
+            self.error = CommandError("TRYAGAIN slots kept moving; retry later")
+
+
+def _pairs(slots: Any) -> list[tuple[int, int]]:
+    return [(h, s) for _, items in slots for h, s, _ in items]

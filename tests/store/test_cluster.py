@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from tapad.adapters.redis_py import key_slot
 from tapad.server.writer import GroupCommitter
 from tapad.store import Event, PartialWrite, StoreError, open_store
-from tapad.store.redis import KeyLayout
+from tapad.store.cluster import ClusterStore
+from tapad.store.layout import KeyLayout
 from tests.support import RedisClusterProcs, TapadServer, http, parse_counts
 
 NOW_MS = int(time.time() * 1000)
@@ -160,9 +162,6 @@ def move_slot(cluster: RedisClusterProcs, slot: int) -> None:
 def test_a_slot_that_moves_under_a_running_server_loses_nothing(
     redis_cluster: RedisClusterProcs, cluster_url: str
 ) -> None:
-    from redis.crc import key_slot
-
-    from tapad.store.redis import KeyLayout
 
     layout = KeyLayout("tapad:", None, None, default_shards=16)
     shard = layout.shard_of("alice")
@@ -198,9 +197,6 @@ def wait_replicated(cluster: RedisClusterProcs, timeout: float = 20) -> None:
 
 
 def test_a_master_dies_and_its_replica_takes_over(tmp_path: Path) -> None:
-    from redis.crc import key_slot
-
-    from tapad.store.redis import KeyLayout
 
     cluster = RedisClusterProcs(tmp_path / "ha", masters=3, replicas=1)
     server = None
@@ -297,8 +293,9 @@ SHARD_OF = KeyLayout("tapad:", 16, None, default_shards=16).shard_of
 
 def test_a_master_that_hangs_mid_batch_fails_only_its_own_posts(tmp_path: Path) -> None:
     """A batch spans masters and one of them stops answering while its part is in flight:
-    the other masters' parts are committed, and the committer tells each POST whether its
-    own part was (200) or not (503), instead of 503 for all and double counts on retry."""
+    the other masters' parts are committed, the stopped master's part stays in doubt past
+    the commit deadline, and the committer tells each POST which (200 or 504), instead of
+    503 for all and double counts on retry. Its other masters' links stay open."""
     cluster = RedisClusterProcs(tmp_path / "hang").start()
     victim = cluster.nodes[1]
     assert victim.proc is not None
@@ -306,7 +303,8 @@ def test_a_master_that_hangs_mid_batch_fails_only_its_own_posts(tmp_path: Path) 
     try:
 
         async def go() -> list[tuple[Event, object]]:
-            store = open_store(cluster.url, timeout=1.0)
+            store = open_store(cluster.url, timeout=1.0, commit_deadline=2.0)
+            assert isinstance(store, ClusterStore)
             await store.connect()
             committer = GroupCommitter(store)
             committer.start()
@@ -316,9 +314,13 @@ def test_a_master_that_hangs_mid_batch_fails_only_its_own_posts(tmp_path: Path) 
                 await asyncio.gather(
                     *(committer.submit(Event(HOUR, f"warm-up{i}", False)) for i in range(64))
                 )
+                links = {addr: node.ready() for addr, node in store._nodes.items()}
                 os.kill(victim.proc.pid, signal.SIGSTOP)
                 batch = [Event(HOUR, f"user{i}", True) for i in range(200)]
                 outcomes = await asyncio.gather(*(committer.submit(e) for e in batch))
+                assert (store.in_doubt.applied, store.in_doubt.unknown) == (0, 1)
+                kept = [a for a, link in links.items() if store._nodes[a].ready() is link]
+                assert len(kept) == len(links) - 1  # only the stopped master's link closed
                 return list(zip(batch, outcomes, strict=True))
             finally:
                 os.kill(victim.proc.pid, signal.SIGCONT)
@@ -332,6 +334,7 @@ def test_a_master_that_hangs_mid_batch_fails_only_its_own_posts(tmp_path: Path) 
         for event, outcome in answered:
             assert isinstance(outcome, PartialWrite)  # one batch, applied in part
             assert outcome.committed(event) == (SHARD_OF(event.user) in held), event
+            assert outcome.in_doubt(event) == (SHARD_OF(event.user) not in held), event
         acknowledged = sum(1 for event, outcome in answered if outcome.committed(event))
         assert 0 < acknowledged < len(answered)
         assert sum(held.values()) == acknowledged  # every 200 stored, nothing else there

@@ -1,0 +1,124 @@
+"""A batch whose reply is lost after sending is settled before anyone is answered
+(tapad/store/link.py): applied (return), not applied (sent again), or still out of reach
+at the commit deadline (CommitUnknown). A batch never sent fails at once (StoreError).
+
+Each test runs its own redis-server, since it gets paused or cut off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tapad.store import CommitUnknown, Event, HourCounts, StoreError, open_store
+from tapad.store.link import InDoubt
+from tapad.store.redis import RedisStore
+from tests.store.proxy import Proxy
+from tests.support import LOOPBACK, RedisServer
+
+TIMEOUT = 0.3  # the store timeout of these tests: a paused Redis is past it quickly
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+def open_redis(url: str, deadline: float) -> RedisStore:
+    store = open_store(url, timeout=TIMEOUT, commit_deadline=deadline)
+    assert isinstance(store, RedisStore)
+    return store
+
+
+def test_a_lost_reply_of_an_applied_batch_is_a_success(own_redis: RedisServer) -> None:
+    """Redis paused past the store timeout but back within the deadline: the batch ran
+    when it woke up, the marker says so, the write returns; counted once."""
+
+    async def main() -> InDoubt:
+        store = open_redis(own_redis.url, deadline=10)
+        try:
+            await store.write([Event(1, "warm-up", True)])
+            own_redis.pause()
+            asyncio.get_running_loop().call_later(3 * TIMEOUT, own_redis.resume)
+            await store.write([Event(2, "a", True), Event(2, "b", False)])
+            assert await store.read(2) == HourCounts(2, 1, 1)
+            return store.in_doubt
+        finally:
+            own_redis.resume()
+            await store.close()
+
+    assert asyncio.run(main()) == InDoubt(applied=1)
+
+
+def test_a_batch_lost_on_the_way_is_sent_again_once(own_redis: RedisServer) -> None:
+    """The batch's bytes never reached Redis (a lossy network: the proxy swallows them):
+    the old connection is killed, the marker is missing, so the store sends it again."""
+    proxy = Proxy(own_redis.port).start()
+
+    async def main() -> InDoubt:
+        store = open_redis(f"redis://{LOOPBACK}:{proxy.port}/0", deadline=10)
+        try:
+            await store.write([Event(1, "warm-up", True)])
+            proxy.swallow = True
+            asyncio.get_running_loop().call_later(2 * TIMEOUT, setattr, proxy, "swallow", False)
+            await store.write([Event(3, "a", True)])
+            assert await store.read(3) == HourCounts(1, 1, 0)
+            return store.in_doubt
+        finally:
+            await store.close()
+
+    try:
+        assert asyncio.run(main()) == InDoubt(not_applied=1)
+    finally:
+        proxy.stop()
+    assert own_redis.cli("HGET", "tapad:{3.0}:n", "c") == "1"
+
+
+def test_redis_silent_past_the_deadline_is_commit_unknown(own_redis: RedisServer) -> None:
+    """Paused past the deadline: CommitUnknown, counted as unknown. Redis runs the batch
+    when it wakes up (its bytes were in Redis's socket): stored <= acked + unknown."""
+
+    async def main() -> InDoubt:
+        store = open_redis(own_redis.url, deadline=1.0)
+        try:
+            await store.write([Event(1, "warm-up", True)])
+            own_redis.pause()
+            with pytest.raises(CommitUnknown):
+                await store.write([Event(4, "a", True)])
+            return store.in_doubt
+        finally:
+            own_redis.resume()
+            await store.close()
+
+    assert asyncio.run(main()) == InDoubt(unknown=1)
+    deadline = time.monotonic() + 10
+    while own_redis.cli("HGET", "tapad:{4.0}:n", "c") != "1":
+        assert time.monotonic() < deadline, "the batch Redis had was never applied"
+        time.sleep(0.05)
+
+
+def test_a_batch_never_sent_fails_at_once(own_redis: RedisServer) -> None:
+    """Redis gone (connection refused): StoreError, not CommitUnknown; nothing in doubt."""
+
+    async def main() -> InDoubt:
+        store = open_redis(own_redis.url, deadline=10)
+        try:
+            await store.write([Event(1, "warm-up", True)])
+            own_redis.stop()
+            await asyncio.sleep(0.2)  # the link sees the connection close
+            started = time.monotonic()
+            with pytest.raises(StoreError) as failed:
+                await store.write([Event(5, "a", True)])
+            assert not isinstance(failed.value, CommitUnknown)
+            assert time.monotonic() - started < 5  # not held until the 10 s deadline
+            return store.in_doubt
+        finally:
+            await store.close()
+
+    assert asyncio.run(main()) == InDoubt()
