@@ -90,6 +90,8 @@ class TapadHandler:
                 partial = await self.committer.submit(event)
                 if partial is None or partial.committed(event):
                     response = web.Response()
+                elif partial.in_doubt(event):  # its cluster part: outcome unknown
+                    response = web.Response(status=504, text=OUTCOME_UNKNOWN, content_type=TEXT)
                 else:
                     response = unavailable(STORE_FAILED)
             except BadRequest as exc:

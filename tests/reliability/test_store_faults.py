@@ -1,7 +1,9 @@
-"""Store faults under live traffic: every POST is answered 503 + Retry-After within 2 s while
-the store is gone, nothing is half-written, /healthz says 503, and the server recovers alone.
+"""Store refusals under live traffic: every POST is answered 503 + Retry-After within 2 s while
+the store refuses writes, nothing is half-written, /healthz says 503, and the server recovers
+alone. (A store that goes silent instead is in test_redis_faults.py / test_sqlite_faults.py:
+a batch in flight is then settled, which may take up to the commit deadline.)
 
-Each test runs its own redis-server (it gets paused, killed or filled up) and its own tapad.
+Each test runs its own redis-server (it gets filled up) and its own tapad.
 Each event has a new user, so a batch half-applied (users added, counts not, or the other way
 round) would show as unique_users != clicks.
 """
@@ -80,60 +82,6 @@ def timed_gets(url: str, clients: int = 6, seconds: float = 2.5) -> list[tuple[i
 
     with ThreadPoolExecutor(clients) as pool:
         return [r for rs in pool.map(lambda _: client(), range(clients)) for r in rs]
-
-
-def test_sigstopped_redis_gets_503_fast_and_recovers_on_sigcont(own_redis: RedisServer) -> None:
-    srv = TapadServer(own_redis.url).start()
-    traffic = Traffic(srv.url, concurrency=12, limit=30_000).start()
-    try:
-        traffic.wait_for(lambda t: len(t.acknowledged) >= 200)
-        mark = len(traffic.answers)
-        own_redis.pause()
-        traffic.wait_for(lambda t: t.statuses().get(503, 0) >= 30, timeout=10)
-        gets = timed_gets(srv.url)  # several store timeouts in a row
-        assert {status for status, _ in gets} == {503}
-        assert max(seconds for _, seconds in gets) < BOUND, gets
-        status, headers, body = http("GET", f"{srv.url}/healthz")
-        assert status == 503 and headers.get("Retry-After") == "1", body
-        status, _, _ = http("GET", f"{srv.url}/analytics?timestamp={TS}")
-        assert status == 503
-        down = after(traffic, mark)
-        check_outage(down)
-        own_redis.resume()
-        check_recovered(traffic, srv.url, sum(a.status == 503 for a in traffic.answers))
-    finally:
-        own_redis.resume()
-        traffic.stop()
-        srv.stop()
-    assert b"Traceback" not in srv.log
-
-
-@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
-def test_redis_stopped_and_restarted_during_traffic(own_redis: RedisServer, how: str) -> None:
-    """SIGKILL too: Redis dies mid-batch, and its fsync'ed AOF keeps every acknowledged one."""
-    srv = TapadServer(own_redis.url).start()
-    traffic = Traffic(srv.url, concurrency=12, limit=30_000).start()
-    try:
-        traffic.wait_for(lambda t: len(t.acknowledged) >= 200)
-        mark = len(traffic.answers)
-        if how == "SIGKILL":
-            assert own_redis.proc is not None
-            own_redis.proc.kill()
-            own_redis.proc.wait(10)
-            own_redis.proc = None
-        else:
-            own_redis.stop()  # connection refused from now on
-        traffic.wait_for(lambda t: t.statuses().get(503, 0) >= 30, timeout=10)
-        assert http("GET", f"{srv.url}/healthz")[0] == 503
-        check_outage(after(traffic, mark))
-        own_redis.start()  # same port, same AOF: the committed events come back
-        check_recovered(traffic, srv.url, sum(a.status == 503 for a in traffic.answers))
-    finally:
-        traffic.stop()
-        srv.stop()
-    log = srv.log.decode()
-    assert "Traceback" not in log
-    assert log.count("store failing") <= 10, "one log line per failed batch"
 
 
 def test_redis_refusing_writes_mid_batch_records_nothing_of_it(own_redis: RedisServer) -> None:
