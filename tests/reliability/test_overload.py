@@ -8,6 +8,7 @@ import socket
 import time
 from pathlib import Path
 
+from tapad import settings
 from tests.reliability.tools import Traffic, rss_kib
 from tests.support import LOOPBACK, RedisServer, TapadServer, http
 
@@ -40,8 +41,11 @@ def test_past_max_pending_post_gets_503_at_once(tmp_path: Path) -> None:
     fast = sorted(a.seconds for a in overloaded)[len(overloaded) * 9 // 10]
     print(f"p90 of overloaded answers: {fast:.3f}s of {len(overloaded)}")
     assert fast < 1.0, f"90% of overloaded answers took up to {fast:.2f}s"
-    assert all(a.seconds < 2 * 1.5 + 0.5 for a in traffic.answers)
-    assert set(traffic.statuses()) == {503}
+    # The batch in flight when Redis stopped is in doubt: its POSTs wait for the commit
+    # deadline and get 504 (see docs/operations.md); every other POST 503, never sent.
+    bound = 2 * 1.5 + settings.default("commit_deadline") + 0.5
+    assert all(a.seconds < bound for a in traffic.answers)
+    assert 503 in traffic.statuses() and set(traffic.statuses()) <= {503, 504}
     assert metric(text, "tapad_pending_events") <= 40
 
 
@@ -74,4 +78,4 @@ def test_memory_stays_flat_under_sustained_overload(tmp_path: Path) -> None:
     print(f"RSS warm {warm} KiB, then {samples}; {answered} answers in 6 s")
     assert answered > 1500, "not a sustained overload"
     assert max(samples) - warm < 8 * 1024, (warm, samples)
-    assert set(traffic.statuses()) <= {503, 200}
+    assert set(traffic.statuses()) <= {503, 504, 200}
