@@ -14,7 +14,9 @@ on core 0, wrk and Redis on core 1, as in bench/run.py; the servers take turns,
 round after round, and the medians are compared with the first server's. On a
 shared machine requests/s move with whatever else runs; CPU per request (from
 /proc/<pid>/schedstat, see bench/cpu.py) moves much less, and for a CPU-bound
-server its ratio is the ratio bench/run.py reports.
+server its ratio is the ratio bench/run.py reports. A server that waits for its disk
+(SQLite's fsync per commit) is not CPU-bound: compare its median requests/s (also printed),
+with more rounds, since those move with the machine's load.
 """
 
 from __future__ import annotations
@@ -68,16 +70,22 @@ def main() -> int:
         for pid, url in servers.values():  # warm up
             measure(pid, url, args.method, 2)
         us: dict[str, list[float]] = {name: [] for name in servers}
+        rate: dict[str, list[float]] = {name: [] for name in servers}
         for n in range(args.rounds):
             for name, (pid, url) in servers.items():
                 line = measure(pid, url, args.method, args.seconds)
                 us[name].append(float(re.search(r"CPU\s+([\d.]+) us", line).group(1)))
+                rate[name].append(float(line.split()[0]))
                 print(f"[{n + 1}] {args.method.upper():4} {name:12} {line}", flush=True)
         base = statistics.median(us[specs[0][0]])
         for name, values in us.items():
             median = statistics.median(values)
             ratio = base / median
-            print(f"{name:12} median CPU {median:5.1f} us/request, x {specs[0][0]}: {ratio:.3f}")
+            rate_ratio = statistics.median(rate[name]) / statistics.median(rate[specs[0][0]])
+            print(
+                f"{name:12} median CPU {median:5.1f} us/request, x {specs[0][0]}: {ratio:.3f}"
+                f"  (median req/s {statistics.median(rate[name]):7.0f}, x {rate_ratio:.3f})"
+            )
     finally:
         procs.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
