@@ -30,7 +30,7 @@ def test_quick_benchmark_run_writes_a_table(tmp_path: Path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=600,  # the main table, then bench/growth.py and bench/scaling.py, each quick
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     (folder,) = tmp_path.iterdir()
@@ -49,6 +49,14 @@ def test_quick_benchmark_run_writes_a_table(tmp_path: Path) -> None:
             assert row["runs"], f"{target} {method} not measured"
             assert all(run["requests"] > 0 for run in row["runs"])
     assert rows[("yardstick", "POST")]["runs"], "the yardstick must always run"
+    # issue 14's other targets: the hour filling up, and the cluster against one Redis
+    if shutil.which("redis-server") is not None:
+        stores = {step["store"] for step in data["growth"]["steps"]}
+        assert stores == {"sqlite", "redis", "redis-hll"}, data["growth"]
+        assert all(step["users"] >= 20_000 for step in data["growth"]["steps"])
+        assert "x an empty hour" in table
+        assert data["scaling"]["cluster (3 masters, 16 shards)"]["events_per_s"] > 0
+        assert "3-master cluster" in table
     assert not (folder / "data").exists(), "the data folder is removed at the end"
     for url in data["urls"].values():  # every server it started is stopped
         port = int(url.rsplit(":", 1)[1])
