@@ -68,7 +68,6 @@ SLOTS = 16384
 # Replies after which a slot's commands were certainly not applied: safe to send once more
 # after reloading the slot map (the slot moved, or is migrating).
 REDIRECTS = ("MOVED ", "ASK ", "TRYAGAIN ", "CLUSTERDOWN ")
-ATTEMPTS = 4  # sends of one part at most: redirections and parts settled as not applied
 
 Node = tuple[str, int]
 Part = tuple[int, int, tuple[set[str], int, int]]  # hour, shard, (users, clicks, imps)
@@ -216,8 +215,10 @@ class ClusterStore:
         for (hour, shard), part in parts.items():
             slot = key_slot(layout.users_key(hour, shard).encode())
             pending.setdefault(slot, []).append((hour, shard, part))
-        batch = _Outcome(asyncio.get_running_loop().time() + self._deadline)
-        for attempt in range(ATTEMPTS):
+        loop = asyncio.get_running_loop()
+        batch = _Outcome(loop.time() + self._deadline)
+        sent = False
+        while True:
             by_node: dict[Node, list[tuple[int, list[Part]]]] = {}
             for slot, items in pending.items():
                 by_node.setdefault(self._owner(slot), []).append((slot, items))
@@ -233,9 +234,13 @@ class ClusterStore:
                 for addr, _ in down:
                     self._node(addr).close()
                 self._reload_map = True
-                batch.fail(down[0][1])
-                batch.not_sent(pending)
-                break
+                if not sent or not await self._next_round(batch):
+                    # Nothing of the batch sent yet: a fast 503, as for any store down.
+                    batch.fail(down[0][1])
+                    batch.not_sent(pending)
+                    break
+                continue
+            sent = True
             results = await asyncio.gather(
                 *(
                     self._write_node(addr, link, slots, batch)  # type: ignore[arg-type]
@@ -252,18 +257,27 @@ class ClusterStore:
                     batch.fail(result)
                 else:
                     batch.fail(result)
-            if not again or batch.error is not None or attempt == ATTEMPTS - 1:
-                batch.not_sent(again)
-                break
-            try:
-                await self._load_map(force=True)
-            except FAILURES as exc:
-                batch.fail(exc)
+            # Parts that moved or were settled as not applied: sent again on the slot's
+            # master (after a failover, the new one) until the commit deadline.
+            if not again or batch.error is not None or not await self._next_round(batch):
                 batch.not_sent(again)
                 break
             pending = again
         layout.expired(sorted(batch.applied))
         self._answer(batch)
+
+    async def _next_round(self, batch: _Outcome) -> bool:
+        """Reload the slot map for another round of sends, if the deadline leaves time."""
+        loop = asyncio.get_running_loop()
+        while loop.time() < batch.deadline:
+            await asyncio.sleep(0.01)  # a slot moving or a failover takes a moment
+            try:
+                async with asyncio.timeout_at(batch.deadline):
+                    await self._load_map(force=True)
+                return True
+            except FAILURES:
+                await asyncio.sleep(0.05)
+        return False
 
     def _answer(self, batch: _Outcome) -> None:
         if batch.error is None and not batch.unknown:
