@@ -23,7 +23,8 @@ def parse_url(url: str) -> dict[str, Any]:
     """Connection settings of a Redis URL: host, port, db, username, password, path (unix
     socket), the ``ssl_*`` query options, and ``connection_class`` (whose name says TLS or
     unix socket)."""
-    return _parse_url(url)
+    found: dict[str, Any] = _parse_url(url)  # type: ignore[no-untyped-call]
+    return found
 
 
 def is_tls(settings: dict[str, Any]) -> bool:

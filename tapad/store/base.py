@@ -83,7 +83,9 @@ class StoreConfigError(Exception):
 
 
 class Store(Protocol):
-    unique_mode: str  # "exact" or "hll"
+    @property
+    def unique_mode(self) -> str:
+        """ "exact" or "hll" (read-only: the store's layout decides it)."""
 
     async def connect(self) -> None:
         """Check the store at start: StoreConfigError is fatal, StoreError means not yet."""

@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from tapad import settings as defaults
 from tapad.adapters.redis_py import key_slot
@@ -134,7 +134,7 @@ class ClusterStore:
                 node = self._node(addr)
                 try:
                     async with asyncio.timeout(self._timeout):
-                        reply = await node.call("CLUSTER", "SLOTS")
+                        reply = cast(list[Any], await node.call("CLUSTER", "SLOTS"))
                 except FAILURES as exc:
                     node.close()
                     error = exc

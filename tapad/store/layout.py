@@ -18,13 +18,12 @@ import zlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
-import hiredis
-
 from tapad.store.base import Event, HourCounts, StoreConfigError, aggregate
+from tapad.store.resp import pack
 
 UNIQUE_MODES = ("exact", "hll")
-MULTI = hiredis.pack_command(("MULTI",))
-EXEC = hiredis.pack_command(("EXEC",))
+MULTI = pack(("MULTI",))
+EXEC = pack(("EXEC",))
 MARKER_MARGIN = 60  # seconds a commit marker outlives the commit deadline
 
 
@@ -125,7 +124,6 @@ class KeyLayout:
         self, hour: int, shard: int, users: set[str], clicks: int, impressions: int
     ) -> list[bytes]:
         """One (hour, shard) part of a batch: add its users, count its clicks and impressions."""
-        pack = hiredis.pack_command
         add = "PFADD" if self.unique == "hll" else "SADD"
         commands = [pack((add, self.users_key(hour, shard), *users))]
         counts = self.counts_key(hour, shard)
@@ -137,7 +135,6 @@ class KeyLayout:
 
     def read_commands(self, pairs: Sequence[tuple[int, int]]) -> list[bytes]:
         """A (count, HMGET) command pair for each (hour, shard)."""
-        pack = hiredis.pack_command
         count = "PFCOUNT" if self.unique == "hll" else "SCARD"
         commands = []
         for hour, shard in pairs:
@@ -147,7 +144,6 @@ class KeyLayout:
 
     def check_commands(self) -> list[bytes]:
         """Write our layout where the store has none, then read the store's (one round trip)."""
-        pack = hiredis.pack_command
         return [
             pack(("HSETNX", self.layout_key, "shards", str(self.shards))),
             pack(("HSETNX", self.layout_key, "unique", self.unique)),
@@ -173,7 +169,7 @@ class KeyLayout:
         self.retention = int(theirs["retention"])
 
     def hours_command(self) -> bytes:
-        return hiredis.pack_command(("ZREVRANGE", self.hours_key, 0, -1))
+        return pack(("ZREVRANGE", self.hours_key, 0, -1))
 
     def kept_hours(self, raw: list[bytes]) -> list[int]:
         """The hours of a ZREVRANGE of the index, without those past the retention."""
@@ -184,7 +180,7 @@ class KeyLayout:
         zadd: list[object] = ["ZADD", self.hours_key]
         for hour in hours:
             zadd += (hour, str(hour))
-        return hiredis.pack_command(tuple(zadd))
+        return pack(tuple(zadd))
 
     def marker_key(self, token: str, tag: tuple[int, int] | None = None) -> str:
         """A link's commit marker; on a cluster, next to the (hour, shard) part it vouches
@@ -196,14 +192,14 @@ class KeyLayout:
     @staticmethod
     def marker_command(key: str, seq: int, commit_deadline: float) -> bytes:
         ttl = int(commit_deadline) + MARKER_MARGIN
-        return hiredis.pack_command(("SET", key, seq, "EX", ttl))
+        return pack(("SET", key, seq, "EX", ttl))
 
     def pack_expire(self, hour: int, shard: int) -> list[bytes]:
-        return [hiredis.pack_command(cmd) for cmd in self.expire_commands(hour, shard)]
+        return [pack(cmd) for cmd in self.expire_commands(hour, shard)]
 
     def pack_trim(self) -> bytes:
-        return hiredis.pack_command(self.trim_hours_command())
+        return pack(self.trim_hours_command())
 
     @staticmethod
     def pack_get(key: str) -> bytes:
-        return hiredis.pack_command(("GET", key))
+        return pack(("GET", key))

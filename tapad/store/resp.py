@@ -29,13 +29,15 @@ import asyncio
 import secrets
 import ssl
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import hiredis
 
 ReplyError = hiredis.ReplyError
-pack = hiredis.pack_command
+# One command in RESP, packed in C. (hiredis's type stub says a 1-tuple; it takes any tuple.)
+pack: Callable[[tuple[Any, ...]], bytes] = hiredis.pack_command
 
 
 class LinkClosed(ConnectionError):
