@@ -50,6 +50,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -84,6 +85,8 @@ GOAL_CLUSTER = 0.80  # one worker's events/s on a 3-master cluster / on one Redi
 GOAL_CLUSTER_COMMANDS = 22.0  # Redis commands per batch on the cluster: half of 44
 GOAL_LOADGEN = 0.40  # of wrk's POST rate against the yardstick
 GOAL_RSS_MB = 150.0  # one worker after 1,000,000 POSTs
+DASHBOARDS = 4  # clients of bench/dashboard_poll.py for the *-dashboard targets
+DASHBOARD_POLL = BENCH / "dashboard_poll.py"
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ class Target:
     store: str = ""  # tapad: redis | sqlite | sqlite-normal
     workers: int = 1
     short: str = ""  # label in the chart
+    dashboards: int = 0  # clients polling as open dashboards do while it is measured
 
     @property
     def tools(self) -> tuple[str, ...]:
@@ -115,6 +119,24 @@ TARGETS = (
         "tapad",
         "sqlite-normal",
         short="tapad SQLite\nsync=normal",
+    ),
+    # The same servers with dashboards open (bench/dashboard_poll.py beside wrk): the ratio
+    # to the yardstick must not move by more than the noise.
+    Target(
+        "tapad-redis-dashboard",
+        f"tapad on Redis, {DASHBOARDS} dashboards polling",
+        "tapad",
+        "redis",
+        short="tapad Redis\n+ dashboards",
+        dashboards=DASHBOARDS,
+    ),
+    Target(
+        "tapad-sqlite-dashboard",
+        f"tapad on SQLite, {DASHBOARDS} dashboards polling",
+        "tapad",
+        "sqlite",
+        short="tapad SQLite\n+ dashboards",
+        dashboards=DASHBOARDS,
     ),
     Target(
         "tapad-redis-w2",
@@ -315,6 +337,7 @@ class Bench:
         self.pids: dict[str, int] = {}
         self.redis_port = 0
         self.notes: list[str] = []
+        self.polls: dict[str, list[str]] = {}  # the pollers' last lines, per dashboard target
 
     def say(self, text: str) -> None:
         print(text, flush=True)
@@ -383,6 +406,25 @@ class Bench:
         self.urls[target.name] = url
         self.pids[target.name] = proc.pid
 
+    @contextlib.contextmanager
+    def dashboards_open(self, target: Target) -> Iterator[None]:
+        """For a ``*-dashboard`` target: its pollers run exactly while it is measured, on
+        the clients' core, so no other target's server shares core 0 with them."""
+        if not target.dashboards:
+            yield
+            return
+        name = f"{target.name}-polls"
+        cmd = [sys.executable, str(DASHBOARD_POLL), "--url", self.urls[target.name]]
+        cmd += ["--clients", str(target.dashboards)]
+        proc = self.procs.start(name, cmd, self.client_cpus)
+        try:
+            yield
+        finally:
+            self.procs.stop(proc)
+            line = log_tail(self.logdir / f"{name}.log", 1)
+            if line.startswith("dashboard polls:"):
+                self.polls.setdefault(target.name, []).append(line)
+
     # -- measuring --
 
     def measure(self, targets: list[Target]) -> list[Row]:
@@ -393,14 +435,16 @@ class Bench:
             self.say(f"warming up: {args.warmup}s of POSTs then GETs each")
             for method in METHODS:
                 for target in live:
-                    run_wrk(self.urls[target.name], method, args.warmup, args, self.client_cpus)
+                    with self.dashboards_open(target):
+                        run_wrk(self.urls[target.name], method, args.warmup, args, self.client_cpus)
         for repeat in range(args.repeats):
             order = live[repeat % len(live) :] + live[: repeat % len(live)]
             for method in METHODS:
                 for target in order:
-                    run = run_wrk(
-                        self.urls[target.name], method, args.duration, args, self.client_cpus
-                    )
+                    with self.dashboards_open(target):
+                        run = run_wrk(
+                            self.urls[target.name], method, args.duration, args, self.client_cpus
+                        )
                     rows[(target.name, method)].runs.append(run)
                     self.say(
                         f"  [{repeat + 1}/{args.repeats}] {method:4} {target.name:20} "
@@ -878,6 +922,8 @@ def main(argv: list[str] | None = None) -> int:
             print("error: the yardstick did not start; nothing to compare with", file=sys.stderr)
             return 1
         rows = bench.measure(targets)
+        for name, lines in bench.polls.items():
+            bench.notes.append(f"{name}, last run: {lines[-1]} ({len(lines)} runs)")
         for row in rows:
             row.skipped = skipped.get(row.target, "")
         if not args.no_loadgen:

@@ -57,6 +57,10 @@ def test_quick_benchmark_run_writes_a_table(tmp_path: Path) -> None:
         assert "x an empty hour" in table
         assert data["scaling"]["cluster (3 masters, 16 shards)"]["events_per_s"] > 0
         assert "3-master cluster" in table
+    for method in ("POST", "GET"):  # with dashboards polling beside wrk (bench/dashboard_poll.py)
+        assert rows[("tapad-sqlite-dashboard", method)]["runs"], f"{method} with dashboards"
+    polls = [n for n in data["notes"] if n.startswith("tapad-sqlite-dashboard, last run:")]
+    assert polls and "dashboard polls:" in polls[0], data["notes"]
     assert not (folder / "data").exists(), "the data folder is removed at the end"
     for url in data["urls"].values():  # every server it started is stopped
         port = int(url.rsplit(":", 1)[1])

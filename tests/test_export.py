@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
 import subprocess
 import sys
 from pathlib import Path
@@ -148,3 +150,33 @@ def test_unwritable_out_leaves_no_file(sqlite_url: str, tmp_path: Path) -> None:
     done = export("--store", sqlite_url, "--out", str(tmp_path / "missing" / "x.csv"))
     assert done.returncode == 2
     assert done.stderr.startswith("error: cannot write") and done.stderr.count("\n") == 1
+
+
+def test_a_long_range_shows_a_progress_bar_on_a_terminal(sqlite_url: str, tmp_path: Path) -> None:
+    """Standard error on a pseudo-terminal: the bar counts the hours read; piped: no bar."""
+    TapadServer(sqlite_url).start().stop()  # creates the database
+    args = ["--store", sqlite_url, "--from", format_hour(HOUR), "--to", format_hour(HOUR + 2000)]
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tapad", "export", *args, "--out", str(tmp_path / "x.csv")],
+            stderr=follower,
+            env={**os.environ, "TERM": "xterm", "COLUMNS": "100"},
+        )
+        os.close(follower)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the terminal closed: the command ended
+                break
+            if not chunk:
+                break
+            seen += chunk
+        assert proc.wait(60) == 0
+    finally:
+        os.close(leader)
+    assert b"reading hours" in seen and b"2001/2001" in seen, seen[-500:]
+    piped = export(*args)
+    assert piped.returncode == 0
+    assert "reading hours" not in piped.stderr
