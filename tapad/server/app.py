@@ -73,6 +73,8 @@ class TapadHandler:
         self.metrics = metrics or Metrics()
         self._last_counts: HourCounts | None = None
         self._last_body = b""
+        # Set on SIGTERM (run.py: close_gently): every answer then says "Connection: close".
+        self.closing = False
 
     async def __call__(self, request: BaseRequest) -> web.StreamResponse:
         """The whole hot path, in one coroutine.
@@ -112,6 +114,8 @@ class TapadHandler:
                 response = unavailable("store unavailable, retry later")
         else:
             response = await self.handle(request, path, method)
+        if self.closing:
+            response.force_close()
         self.metrics.request_done(method, response.status, perf_counter() - start)
         return response
 

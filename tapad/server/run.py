@@ -22,6 +22,9 @@ from tapad.store import StoreConfigError, StoreError, open_store, redact
 
 log = logging.getLogger("tapad.server")
 SERVER_NAME = "tapad"  # the Server header: no versions for an attacker to look up
+# How long a stopping server leaves its keep-alive connections for the client to close:
+# longer than deploy/nginx.conf's upstream keepalive_timeout.
+KEEPALIVE_GRACE = 5.0
 
 
 @dataclass(frozen=True)
@@ -123,11 +126,31 @@ async def run_server(
     log.info("stopping: finishing requests in flight")
     try:
         async with asyncio.timeout(settings.shutdown_timeout):
-            await runner.cleanup()  # stop accepting, let in-flight handlers answer
+            await close_gently(site, server, handler, settings.shutdown_timeout / 2)
+            await runner.cleanup()  # let in-flight handlers answer, close what is left
             await committer.drain()
     except TimeoutError:
         log.warning("shutdown took longer than %.1fs; exiting", settings.shutdown_timeout)
     await store.close()
+
+
+async def close_gently(
+    site: web.BaseSite, server: BoundedServer, handler: TapadHandler, limit: float
+) -> None:
+    """Stop accepting, then let the clients close their keep-alive connections.
+
+    Closing an idle keep-alive connection from this side races with a request the client
+    (nginx) may be sending on it at that moment: that request fails, and a balancer cannot
+    resend a POST (it may have been counted). So new connections are refused (nginx tries
+    another server), every answer from now on carries "Connection: close", and idle
+    connections are left to the client, which closes them after its keep-alive timeout.
+    """
+    handler.closing = True
+    await site.stop()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + min(KEEPALIVE_GRACE, limit)
+    while server.open_connections() and loop.time() < deadline:
+        await asyncio.sleep(0.05)
 
 
 def configure_logging(level: int = logging.INFO) -> None:
