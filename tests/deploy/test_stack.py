@@ -244,6 +244,14 @@ def test_scaled_under_load_restarted_exact_and_nothing_as_root(
 ) -> None:
     assert http("GET", f"{stack.url}/healthz")[0] == 200
     assert http("GET", f"{stack.url}/metrics")[0] == 403  # nginx keeps /metrics private
+    # The dashboard and every file it loads come through nginx from the image's package data.
+    status, headers, page = http("GET", f"{stack.url}/")
+    assert status == 200 and headers["Content-Type"].startswith("text/html"), status
+    assert 'data-metric="clicks"' in page
+    assets = re.findall(r'(?:src|href)="(/[^"]+)"', page)
+    assert assets, "the dashboard loads no files of its own"
+    for asset in assets:
+        assert http("GET", f"{stack.url}{asset}")[0] == 200, asset
     ledger = tmp_path / "ledger.json"
     load = subprocess.Popen(
         [sys.executable, "-m", "tapad", "loadgen", "post", "--url", stack.url,
