@@ -18,7 +18,7 @@ from tapad.server.writer import GroupCommitter
 from tapad.store import Event, PartialWrite, StoreError, open_store
 from tapad.store.cluster import ClusterStore
 from tapad.store.layout import KeyLayout
-from tests.support import RedisClusterProcs, TapadServer, http, parse_counts
+from tests.support import RedisClusterProcs, RedisServer, TapadServer, http, parse_counts
 
 NOW_MS = int(time.time() * 1000)
 HOUR = NOW_MS // 3_600_000
@@ -376,4 +376,59 @@ def test_over_http_only_posts_whose_part_is_in_doubt_get_504(tmp_path: Path) -> 
         with contextlib.suppress(ProcessLookupError):
             os.kill(victim.proc.pid, signal.SIGCONT)
         server.stop()
+        cluster.stop()
+
+
+def test_connecting_to_a_stalled_master_does_not_hold_up_the_others(tmp_path: Path) -> None:
+    """Links are opened per master: a write whose master is stalled (its connect hangs)
+    does not keep a write to another master waiting, and fails on its own."""
+    cluster = RedisClusterProcs(tmp_path / "stall").start()
+    victim = cluster.nodes[1]
+    assert victim.proc is not None
+    layout = KeyLayout("tapad:", 16, None, default_shards=16)
+
+    def master_of(user: str) -> int:
+        slot = key_slot(layout.users_key(HOUR, layout.shard_of(user)).encode())
+        (owner,) = [n.port for n in cluster.nodes if owns(n, slot)]
+        return owner
+
+    def owns(node: RedisServer, slot: int) -> bool:
+        for line in node.cli("CLUSTER", "NODES").splitlines():
+            fields = line.split()
+            if "myself" in fields[2]:
+                for span in fields[8:]:
+                    first, _, last = span.partition("-")
+                    if first.isdigit() and int(first) <= slot <= int(last or first):
+                        return True
+        return False
+
+    users = [f"user{i}" for i in range(200)]
+    stalled = next(u for u in users if master_of(u) == victim.port)
+    healthy = next(u for u in users if master_of(u) != victim.port)
+
+    async def go() -> None:
+        store = open_store(cluster.url, timeout=1.0, commit_deadline=2.0)
+        assert isinstance(store, ClusterStore)
+        try:
+            await store.connect()
+            await store.write([Event(HOUR, "warm-up", True)])  # the hour is indexed
+            for node in store._nodes.values():
+                node.close()  # every link must be opened again
+            os.kill(victim.proc.pid, signal.SIGSTOP)
+            slow = asyncio.ensure_future(store.write([Event(HOUR, stalled, True)]))
+            await asyncio.sleep(0)  # its connect has started
+            fast = asyncio.ensure_future(store.write([Event(HOUR, healthy, True)]))
+            done, _ = await asyncio.wait({slow, fast}, return_when=asyncio.FIRST_COMPLETED)
+            assert done == {fast} and fast.exception() is None
+            with pytest.raises(StoreError):
+                await slow  # never sent: its master did not answer the connect
+        finally:
+            os.kill(victim.proc.pid, signal.SIGCONT)
+            await store.close()
+
+    try:
+        asyncio.run(go())
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim.proc.pid, signal.SIGCONT)
         cluster.stop()
