@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Final
 
-from tapad.hours import format_hour, hour_start_ms
+from tapad.hours import format_hours, hour_start_ms
 from tapad.store.base import HourCounts
 
 MAX_HOURS: Final = 744  # one request covers at most 31 days
@@ -22,18 +22,18 @@ CSV_HEADER: Final = "hour,timestamp,unique_users,clicks,impressions\n"
 HourRows = Iterable[tuple[int, HourCounts]]  # (hour, its counts), oldest first
 
 
-def csv_row(hour: int, counts: HourCounts) -> str:
+def csv_row(label: str, hour: int, counts: HourCounts) -> str:
     return (
-        f"{format_hour(hour)},{hour_start_ms(hour)},"
+        f"{label},{hour_start_ms(hour)},"
         f"{counts.unique_users},{counts.clicks},{counts.impressions}\n"
     )
 
 
-def json_row(hour: int, counts: HourCounts) -> str:
+def json_row(label: str, hour: int, counts: HourCounts) -> str:
     # Written out rather than json.dumps'd: every value is a number or an hour label of
     # digits and dashes, and this is the same text json.dumps gives, several times faster.
     return (
-        f'{{"hour": "{format_hour(hour)}", "timestamp": {hour_start_ms(hour)}, '
+        f'{{"hour": "{label}", "timestamp": {hour_start_ms(hour)}, '
         f'"unique_users": {counts.unique_users}, "clicks": {counts.clicks}, '
         f'"impressions": {counts.impressions}}}'
     )
@@ -41,15 +41,17 @@ def json_row(hour: int, counts: HourCounts) -> str:
 
 def render(fmt: str, rows: HourRows) -> Iterator[str]:
     """The document for ``rows`` in ``fmt`` (json or csv), piece by piece."""
+    rows = list(rows)
+    labels = format_hours(hour for hour, _ in rows)
     if fmt == "csv":
         yield CSV_HEADER
-        for hour, counts in rows:
-            yield csv_row(hour, counts)
+        for label, (hour, counts) in zip(labels, rows, strict=True):
+            yield csv_row(label, hour, counts)
         return
     yield '{"hours": ['
     sep = ""
-    for hour, counts in rows:
-        yield sep + json_row(hour, counts)
+    for label, (hour, counts) in zip(labels, rows, strict=True):
+        yield sep + json_row(label, hour, counts)
         sep = ", "
     yield "]}\n"
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 
 MS_PER_HOUR = 3_600_000
@@ -26,6 +27,20 @@ def current_hour() -> int:
 
 def format_hour(hour: int) -> str:
     return datetime.fromtimestamp(hour * 3600, tz=UTC).strftime("%Y-%m-%dT%H")
+
+
+def format_hours(hours: Iterable[int]) -> Iterator[str]:
+    """``format_hour`` of each hour, the date written once per day: a range's labels.
+
+    A UTC day is always 24 hours (Unix time has no leap seconds), so the date part of
+    24 hours in a row is the same text.
+    """
+    day, date = -1, ""
+    for hour in hours:
+        this_day, hh = divmod(hour, 24)
+        if this_day != day:
+            day, date = this_day, format_hour(hour)[:11]  # YYYY-MM-DDT
+        yield f"{date}{hh:02d}"
 
 
 def hour_start_ms(hour: int) -> int:

@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tapad.hours import MAX_TIMESTAMP_MS, format_hour, hour_of, parse_hour
+from tapad.hours import MAX_TIMESTAMP_MS, format_hour, format_hours, hour_of, parse_hour
 
 
 def ms(text: str) -> int:
@@ -35,3 +35,12 @@ def test_parse_now_is_current_hour() -> None:
 def test_parse_hour_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_hour(text)
+
+
+def test_format_hours_is_format_hour_for_runs_and_scattered_hours() -> None:
+    last = hour_of(MAX_TIMESTAMP_MS)
+    for start, count in ((0, 50), (hour_of(ms("2026-11-27T18:00:00")), 744), (last - 30, 31)):
+        hours = range(start, start + count)  # across midnights, and to the end of 9999
+        assert list(format_hours(hours)) == [format_hour(h) for h in hours]
+    scattered = [5, 500_000, 4, 23, 24, 493_000, 493_023]
+    assert list(format_hours(scattered)) == [format_hour(h) for h in scattered]

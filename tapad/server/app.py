@@ -154,8 +154,7 @@ class TapadHandler:
         try:
             first, last, fmt = parse_hours_query(request.raw_path.partition("?")[2])
             hours = range(first, last + 1)
-            futures = self.reader.read_many(hours)
-            counts = [await fut for fut in futures]  # one read: all done once the first is
+            counts = await self.reader.read_range(hours)
         except BadRequest as exc:
             return bad_request(exc)
         except StoreError:

@@ -290,3 +290,65 @@ def test_a_failed_read_fails_its_gets_and_the_next_read_works(tmp_path: Path) ->
             assert (await reader.read(HOUR)).clicks == 1
 
     run_with_store(tmp_path, scenario)
+
+
+def test_a_range_joins_the_next_read_with_the_gets_and_sees_every_ack(tmp_path: Path) -> None:
+    """GET /analytics/hours: a whole range rides along with the GETs in one read, and like
+    them never joins a read that left before it arrived."""
+
+    async def scenario(store: SlowReadStore, committer: GroupCommitter) -> None:
+        reader = CoalescingReader(store)
+        first = reader.read(HOUR)
+        await asyncio.sleep(0)  # the first read leaves, snapshot: no events
+        await committer.submit(Event(HOUR - 3, "fay", True))  # acknowledged
+        await post(committer, "gus")
+        hours = range(HOUR - 10, HOUR + 1)
+        span = reader.read_range(hours)
+        current = reader.read(HOUR)
+        other_span = reader.read_range(range(HOUR - 1, HOUR + 2))  # overlaps: read once
+        counts, now, other, _ = await asyncio.gather(span, current, other_span, first)
+        assert len(counts) == 11
+        assert counts[7] == HourCounts(1, 1, 0), "the range missed an acknowledged event"
+        assert counts[10] == now == HourCounts(1, 1, 0)
+        assert [c for i, c in enumerate(counts) if i not in (7, 10)] == [HourCounts()] * 9
+        assert other == [HourCounts(), HourCounts(1, 1, 0), HourCounts()]
+        assert store.reads == reader.store_reads == 2
+
+    run_with_store(tmp_path, scenario)
+
+
+def test_a_failed_read_fails_its_ranges_and_those_behind_it(tmp_path: Path) -> None:
+    async def scenario(store: SlowReadStore, committer: GroupCommitter) -> None:
+        reader = CoalescingReader(store)
+        await post(committer, "hal")
+        await store.inner.close()  # reads now fail with StoreError
+        span = reader.read_range(range(HOUR - 2, HOUR + 1))
+        await asyncio.sleep(0)  # its read leaves
+        behind = reader.read_range(range(HOUR, HOUR + 1))
+        single = reader.read(HOUR)
+        for fut in (span, behind, single):
+            with pytest.raises(StoreError):
+                await fut
+        store.inner = SQLiteStore(str(tmp_path / "tapad.db"))  # and comes back
+        async with asyncio.timeout(5):
+            assert (await reader.read_range(range(HOUR, HOUR + 1)))[0].clicks == 1
+
+    run_with_store(tmp_path, scenario)
+
+
+def test_a_cancelled_range_does_not_wedge_the_reader(tmp_path: Path) -> None:
+    async def scenario(store: SlowReadStore, committer: GroupCommitter) -> None:
+        reader = CoalescingReader(store)
+
+        async def hours() -> list[HourCounts]:
+            return await reader.read_range(range(HOUR - 1, HOUR + 1))
+
+        gone = asyncio.ensure_future(hours())
+        await asyncio.sleep(READ_DELAY / 5)  # its read is in flight
+        gone.cancel()
+        await post(committer, "ivy")
+        async with asyncio.timeout(5):
+            assert (await hours())[1].clicks == 1
+            assert (await reader.read(HOUR)).clicks == 1
+
+    run_with_store(tmp_path, scenario)
