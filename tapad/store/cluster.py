@@ -374,22 +374,20 @@ class ClusterStore:
         start = loop.time()
         events = sum(len(part[0]) for _, items in slots for _, _, part in items)
         old.close()
-        while True:
+        found: list[object] | None = None
+        while found is None and old.client_id:  # 0: its Redis user may not run CLIENT
             try:
                 async with asyncio.timeout_at(batch.deadline):
                     found = await self._read_markers(addr, old, slots, markers)
-                break
             except FAILURES:
                 if loop.time() >= batch.deadline:
-                    batch.unknown.update(_pairs(slots))
-                    self.in_doubt.settled(
-                        f"cluster master {addr[0]}:{addr[1]}",
-                        "unknown",
-                        events,
-                        loop.time() - start,
-                    )
-                    return {}
+                    break
                 await asyncio.sleep(0.05)
+        name = f"cluster master {addr[0]}:{addr[1]}"
+        if found is None:
+            batch.unknown.update(_pairs(slots))
+            self.in_doubt.settled(name, "unknown", events, loop.time() - start)
+            return {}
         again: dict[int, list[Part]] = {}
         for (slot, items), marker in zip(slots, found, strict=True):
             if applied(marker, seq):
@@ -397,9 +395,7 @@ class ClusterStore:
             else:
                 again[slot] = items
         outcome = "not_applied" if again else "applied"
-        self.in_doubt.settled(
-            f"cluster master {addr[0]}:{addr[1]}", outcome, events, loop.time() - start
-        )
+        self.in_doubt.settled(name, outcome, events, loop.time() - start)
         return again
 
     async def _read_markers(

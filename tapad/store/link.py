@@ -175,7 +175,11 @@ async def settle(
     node: NodeLink, old: RedisLink, markers: list[str], seq: int, deadline: float
 ) -> list[bool] | None:
     """Whether each marker says batch ``seq`` of ``old`` was applied, trying on fresh
-    links until ``deadline`` (loop time); None if the server stayed out of reach."""
+    links until ``deadline`` (loop time); None if the server stayed out of reach, or if
+    ``old`` cannot be ended (its Redis user may not run CLIENT INFO and CLIENT KILL)."""
+    if not old.client_id:
+        log.warning("cannot settle an in-doubt batch: the Redis user may not run CLIENT KILL")
+        return None
     loop = asyncio.get_running_loop()
     while True:
         try:

@@ -92,7 +92,7 @@ class RedisLink(asyncio.Protocol):
         self._timeout = timeout
         self._watchdog: asyncio.TimerHandle | None = None
         self.error: BaseException | None = None
-        self.client_id = 0  # how the server knows this connection (CLIENT INFO)
+        self.client_id = 0  # how the server knows this connection (CLIENT INFO); 0: unknown
         self.client_addr = ""
         self.token = secrets.token_hex(8)  # names this link's commit marker
         self.seq = 0  # batches sent on this link, for its commit marker
@@ -126,13 +126,19 @@ class RedisLink(asyncio.Protocol):
         except BaseException:
             link.close()
             raise
-        for reply in replies:
+        *handshake, info = replies
+        for reply in handshake:
             if isinstance(reply, ReplyError):
                 link.close()
                 raise CommandError(str(reply))
-        info = dict(field.split("=", 1) for field in replies[-1].decode().split() if "=" in field)
-        link.client_id = int(info["id"])
-        link.client_addr = info["addr"]
+        if isinstance(info, ReplyError):  # an ACL user without CLIENT: id 0, see link.settle
+            if not str(info).startswith("NOPERM"):
+                link.close()
+                raise CommandError(str(info))
+            return link
+        fields = dict(field.split("=", 1) for field in info.decode().split() if "=" in field)
+        link.client_id = int(fields["id"])
+        link.client_addr = fields["addr"]
         return link
 
     @property

@@ -122,3 +122,31 @@ def test_a_batch_never_sent_fails_at_once(own_redis: RedisServer) -> None:
             await store.close()
 
     assert asyncio.run(main()) == InDoubt()
+
+
+def test_a_user_without_client_kill_works_and_answers_in_doubt_unknown(tmp_path: Path) -> None:
+    """An ACL user refused CLIENT (INFO, KILL) still reads and writes; a batch in doubt
+    cannot be settled (the old connection cannot be ended), so it is CommitUnknown at once
+    instead of a guess."""
+    redis = RedisServer(tmp_path / "acl").start()
+    redis.cli("ACL", "SETUSER", "tapad", "on", ">s3cret", "~*", "+@all", "-client")
+
+    async def main() -> InDoubt:
+        store = open_redis(f"redis://tapad:s3cret@{LOOPBACK}:{redis.port}/0", deadline=10)
+        try:
+            await store.write([Event(1, "warm-up", True)])
+            assert await store.read(1) == HourCounts(1, 1, 0)
+            redis.pause()
+            started = time.monotonic()
+            with pytest.raises(CommitUnknown):
+                await store.write([Event(6, "a", True)])
+            assert time.monotonic() - started < 5  # not held until the 10 s deadline
+            return store.in_doubt
+        finally:
+            redis.resume()
+            await store.close()
+
+    try:
+        assert asyncio.run(main()) == InDoubt(unknown=1)
+    finally:
+        redis.stop()
