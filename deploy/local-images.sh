@@ -12,7 +12,8 @@
 # reads; without them it uses the official images.
 #
 # Images are tagged with a hash of what they are made from, so a second run reuses them in a
-# few seconds and a changed Dockerfile or CA certificate makes a new one. --rebuild starts over;
+# few seconds and a changed Dockerfile or CA certificate makes a new one. --rebuild starts over
+# (and removes the stand-ins it replaces);
 # --env-file FILE writes the names there instead of .env.
 # Needs root (debootstrap), debootstrap and a running Docker daemon.
 set -euo pipefail
@@ -77,7 +78,7 @@ have_image() { [ "$rebuild" -eq 0 ] && docker image inspect "$1" >/dev/null 2>&1
 
 # A minimal Debian root of one suite as a Docker image: tapad-local/debian:<suite>.
 base_image() {
-  local suite="$1" image="tapad-local/debian:$1" root
+  local suite="$1" image="tapad-local/debian:$1" root began=$SECONDS
   if have_image "$image"; then echo "reusing $image" >&2; return; fi
   root="$(mktemp -d)"
   echo "debootstrap $suite (about a minute)" >&2
@@ -98,13 +99,13 @@ EOF
     --change 'ENV DEBIAN_FRONTEND=noninteractive PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'CMD ["bash"]' - "$image" >/dev/null
   rm -rf "$root" "$root.log"
-  echo "built $image" >&2
+  echo "built $image in $((SECONDS - began)) s" >&2
 }
 
 # One stand-in: deploy/local-images/<name>.Dockerfile on a base, tagged by the hash of its
 # inputs (the Dockerfile, the base image's id and the build context).
 standin() {
-  local name="$1" base="$2" context="$3" hash image
+  local name="$1" base="$2" context="$3" hash image began=$SECONDS
   hash="$( { cat "deploy/local-images/$name.Dockerfile"; docker image inspect -f '{{.Id}}' "$base";
              (cd "$context" && find . -type f | LC_ALL=C sort | xargs -r cat); } \
            | sha256sum | cut -c1-12)"
@@ -116,6 +117,7 @@ standin() {
     tail -30 "$context.log" >&2
     die "building the $name stand-in failed"
   fi
+  echo "built $image in $((SECONDS - began)) s" >&2
   echo "$image"
 }
 
@@ -159,6 +161,15 @@ set_env PROMETHEUS_IMAGE "$prometheus_image"
 # (http(s) only: a file:// index on the host means nothing inside the build).
 index="${PIP_INDEX_URL:-$(python3 -m pip config get global.index-url 2>/dev/null || true)}"
 case "$index" in http://* | https://*) set_env TAPAD_PIP_INDEX_URL "$index" ;; esac
+
+# --rebuild: the stand-ins just made replace the earlier ones (which .env files written before
+# may still name: run this script again for those).
+if [ "$rebuild" -eq 1 ]; then
+  for image in "$python_image" "$redis_image" "$nginx_image" "$prometheus_image"; do
+    docker images --format '{{.Repository}}:{{.Tag}}' "${image%%:*}" | grep -vxF "$image" \
+      | xargs -r docker image rm >/dev/null 2>&1 || true
+  done
+fi
 
 echo "stand-in images ready in $((SECONDS - start)) s, written to $env_file:" >&2
 grep -E '^(PYTHON|REDIS|NGINX|PROMETHEUS)_IMAGE=' "$env_file" >&2
