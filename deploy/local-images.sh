@@ -14,36 +14,34 @@
 # Images are tagged with a hash of what they are made from, so a second run reuses them in a
 # few seconds and a changed Dockerfile or CA certificate makes a new one. --rebuild starts over
 # (and removes the stand-ins it replaces);
-# --env-file FILE writes the names there instead of .env.
+# --env-file FILE writes the names there instead of .env; --print-mirror only prints the Debian
+# mirror it would use (read from $TAPAD_APT_ETC, default /etc/apt).
 # Needs root (debootstrap), debootstrap and a running Docker daemon.
 set -euo pipefail
 shopt -s inherit_errexit  # a failed build inside $(...) stops the script too
 cd "$(dirname "$0")/.."
 
 rebuild=0
+print_mirror=0
 env_file=.env
 while [ $# -gt 0 ]; do
   case "$1" in
     --rebuild) rebuild=1 ;;
+    --print-mirror) print_mirror=1 ;;
     --env-file) env_file="${2:?--env-file needs a file}"; shift ;;
-    *) echo "usage: bash deploy/local-images.sh [--rebuild] [--env-file FILE (default .env)]" >&2; exit 2 ;;
+    *) echo "usage: bash deploy/local-images.sh [--rebuild] [--env-file FILE] [--print-mirror]" >&2; exit 2 ;;
   esac
   shift
 done
 
 die() { echo "error: $*" >&2; exit 1; }
-[ "$(id -u)" -eq 0 ] || die "run as root: debootstrap needs it (sudo bash deploy/local-images.sh)"
-command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] \
-  || die "debootstrap is missing (apt-get install -y debootstrap)"
-docker info >/dev/null 2>&1 || die "no Docker daemon answers (start dockerd first)"
-export PATH="$PATH:/usr/sbin:/sbin"
 
 # The Debian mirror this machine's apt already uses: the first source of a release suite
 # (not -security or -updates), from deb822 .sources files or one-line .list files.
 # TAPAD_DEBIAN_MIRROR overrides it.
 debian_mirror() {
-  local files=() f
-  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
+  local files=() f etc="${TAPAD_APT_ETC:-/etc/apt}"
+  for f in "$etc/sources.list" "$etc"/sources.list.d/*.list "$etc"/sources.list.d/*.sources; do
     [ -f "$f" ] && files+=("$f")
   done
   [ ${#files[@]} -gt 0 ] || return 0
@@ -72,7 +70,14 @@ debian_mirror() {
   ' "${files[@]}"
 }
 mirror="${TAPAD_DEBIAN_MIRROR:-$(debian_mirror)}"
-[ -n "$mirror" ] || die "no Debian mirror in /etc/apt/sources.list*; set TAPAD_DEBIAN_MIRROR"
+[ -n "$mirror" ] || die "no Debian mirror in ${TAPAD_APT_ETC:-/etc/apt}/sources.list*; set TAPAD_DEBIAN_MIRROR"
+if [ "$print_mirror" -eq 1 ]; then echo "$mirror"; exit 0; fi
+
+[ "$(id -u)" -eq 0 ] || die "run as root: debootstrap needs it (sudo bash deploy/local-images.sh)"
+command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] \
+  || die "debootstrap is missing (apt-get install -y debootstrap)"
+docker info >/dev/null 2>&1 || die "no Docker daemon answers (start dockerd first)"
+export PATH="$PATH:/usr/sbin:/sbin"
 
 have_image() { [ "$rebuild" -eq 0 ] && docker image inspect "$1" >/dev/null 2>&1; }
 

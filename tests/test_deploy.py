@@ -319,7 +319,9 @@ def test_the_deploy_nginx_conf_as_is_on_a_recent_nginx(tmp_path: Path) -> None:
     if not Path(NGINX).exists():
         pytest.skip("nginx is not installed")
     out = subprocess.run([NGINX, "-v"], capture_output=True, text=True).stderr
-    version = tuple(int(x) for x in re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", out).groups())
+    found = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", out)
+    assert found, out
+    version = tuple(int(x) for x in found.groups())
     if version < (1, 27, 3):
         pytest.skip(f"local nginx {'.'.join(map(str, version))} predates upstream 'resolve'")
     conf = tmp_path / "nginx.conf"
@@ -377,9 +379,10 @@ def test_nginx_sends_the_dashboard_and_hours_to_tapad_and_refuses_metrics(tmp_pa
         upstream.server_close()
 
 
-PROMTOOL = shutil.which("promtool")
+PROMTOOL = shutil.which("promtool") or "promtool"
 needs_promtool = pytest.mark.skipif(
-    PROMTOOL is None, reason="promtool is not installed (apt-get install -y prometheus)"
+    shutil.which("promtool") is None,
+    reason="promtool is not installed (apt-get install -y prometheus)",
 )
 
 
@@ -400,8 +403,8 @@ def test_the_prometheus_config_and_rules_pass_promtool(tmp_path: Path) -> None:
     broken.write_text(
         (deploy / "prometheus-rules.yml").read_text().replace("> 0.01", "> > 0.01", 1)
     )
-    result = subprocess.run([PROMTOOL, "check", "rules", str(broken)], capture_output=True)
-    assert result.returncode != 0
+    refused = subprocess.run([PROMTOOL, "check", "rules", str(broken)], capture_output=True)
+    assert refused.returncode != 0
 
 
 def test_the_prometheus_rules_name_metrics_tapad_serves(tmp_path: Path) -> None:
@@ -423,3 +426,68 @@ def test_the_prometheus_rules_name_metrics_tapad_serves(tmp_path: Path) -> None:
         server.stop()
     names = set(re.findall(r"^(tapad_\w+)", exposed, re.M))
     assert used <= names, f"not exposed by tapad: {sorted(used - names)}"
+
+
+@pytest.mark.parametrize(
+    ("files", "mirror"),
+    [
+        # deb822 (Debian 12's default): the security stanza is skipped even when first.
+        (
+            {
+                "sources.list.d/debian.sources": (
+                    "Types: deb\nURIs: http://mirror.test/debian-security\n"
+                    "Suites: bookworm-security\nComponents: main\n\n"
+                    "Types: deb\nURIs: http://mirror.test/debian\n"
+                    "Suites: bookworm bookworm-updates\nComponents: main\n"
+                ),
+            },
+            "http://mirror.test/debian",
+        ),
+        # One-line format with options; -updates and other repositories are skipped.
+        (
+            {
+                "sources.list": (
+                    "# a comment\n"
+                    "deb http://other.test/apt stable-extra main\n"
+                    "deb [arch=amd64 signed-by=/k.gpg] http://mirror.test/debian "
+                    "bookworm-updates main\n"
+                    "deb [arch=amd64 signed-by=/k.gpg] http://mirror.test/debian bookworm main\n"
+                ),
+            },
+            "http://mirror.test/debian",
+        ),
+        ({"sources.list": "# nothing\n"}, None),
+    ],
+    ids=["deb822", "one-line", "none"],
+)
+def test_local_images_finds_the_machine_s_debian_mirror(
+    tmp_path: Path, files: dict[str, str], mirror: str | None
+) -> None:
+    """deploy/local-images.sh takes its Debian mirror from the apt sources (never a host
+    name of its own): both apt formats, the release suite, not security or updates."""
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    result = subprocess.run(
+        ["bash", str(ROOT / "deploy" / "local-images.sh"), "--print-mirror"],
+        env={"PATH": os.environ["PATH"], "TAPAD_APT_ETC": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if mirror is None:
+        assert result.returncode == 1
+        assert result.stderr.startswith("error: no Debian mirror")
+        assert len(result.stderr.splitlines()) == 1
+    else:
+        assert (result.returncode, result.stdout) == (0, f"{mirror}\n"), result.stderr
+
+
+def test_no_registry_or_mirror_host_is_written_into_the_deploy_files() -> None:
+    """The stand-ins take their mirror and pip index from the machine, never from the repo."""
+    for path in [ROOT / "compose.yaml", ROOT / "Dockerfile", *sorted((ROOT / "deploy").rglob("*"))]:
+        if path.is_file():
+            text = path.read_text()
+            hosts = re.findall(r"\b(?:https?|ftp)://([\w.-]+)", text)
+            allowed = {"127.0.0.1", "localhost", *SERVICES}  # compose's own service names
+            assert [h for h in hosts if h not in allowed] == [], path

@@ -45,7 +45,9 @@ RATE = 250  # POSTs per second through nginx while scaling: real load, light on 
 REQUESTS = 15_000  # a minute of load: longer than the two scale steps take
 
 
-def run(command: list[str], timeout: float = 600, **kwargs: Any) -> subprocess.CompletedProcess:
+def run(
+    command: list[str], timeout: float = 600, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
@@ -104,7 +106,7 @@ class Stack:
         ]  # fmt: skip
         result = run(command, timeout=timeout, cwd=ROOT)
         assert result.returncode == 0, f"{' '.join(args)}: {result.stderr[-3000:]}"
-        return result.stdout
+        return str(result.stdout)
 
     def timed(self, name: str, *args: str) -> str:
         start = time.monotonic()
@@ -119,14 +121,15 @@ class Stack:
         ids = self.containers(service)
         if len(ids) != count:
             return False
-        states = run(["docker", "inspect", "-f", "{{.State.Health.Status}}", *ids]).stdout
+        states = str(run(["docker", "inspect", "-f", "{{.State.Health.Status}}", *ids]).stdout)
         return states.split() == ["healthy"] * count
 
     def address(self, container: str) -> str:
-        return run(
+        address = run(
             ["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
              container]
         ).stdout.strip()  # fmt: skip
+        return str(address)
 
 
 def official_images_available() -> bool:
@@ -223,7 +226,8 @@ def every_replica_serves(stack: Stack, count: int, since: dict[str, int]) -> dic
             return now
         return None
 
-    return wait_for(f"each of {count} replicas to answer POSTs", check)
+    served: dict[str, int] = wait_for(f"each of {count} replicas to answer POSTs", check)
+    return served
 
 
 def prometheus_scrapes(stack: Stack, replicas: list[str]) -> bool:
@@ -236,7 +240,7 @@ def prometheus_scrapes(stack: Stack, replicas: list[str]) -> bool:
     up = {t["labels"]["instance"] for t in targets if t["health"] == "up"}
     everyone = {t["labels"]["instance"] for t in targets}
     expected = {f"{stack.address(c)}:8080" for c in replicas}
-    return up == everyone == expected
+    return bool(up == everyone == expected)
 
 
 def test_scaled_under_load_restarted_exact_and_nothing_as_root(
@@ -313,8 +317,8 @@ def test_scaled_under_load_restarted_exact_and_nothing_as_root(
     rows = json.loads(body)["hours"]
     assert len(rows) == last - first + 1
     for row in rows:
-        entry = hours.get(row["timestamp"] // 3_600_000)
-        counts = (entry.unique_users, entry.clicks, entry.impressions) if entry else (0, 0, 0)
+        found = hours.get(row["timestamp"] // 3_600_000)
+        counts = (found.unique_users, found.clicks, found.impressions) if found else (0, 0, 0)
         assert (row["unique_users"], row["clicks"], row["impressions"]) == counts, row
 
     # Nothing runs as root but nginx's master process.
