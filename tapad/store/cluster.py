@@ -331,7 +331,11 @@ class ClusterStore:
             replies = await link.request(b"".join(commands), len(commands))
         except LinkLost:
             self._reload_map = True
-            return await self._settle(addr, link, slots, markers, seq, batch)
+            self.in_doubt.settling += 1
+            try:
+                return await self._settle(addr, link, slots, markers, seq, batch)
+            finally:
+                self.in_doubt.settling -= 1
         except LinkClosed as exc:
             batch.failed.update(_pairs(slots))
             raise exc

@@ -156,6 +156,7 @@ class InDoubt:
     applied: int = 0
     not_applied: int = 0
     unknown: int = 0
+    settling: int = 0  # batches being settled right now (while > 0, the store is silent)
 
     def settled(self, name: str, outcome: str, events: int, waited: float) -> None:
         """Count one in-doubt batch (or cluster part) and log it in one line."""

@@ -115,7 +115,11 @@ class RedisStore:
         try:
             result = await link.request(packed, replies + 3)
         except LinkLost:
-            await self._settle(link, marker, seq, events, body, replies)
+            self.in_doubt.settling += 1
+            try:
+                await self._settle(link, marker, seq, events, body, replies)
+            finally:
+                self.in_doubt.settling -= 1
         except LinkClosed as exc:  # not sent
             raise self._failed(exc) from None
         else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -30,6 +30,13 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
+async def until(condition: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        await asyncio.sleep(0.01)
+
+
 def open_redis(url: str, deadline: float) -> RedisStore:
     store = open_store(url, timeout=TIMEOUT, commit_deadline=deadline)
     assert isinstance(store, RedisStore)
@@ -45,8 +52,11 @@ def test_a_lost_reply_of_an_applied_batch_is_a_success(own_redis: RedisServer) -
         try:
             await store.write([Event(1, "warm-up", True)])
             own_redis.pause()
-            asyncio.get_running_loop().call_later(3 * TIMEOUT, own_redis.resume)
-            await store.write([Event(2, "a", True), Event(2, "b", False)])
+            write = asyncio.ensure_future(store.write([Event(2, "a", True), Event(2, "b", False)]))
+            await until(lambda: store.in_doubt.settling == 1)  # past the store timeout
+            own_redis.resume()
+            await write
+            assert store.in_doubt.settling == 0
             assert await store.read(2) == HourCounts(2, 1, 1)
             return store.in_doubt
         finally:
