@@ -432,3 +432,40 @@ def test_connecting_to_a_stalled_master_does_not_hold_up_the_others(tmp_path: Pa
         with contextlib.suppress(ProcessLookupError):
             os.kill(victim.proc.pid, signal.SIGCONT)
         cluster.stop()
+
+
+def test_an_error_inside_exec_on_one_master_is_a_store_fault(
+    redis_cluster: RedisClusterProcs, cluster_url: str
+) -> None:
+    """WRONGTYPE inside one slot's EXEC: that part is applied in part (in doubt: 504), the
+    other parts are applied (200); then the store refuses every write unsent and fails
+    ping (/healthz 503)."""
+    bad = SHARD_OF("bad-user")
+    redis_cluster.nodes[0].cli("-c", "SET", f"tapad:{{{HOUR}.{bad}}}:u", "not a set")
+    users = ["bad-user", *(f"user{i}" for i in range(100))]
+
+    async def go() -> None:
+        store = open_store(cluster_url)
+        assert isinstance(store, ClusterStore)
+        try:
+            await store.connect()
+            batch = [Event(HOUR, user, True) for user in users]
+            with pytest.raises(PartialWrite) as partial:
+                await store.write(batch)
+            for event in batch:
+                faulty = SHARD_OF(event.user) == bad
+                assert partial.value.in_doubt(event) == faulty, event
+                assert partial.value.committed(event) == (not faulty), event
+            with pytest.raises(StoreError, match="misconfigured"):
+                await store.write([Event(HOUR + 1, "later", True)])
+            with pytest.raises(StoreError, match="misconfigured"):
+                await store.ping()
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+    held = clicks_per_shard(redis_cluster.masters())
+    good = Counter(SHARD_OF(u) for u in users if SHARD_OF(u) != bad)
+    assert {s: n for s, n in held.items() if s != bad} == dict(good)  # every 200 stored
+    assert held[bad] == sum(1 for u in users if SHARD_OF(u) == bad)  # counted, user not added
+    assert not any(redis_cluster.keys_per_node(f"tapad:{{{HOUR + 1}.*"))  # refused unsent
