@@ -118,8 +118,8 @@ standin() {
   if have_image "$image"; then echo "reusing $image" >&2; echo "$image"; return; fi
   echo "building $image" >&2
   if ! docker build --build-arg "BASE=$base" -t "$image" \
-      -f "deploy/local-images/$name.Dockerfile" "$context" >"$context.log" 2>&1; then
-    tail -30 "$context.log" >&2
+      -f "deploy/local-images/$name.Dockerfile" "$context" >"$work/$name.log" 2>&1; then
+    tail -30 "$work/$name.log" >&2
     die "building the $name stand-in failed"
   fi
   echo "built $image in $((SECONDS - began)) s" >&2
@@ -127,22 +127,31 @@ standin() {
 }
 
 start=$SECONDS
-base_image bookworm
-base_image sid  # nginx with "resolve" in an upstream: 1.27.3 or later
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+# Everything below runs side by side where it can: each step mostly waits on the network.
+base_image bookworm & bookworm=$!
+base_image sid & sid=$!  # nginx with "resolve" in an upstream: 1.27.3 or later
+wait "$bookworm" || die "no bookworm base image"
+wait "$sid" || die "no sid base image"
 
-empty="$(mktemp -d)"
-certs="$(mktemp -d)"
-trap 'rm -rf "$empty" "$certs" "$empty.log" "$certs.log"' EXIT
 # The extra CA certificates this host trusts (update-ca-certificates' local folder).
-mkdir "$certs/ca-certificates"
+mkdir -p "$work/empty" "$work/certs/ca-certificates"
 if [ -d /usr/local/share/ca-certificates ]; then
-  find /usr/local/share/ca-certificates -name '*.crt' -type f -exec cp {} "$certs/ca-certificates/" \;
+  find /usr/local/share/ca-certificates -name '*.crt' -type f \
+    -exec cp {} "$work/certs/ca-certificates/" \;
 fi
 
-python_image="$(standin python tapad-local/debian:bookworm "$certs")"
-redis_image="$(standin redis tapad-local/debian:bookworm "$empty")"
-nginx_image="$(standin nginx tapad-local/debian:sid "$empty")"
-prometheus_image="$(standin prometheus tapad-local/debian:bookworm "$empty")"
+pids=()
+standin python tapad-local/debian:bookworm "$work/certs" >"$work/python.image" & pids+=($!)
+standin redis tapad-local/debian:bookworm "$work/empty" >"$work/redis.image" & pids+=($!)
+standin nginx tapad-local/debian:sid "$work/empty" >"$work/nginx.image" & pids+=($!)
+standin prometheus tapad-local/debian:bookworm "$work/empty" >"$work/prometheus.image" & pids+=($!)
+for pid in "${pids[@]}"; do wait "$pid" || die "a stand-in image failed to build (above)"; done
+python_image="$(cat "$work/python.image")"
+redis_image="$(cat "$work/redis.image")"
+nginx_image="$(cat "$work/nginx.image")"
+prometheus_image="$(cat "$work/prometheus.image")"
 
 # Write the names into the env file (made from .env.example if there is none yet), replacing
 # any earlier ones and keeping every other line.
