@@ -117,7 +117,7 @@ standin() {
   image="tapad-local/$name:$hash"
   if have_image "$image"; then echo "reusing $image" >&2; echo "$image"; return; fi
   echo "building $image" >&2
-  if ! docker build --build-arg "BASE=$base" -t "$image" \
+  if ! docker build --force-rm --build-arg "BASE=$base" -t "$image" \
       -f "deploy/local-images/$name.Dockerfile" "$context" >"$work/$name.log" 2>&1; then
     tail -30 "$work/$name.log" >&2
     die "building the $name stand-in failed"
