@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -12,9 +13,52 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 LOOPBACK = "127.0.0.1"
+
+
+T = TypeVar("T")
+
+# How long a condition may take to hold before a test fails. Generous on purpose: a loaded 2-core
+# CI machine is many times slower than a quiet one, and a test checks behaviour, not speed.
+PATIENCE = 30.0
+
+
+def wait_until(
+    condition: Callable[[], T], timeout: float = PATIENCE, interval: float = 0.02, what: str = ""
+) -> T:
+    """Poll ``condition`` until it returns something truthy, and return that.
+
+    The one way tests wait for something to happen (instead of fixed sleeps). Fails with
+    TimeoutError naming ``what`` (or the condition) and its last value after ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            name = what or getattr(condition, "__name__", repr(condition))
+            raise TimeoutError(f"not true after {timeout}s: {name} (last: {value!r})")
+        time.sleep(interval)
+
+
+async def wait_until_async(
+    condition: Callable[[], T], timeout: float = PATIENCE, interval: float = 0.005, what: str = ""
+) -> T:
+    """``wait_until`` inside an event loop: the loop runs while the condition is polled."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            name = what or getattr(condition, "__name__", repr(condition))
+            raise TimeoutError(f"not true after {timeout}s: {name} (last: {value!r})")
+        await asyncio.sleep(interval)
 
 
 def free_port() -> int:
