@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-try:  # typer >= 0.20 carries its own copy of click
-    from typer._click import exceptions as click_errors
-except ImportError:  # pragma: no cover - older typer uses click itself
-    from click import exceptions as click_errors
-
-from tapad.store import DEFAULT_STORE_URL, StoreConfigError
+from tapad.settings import BY_NAME, default
+from tapad.store import StoreConfigError
 
 app = typer.Typer(
     help="tapad: real-time analytics for ad clicks and impressions.",
@@ -54,10 +51,9 @@ StoreOption = Annotated[
     str,
     typer.Option(
         "--store",
-        envvar="TAPAD_STORE",
+        envvar=BY_NAME["store_url"].env,
         show_envvar=True,
-        help="sqlite:///path.db, redis://[user:password@]host:port/db, rediss://..., "
-        "unix:///path.sock or redis+cluster://host:port,...",
+        help=BY_NAME["store_url"].help,
     ),
 ]
 
@@ -67,56 +63,40 @@ class UniqueMode(StrEnum):
     hll = "hll"
 
 
+def serve_option(name: str, **extra: Any) -> Any:
+    """The typer option of one setting, from the one table (tapad/settings.py)."""
+    setting = BY_NAME[name]
+    return typer.Option(
+        setting.flag,
+        envvar=setting.env,
+        show_envvar=setting.env is not None,
+        help=setting.help,
+        min=setting.min,
+        max=setting.max,
+        **extra,
+    )
+
+
 @app.command()
 def serve(
-    host: Annotated[
-        str, typer.Option(envvar="TAPAD_HOST", help="Address to listen on.")
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(envvar="TAPAD_PORT", min=0, max=65535)] = 8080,
-    store: StoreOption = DEFAULT_STORE_URL,
-    store_timeout: Annotated[
-        float, typer.Option(min=0.05, help="Seconds before a store call counts as failed (503).")
-    ] = 0.75,
-    max_pending: Annotated[
-        int, typer.Option(min=1, help="Events waiting for commit before POST answers 503.")
-    ] = 50_000,
-    max_connections: Annotated[
-        int, typer.Option(min=1, help="Open connections per process; past it new ones are closed.")
-    ] = 10_000,
-    shutdown_timeout: Annotated[
-        float, typer.Option(min=0.0, help="Seconds to finish in-flight requests on SIGTERM.")
-    ] = 10.0,
-    workers: Annotated[
-        int,
-        typer.Option(
-            envvar="TAPAD_WORKERS", min=1, help="Worker processes sharing the port (SO_REUSEPORT)."
-        ),
-    ] = 1,
-    shards: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            max=4096,
-            help="Shards per hour on Redis (default: the store's, else 1; 16 on a cluster).",
-        ),
-    ] = None,
-    unique: Annotated[
-        UniqueMode | None,
-        typer.Option(
-            case_sensitive=False,
-            help="Unique users: exact (a set) or hll (HyperLogLog, ~0.81% error; Redis only). "
-            "Default: the store's, else exact.",
-        ),
-    ] = None,
-    retention_hours: Annotated[
-        int | None,
-        typer.Option(
-            envvar="TAPAD_RETENTION_HOURS",
-            min=1,
-            help="Keep each hour this many hours after it ends, then remove it. "
-            "Default: the store's, else for ever.",
-        ),
-    ] = None,
+    host: Annotated[str, serve_option("host")] = default("host"),
+    port: Annotated[int, serve_option("port")] = default("port"),
+    store_url: Annotated[str, serve_option("store_url")] = default("store_url"),
+    store_timeout: Annotated[float, serve_option("store_timeout")] = default("store_timeout"),
+    commit_deadline: Annotated[float, serve_option("commit_deadline")] = default("commit_deadline"),
+    max_pending: Annotated[int, serve_option("max_pending")] = default("max_pending"),
+    max_connections: Annotated[int, serve_option("max_connections")] = default("max_connections"),
+    shutdown_timeout: Annotated[float, serve_option("shutdown_timeout")] = default(
+        "shutdown_timeout"
+    ),
+    workers: Annotated[int, serve_option("workers")] = default("workers"),
+    shards: Annotated[int | None, serve_option("shards")] = default("shards"),
+    unique: Annotated[UniqueMode | None, serve_option("unique", case_sensitive=False)] = default(
+        "unique"
+    ),
+    retention_hours: Annotated[int | None, serve_option("retention_hours")] = default(
+        "retention_hours"
+    ),
 ) -> None:
     """Run the HTTP server."""
     from tapad.server.run import ServeSettings, StartupError, configure_logging
@@ -126,8 +106,9 @@ def serve(
     settings = ServeSettings(
         host=host,
         port=port,
-        store_url=store,
+        store_url=store_url,
         store_timeout=store_timeout,
+        commit_deadline=commit_deadline,
         max_pending=max_pending,
         max_connections=max_connections,
         shutdown_timeout=shutdown_timeout,
@@ -228,7 +209,7 @@ ProcessesOption = Annotated[
 ]
 
 
-def _load(run, *args) -> None:
+def _load(run: Callable[..., int], *args: Any) -> None:
     from tapad.loadgen.command import LoadgenError
 
     try:
@@ -305,7 +286,7 @@ def loadgen_get(
 
 @app.command()
 def tally(
-    store: StoreOption = DEFAULT_STORE_URL,
+    store: StoreOption = default("store_url"),
     hour: Annotated[
         str | None,
         typer.Option(help="YYYY-MM-DDTHH (UTC), 'now' or epoch ms (default: every hour)."),
@@ -332,7 +313,7 @@ class ExportFormat(StrEnum):
 
 @app.command()
 def export(
-    store: StoreOption = DEFAULT_STORE_URL,
+    store: StoreOption = default("store_url"),
     from_hour: Annotated[
         str | None,
         typer.Option(
@@ -365,18 +346,27 @@ def export(
     typer.echo(summary, err=True)
 
 
+USAGE_ERROR = 2  # the exit code typer gives a usage mistake
+
+
+def _command_path(exc: typer.TyperException) -> str:
+    """``tapad loadgen post`` for an error there; usage errors carry their context."""
+    context = getattr(exc, "ctx", None)
+    path = getattr(context, "command_path", None)
+    return path if isinstance(path, str) else "tapad"
+
+
 def main() -> None:
     """Run the CLI; a usage mistake (bad option value, unknown option) is one line, exit 2."""
     try:
         code = app(standalone_mode=False)
-    except click_errors.UsageError as exc:
+    except typer.TyperException as exc:  # typer's public base of its usage and option errors
         message = exc.format_message().strip()
-        if message:  # empty when there were no arguments at all and the help was shown
-            where = exc.ctx.command_path if exc.ctx is not None else "tapad"
-            typer.echo(f"error: {message} (see: {where} --help)", err=True)
-        sys.exit(exc.exit_code)
-    except click_errors.ClickException as exc:
-        typer.echo(f"error: {exc.format_message()}", err=True)
+        if exc.exit_code == USAGE_ERROR:
+            if message:  # empty when there were no arguments at all and the help was shown
+                typer.echo(f"error: {message} (see: {_command_path(exc)} --help)", err=True)
+        else:
+            typer.echo(f"error: {message}", err=True)
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("interrupted", err=True)

@@ -2,6 +2,7 @@
 
 The typer options, ``ServeSettings``, the stores' defaults and the README's configuration
 table all come from here, so a default is changed in one place (as datasette does).
+``python -m tapad.settings`` prints the README's table; a test fails when the two disagree.
 """
 
 from __future__ import annotations
@@ -12,50 +13,99 @@ from typing import Any
 
 @dataclass(frozen=True, slots=True)
 class Setting:
-    name: str  # the ServeSettings field; the option is --name-with-dashes
+    name: str  # the ServeSettings field; the option is --name-with-dashes unless ``option`` says
     default: Any
     help: str
     env: str | None = None  # environment variable that sets it, if any
+    option: str | None = None
+    min: int | float | None = None
+    max: int | float | None = None
+    default_text: str | None = None  # how the README states a default of None
+
+    @property
+    def flag(self) -> str:
+        return self.option or "--" + self.name.replace("_", "-")
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("host", "127.0.0.1", "Address to listen on.", "TAPAD_HOST"),
-    Setting("port", 8080, "Port to listen on.", "TAPAD_PORT"),
-    Setting("store_url", "sqlite:///tapad-data/tapad.db", "The store's URL.", "TAPAD_STORE"),
+    Setting(
+        "host",
+        "127.0.0.1",
+        "Address to listen on (0.0.0.0 to listen on every interface).",
+        "TAPAD_HOST",
+    ),
+    Setting("port", 8080, "Port to listen on.", "TAPAD_PORT", min=0, max=65535),
+    Setting(
+        "store_url",
+        "sqlite:///tapad-data/tapad.db",
+        "The store: sqlite:///path.db, redis://[user:password@]host:port/db, rediss://..., "
+        "unix:///path.sock or redis+cluster://host:port,...",
+        "TAPAD_STORE",
+        option="--store",
+    ),
     Setting(
         "store_timeout",
         0.75,
         # A POST may wait for the batch ahead of it and then its own: two store timeouts,
         # which must stay under the 2 s in which every POST is promised an answer.
-        "Seconds before a store call counts as failed (503).",
+        "Seconds before a store call counts as failed (the request gets 503); a POST waits "
+        "at most about two of these (the batch ahead of it, then its own).",
+        min=0.05,
     ),
     Setting(
         "commit_deadline",
         5.0,
         "Seconds a batch whose commit is in doubt may take to resolve before its POSTs "
         "answer 504 (outcome unknown).",
+        min=0.05,
     ),
-    Setting("max_pending", 50_000, "Events waiting for commit before POST answers 503."),
     Setting(
-        "max_connections", 10_000, "Open connections per process; past it new ones are closed."
+        "max_pending", 50_000, "Events waiting for commit before POST answers 503 at once.", min=1
     ),
-    Setting("shutdown_timeout", 10.0, "Seconds to finish in-flight requests on SIGTERM."),
-    Setting("workers", 1, "Worker processes sharing the port (SO_REUSEPORT).", "TAPAD_WORKERS"),
     Setting(
-        "shards", None, "Shards per hour on Redis (default: the store's, else 1; 16 on a cluster)."
+        "max_connections",
+        10_000,
+        "Open connections per process; past it a new one is closed at once.",
+        min=1,
+    ),
+    Setting(
+        "shutdown_timeout",
+        10.0,
+        "Seconds to finish requests in flight on SIGTERM or SIGINT.",
+        min=0.0,
+    ),
+    Setting(
+        "workers",
+        1,
+        "Worker processes on one port (SO_REUSEPORT), supervised: a dead worker is "
+        "restarted, SIGTERM drains them all.",
+        "TAPAD_WORKERS",
+        min=1,
+    ),
+    Setting(
+        "shards",
+        None,
+        "Shards per hour on Redis, by a hash of the user (default: the store's, else 1; "
+        "16 on a cluster).",
+        min=1,
+        max=4096,
+        default_text="the store's; else 1 (Redis), 16 (cluster)",
     ),
     Setting(
         "unique",
         None,
-        "Unique users: exact (a set) or hll (HyperLogLog, ~0.81% error; Redis only). "
-        "Default: the store's, else exact.",
+        "Unique users: exact (a set) or hll (HyperLogLog per hour and shard, ~0.81% error, "
+        "at most ~14 KB; Redis only). Default: the store's, else exact.",
+        default_text="the store's; else `exact`",
     ),
     Setting(
         "retention_hours",
         None,
-        "Keep each hour this many hours after it ends, then remove it. "
-        "Default: the store's, else for ever.",
+        "Keep each hour this many hours after it ends, then remove it (a GET then answers "
+        "zeros). Default: the store's, else for ever.",
         "TAPAD_RETENTION_HOURS",
+        min=1,
+        default_text="the store's; else for ever",
     ),
 )
 
@@ -65,3 +115,21 @@ BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 def default(name: str) -> Any:
     """The default of one setting, for code outside the CLI (stores, ServeSettings)."""
     return BY_NAME[name].default
+
+
+def markdown_table() -> str:
+    """The README's configuration table, as it must read."""
+    lines = [
+        "| option | environment | default | meaning |",
+        "| --- | --- | --- | --- |",
+    ]
+    for s in SETTINGS:
+        env = f"`{s.env}`" if s.env else ""
+        shown = s.default_text if s.default is None else f"`{s.default}`"
+        meaning = s.help.replace("|", r"\|")
+        lines.append(f"| `{s.flag}` | {env} | {shown} | {meaning} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

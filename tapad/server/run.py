@@ -18,6 +18,7 @@ from tapad.server.measured_store import MeasuredStore
 from tapad.server.metrics import Metrics
 from tapad.server.reader import CoalescingReader
 from tapad.server.writer import GroupCommitter
+from tapad.settings import default
 from tapad.store import StoreConfigError, StoreError, open_store, redact
 
 log = logging.getLogger("tapad.server")
@@ -29,21 +30,22 @@ KEEPALIVE_GRACE = 5.0
 
 @dataclass(frozen=True)
 class ServeSettings:
-    host: str = "127.0.0.1"
-    port: int = 8080
-    store_url: str = "sqlite:///tapad-data/tapad.db"
-    # A POST may wait for the batch ahead of it and then its own: two store timeouts, which
-    # must stay under the 2 s in which every POST is promised an answer while the store hangs.
-    store_timeout: float = 0.75
-    max_pending: int = 50_000
-    max_connections: int = 10_000
-    max_batch: int = 2048
-    shutdown_timeout: float = 10.0
-    workers: int = 1
-    shards: int | None = None
-    unique: str | None = None
-    retention_hours: int | None = None
-    reuse_port: bool = False
+    """What ``tapad serve`` was asked for; defaults from the one table (tapad/settings.py)."""
+
+    host: str = default("host")
+    port: int = default("port")
+    store_url: str = default("store_url")
+    store_timeout: float = default("store_timeout")
+    commit_deadline: float = default("commit_deadline")
+    max_pending: int = default("max_pending")
+    max_connections: int = default("max_connections")
+    max_batch: int = 2048  # not a setting: the committer's batch cap
+    shutdown_timeout: float = default("shutdown_timeout")
+    workers: int = default("workers")
+    shards: int | None = default("shards")
+    unique: str | None = default("unique")
+    retention_hours: int | None = default("retention_hours")
+    reuse_port: bool = False  # not a setting: set for the worker processes
 
 
 class StartupError(Exception):
@@ -57,6 +59,7 @@ async def run_server(
     store = open_store(
         settings.store_url,
         timeout=settings.store_timeout,
+        commit_deadline=settings.commit_deadline,
         shards=settings.shards,
         unique=settings.unique,
         retention_hours=settings.retention_hours,

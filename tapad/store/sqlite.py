@@ -83,7 +83,7 @@ class SQLiteStore:
         self,
         path: str,
         *,
-        timeout: float = 1.0,
+        timeout: float = settings.default("store_timeout"),
         synchronous: str = "full",
         commit_deadline: float = settings.default("commit_deadline"),
         retention_hours: int | None = None,

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from tapad.settings import default
 from tapad.store.base import StoreConfigError
 
-DEFAULT_STORE_URL = "sqlite:///tapad-data/tapad.db"
+DEFAULT_STORE_URL: str = default("store_url")
 SCHEMES = ("sqlite", "redis", "rediss", "unix", "redis+cluster")
 
 
