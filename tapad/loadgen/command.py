@@ -8,6 +8,7 @@ import signal
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from yarl import URL
@@ -124,7 +125,7 @@ def _execute(job: Job, options: LoadOptions) -> JobResult:
     return asyncio.run(_drive_here(job, options.json))
 
 
-def _job(options: LoadOptions, base: str, method: str, **fields) -> Job:
+def _job(options: LoadOptions, base: str, method: str, **fields: Any) -> Job:
     if options.processes > options.concurrency:
         raise LoadgenError("--processes cannot exceed --concurrency (one connection at least each)")
     config = LoadConfig(
@@ -139,7 +140,7 @@ def _job(options: LoadOptions, base: str, method: str, **fields) -> Job:
 
 
 def _finish(
-    options: LoadOptions, outcome: Outcome, title: str, extra: dict, notes: list[str]
+    options: LoadOptions, outcome: Outcome, title: str, extra: dict[str, Any], notes: list[str]
 ) -> int:
     console = Console()
     if options.json:
@@ -168,7 +169,7 @@ def run_post(options: LoadOptions, users_path: Path | None, ledger_path: Path | 
     result = _execute(job, options)
     outcome, run_ledger = result.outcome, result.ledger
     notes: list[str] = []
-    extra: dict = {}
+    extra: dict[str, Any] = {}
     if ledger_path is not None and previous is not None:
         previous.merge(run_ledger)
         try:

@@ -208,7 +208,7 @@ class _Wire(asyncio.Protocol):
     def _chunked(self, pos: int) -> tuple[bytes, int] | None:
         """A chunked body starting at ``pos``: (body, bytes used), or None if incomplete."""
         buf = self._buf
-        parts = []
+        parts: list[bytes] = []
         while True:
             eol = buf.find(b"\r\n", pos)
             if eol < 0:

@@ -13,6 +13,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tapad.hours import format_hour, parse_hour
 
@@ -60,7 +61,7 @@ class Ledger:
     def events(self) -> int:
         return sum(e.clicks + e.impressions for e in self.hours.values())
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
             "hours": {

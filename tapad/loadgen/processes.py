@@ -18,9 +18,13 @@ import os
 import queue
 import signal
 import time
+from collections.abc import Callable, Iterator, MutableSequence
 from dataclasses import replace
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Barrier
 
 from rich.console import Console
+from rich.text import Text
 
 from tapad.loadgen.job import Job, JobResult, run_job
 from tapad.loadgen.report import progress_line
@@ -58,7 +62,13 @@ def tune_gc() -> None:
     gc.set_threshold(20_000, 50, 100)
 
 
-def _child(job: Job, index: int, counters, barrier, results) -> None:
+def _child(
+    job: Job,
+    index: int,
+    counters: MutableSequence[int],
+    barrier: Barrier,
+    results: Queue[tuple[int, JobResult | str]],
+) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # until the loop's own handler is in place
     tune_gc()
 
@@ -95,7 +105,9 @@ def _child(job: Job, index: int, counters, barrier, results) -> None:
 def run_processes(job: Job, processes: int, console: Console | None, title: str) -> JobResult:
     """Run ``job`` split over ``processes`` children; show progress on ``console`` if given."""
     jobs = plan(job, processes)
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    ctx = (
+        mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context("spawn")
+    )
     counters = ctx.Array("q", FIELDS * processes, lock=False)
     barrier = ctx.Barrier(processes)
     results = ctx.Queue()
@@ -146,7 +158,7 @@ def run_processes(job: Job, processes: int, console: Console | None, title: str)
 
 
 @contextlib.contextmanager
-def _display(console: Console | None):
+def _display(console: Console | None) -> Iterator[Callable[[Text], None]]:
     if console is None or not console.is_terminal:
         yield lambda line: None
         return

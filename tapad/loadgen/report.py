@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -67,7 +68,7 @@ async def live_progress(console: Console, outcome: Outcome, title: str) -> Async
             ticker.cancel()
 
 
-def summary(outcome: Outcome) -> dict:
+def summary(outcome: Outcome) -> dict[str, Any]:
     """The numbers of a run, for the table and for ``--json``; latencies in milliseconds."""
     values = sorted(outcome.latencies)
     latency = {}

@@ -44,7 +44,7 @@ class Outcome:
     acknowledged: int = 0
     retried: int = 0
     failures: Counter[str] = field(default_factory=Counter)
-    latencies: array = field(default_factory=lambda: array("d"))
+    latencies: array[float] = field(default_factory=lambda: array("d"))
     started: float = 0.0
     finished: float = 0.0
     interrupted: bool = False
@@ -84,7 +84,7 @@ class _Runner:
         self.stop = False
         self.in_flight = [0.0] * config.concurrency  # loop time an attempt started, 0 when idle
         self.timed_out = [False] * config.concurrency
-        self.tasks: list[asyncio.Task] = []
+        self.tasks: list[asyncio.Task[None]] = []
         self.give_up_after = max(50, 2 * config.concurrency)
 
     async def run(self) -> None:
@@ -153,7 +153,9 @@ class _Runner:
                     if not timed_out[wid]:
                         raise
                     timed_out[wid] = False
-                    asyncio.current_task().uncancel()
+                    task = asyncio.current_task()
+                    assert task is not None  # a worker is always a task
+                    task.uncancel()
                     label = TIMEOUT
                 except HttpError as exc:
                     label = f"bad response ({exc})"
@@ -190,7 +192,7 @@ class _Runner:
 
 
 def _backoff(base: float, attempt: int, retry_after: str | None) -> float:
-    delay = min(MAX_BACKOFF, base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+    delay = min(MAX_BACKOFF, base * 2.0 ** (attempt - 1)) * random.uniform(0.5, 1.0)
     if retry_after and retry_after.isdigit():
         delay = max(delay, min(float(retry_after), MAX_BACKOFF))
     return delay
