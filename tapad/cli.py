@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from tapad.loadgen.verify import HLL_TOLERANCE
 from tapad.settings import BY_NAME, default
 from tapad.store import StoreConfigError
 
@@ -265,7 +266,11 @@ def loadgen_get(
         Path | None, typer.Option(help="Ledger every answer must be at least equal to.")
     ] = None,
     hll: Annotated[
-        bool, typer.Option("--hll", help="The server's unique users are approximate: allow 3%.")
+        bool,
+        typer.Option(
+            "--hll",
+            help=f"The server's unique users are approximate: allow {HLL_TOLERANCE:.0%}.",
+        ),
     ] = False,
     retries: RetriesOption = 5,
     timeout: TimeoutOption = 10.0,

@@ -11,8 +11,10 @@ import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tapad.hours import format_hour, parse_hour
+from tapad.loadgen.verify import HLL_TOLERANCE
 from tapad.store import (
     HourCounts,
     StoreConfigError,
@@ -22,7 +24,8 @@ from tapad.store import (
     redact,
 )
 
-HLL_TOLERANCE = 0.03  # HyperLogLog standard error is ~0.81%; 3% is well past 3 sigma
+if TYPE_CHECKING:
+    from tapad.loadgen.ledger import Ledger
 
 
 class TallyError(Exception):
@@ -70,7 +73,7 @@ async def read_store(
             await store.close()
 
 
-def compare(rows: list[HourRow], ledger, unique_mode: str) -> list[str]:
+def compare(rows: list[HourRow], ledger: Ledger, unique_mode: str) -> list[str]:
     """One line per number that differs; clicks and impressions must match exactly."""
     differences = []
     for row in rows:
@@ -87,7 +90,8 @@ def compare(rows: list[HourRow], ledger, unique_mode: str) -> list[str]:
                 if abs(have - expected) <= HLL_TOLERANCE * max(expected, 1):
                     continue
                 differences.append(
-                    f"{label} {name}: store {have}, ledger {expected} (more than 3% apart)"
+                    f"{label} {name}: store {have}, ledger {expected} "
+                    f"(more than {HLL_TOLERANCE:.0%} apart)"
                 )
                 continue
             differences.append(f"{label} {name}: store {have}, ledger {expected}")
@@ -129,9 +133,15 @@ def _totals(rows: list[HourRow]) -> HourCounts:
     return total
 
 
-def _print_json(store_url, rows, unique_mode, ledger_path, differences) -> None:
+def _print_json(
+    store_url: str,
+    rows: list[HourRow],
+    unique_mode: str,
+    ledger_path: Path | None,
+    differences: list[str],
+) -> None:
     total = _totals(rows)
-    data = {
+    data: dict[str, Any] = {
         "store": redact(store_url),
         "unique_mode": unique_mode,
         "hours": [
@@ -156,7 +166,13 @@ def _print_json(store_url, rows, unique_mode, ledger_path, differences) -> None:
     print(json.dumps(data))
 
 
-def _print_table(store_url, rows, unique_mode, ledger_path, differences) -> None:
+def _print_table(
+    store_url: str,
+    rows: list[HourRow],
+    unique_mode: str,
+    ledger_path: Path | None,
+    differences: list[str],
+) -> None:
     from rich.console import Console
     from rich.table import Table
 

@@ -19,10 +19,9 @@ from tapad.loadgen.processes import ProcessError, run_processes, tune_gc
 from tapad.loadgen.report import live_progress, print_report, summary
 from tapad.loadgen.runner import LoadConfig, Outcome
 from tapad.loadgen.traffic import Mix
-from tapad.loadgen.verify import BELOW_LEDGER
+from tapad.loadgen.verify import BELOW_LEDGER, HLL_TOLERANCE
 
 DEFAULT_USERS = 10_000  # generated names when --users is not given
-HLL_TOLERANCE = 0.03
 INTERRUPTED = 130
 
 

@@ -10,6 +10,9 @@ from tapad.loadgen.ledger import Ledger
 MALFORMED = "malformed answer"
 BELOW_LEDGER = "below ledger"
 KEEP = 10  # mismatches kept for the report
+# How far an approximate (HyperLogLog) unique count may be from the ledger: its standard error
+# is about 0.81%, so 3% is well past 3 sigma. ``loadgen get --hll`` and ``tally`` both use it.
+HLL_TOLERANCE = 0.03
 
 
 def parse_answer(body: bytes) -> tuple[int, int, int] | None:
