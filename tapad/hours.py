@@ -11,7 +11,8 @@ import time
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 
-MS_PER_HOUR = 3_600_000
+SECONDS_PER_HOUR = 3600
+MS_PER_HOUR = SECONDS_PER_HOUR * 1000
 MAX_TIMESTAMP_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 _HOUR_TEXT = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2})")
 
@@ -22,11 +23,11 @@ def hour_of(timestamp_ms: int) -> int:
 
 
 def current_hour() -> int:
-    return int(time.time() * 1000) // MS_PER_HOUR
+    return hour_of(int(time.time() * 1000))
 
 
 def format_hour(hour: int) -> str:
-    return datetime.fromtimestamp(hour * 3600, tz=UTC).strftime("%Y-%m-%dT%H")
+    return datetime.fromtimestamp(hour * SECONDS_PER_HOUR, tz=UTC).strftime("%Y-%m-%dT%H")
 
 
 def format_hours(hours: Iterable[int]) -> Iterator[str]:
@@ -54,12 +55,12 @@ def hour_ends_at(hour: int, after_hours: int = 0) -> float:
     Retention on every store counts from here: an hour's data goes once this moment,
     with ``after_hours`` the retention, has passed.
     """
-    return (hour + 1 + after_hours) * 3600.0
+    return float((hour + 1 + after_hours) * SECONDS_PER_HOUR)
 
 
 def oldest_kept_hour(retention_hours: int, now: float) -> int:
     """The oldest hour a retention of ``retention_hours`` still keeps at Unix time ``now``."""
-    return int(now // 3600) - retention_hours
+    return int(now // SECONDS_PER_HOUR) - retention_hours
 
 
 def parse_hour(text: str) -> int:
@@ -83,4 +84,4 @@ def parse_hour(text: str) -> int:
         moment = datetime(year, month, day, hh, tzinfo=UTC)
     except ValueError as exc:
         raise ValueError(f"{text!r} is not a valid hour: {exc}") from None
-    return int(moment.timestamp()) // 3600
+    return int(moment.timestamp()) // SECONDS_PER_HOUR

@@ -11,7 +11,7 @@ import re
 from urllib.parse import unquote_plus
 
 from tapad.hourly import FORMATS, MAX_HOURS
-from tapad.hours import MAX_TIMESTAMP_MS, MS_PER_HOUR
+from tapad.hours import MAX_TIMESTAMP_MS, hour_of
 from tapad.store.base import Event
 
 MAX_USER_CHARS = 256
@@ -72,7 +72,7 @@ def parse_timestamp(params: dict[str, list[str]], name: str = "timestamp") -> in
         )
     if len(digits) > 15 or int(digits) > MAX_TIMESTAMP_MS:
         raise BadRequest(f"{name}: must be between 0 and {MAX_TIMESTAMP_MS}, got {_show(text)}")
-    return int(digits) // MS_PER_HOUR
+    return hour_of(int(digits))
 
 
 def parse_user(params: dict[str, list[str]]) -> str:
@@ -177,7 +177,7 @@ def _fast_post(query: str) -> Event | None:
     ms = int(ts)
     if ms > MAX_TIMESTAMP_MS:
         return None
-    return Event(ms // MS_PER_HOUR, user, click)
+    return Event(hour_of(ms), user, click)
 
 
 def _fast_get(query: str) -> int | None:
@@ -187,7 +187,7 @@ def _fast_get(query: str) -> int | None:
     if not _plain_ms(ts):
         return None
     ms = int(ts)
-    return ms // MS_PER_HOUR if ms <= MAX_TIMESTAMP_MS else None
+    return hour_of(ms) if ms <= MAX_TIMESTAMP_MS else None
 
 
 def _plain_ms(text: str) -> bool:
