@@ -11,9 +11,10 @@ import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tapad.hours import format_hour, parse_hour
+from tapad.loadgen.ledger import HourEntry, Ledger
 from tapad.loadgen.verify import HLL_TOLERANCE
 from tapad.store import (
     HourCounts,
@@ -23,9 +24,6 @@ from tapad.store import (
     parse_store_url,
     redact,
 )
-
-if TYPE_CHECKING:
-    from tapad.loadgen.ledger import Ledger
 
 
 class TallyError(Exception):
@@ -74,28 +72,63 @@ async def read_store(
 
 
 def compare(rows: list[HourRow], ledger: Ledger, unique_mode: str) -> list[str]:
-    """One line per number that differs; clicks and impressions must match exactly."""
+    """One line per number outside what the ledger allows.
+
+    The store must hold every acknowledged event, and may hold any of those whose outcome is
+    unknown (504, timeout): ``acked <= stored <= acked + unknown``, for clicks, impressions and
+    unique users alike (users: approximately on hll). Without unknown events that is equality.
+    """
     differences = []
     for row in rows:
-        entry = ledger.hours.get(row.hour)
-        want = (entry.unique_users, entry.clicks, entry.impressions) if entry else (0, 0, 0)
-        got = (row.counts.unique_users, row.counts.clicks, row.counts.impressions)
+        entry = ledger.hours.get(row.hour) or HourEntry()
         label = format_hour(row.hour)
-        for name, have, expected in zip(
-            ("unique users", "clicks", "impressions"), got, want, strict=True
-        ):
-            if have == expected:
+        counts = row.counts
+        checks = (
+            ("unique users", counts.unique_users, entry.unique_users,
+             len(entry.users | entry.unknown.users)),
+            ("clicks", counts.clicks, entry.clicks, entry.clicks + entry.unknown.clicks),
+            ("impressions", counts.impressions, entry.impressions,
+             entry.impressions + entry.unknown.impressions),
+        )  # fmt: skip
+        for name, have, low, high in checks:
+            approximate = name == "unique users" and unique_mode == "hll"
+            slack = HLL_TOLERANCE * max(high, 1) if approximate else 0
+            if low - slack <= have <= high + slack:
                 continue
-            if name == "unique users" and unique_mode == "hll":
-                if abs(have - expected) <= HLL_TOLERANCE * max(expected, 1):
-                    continue
-                differences.append(
-                    f"{label} {name}: store {have}, ledger {expected} "
-                    f"(more than {HLL_TOLERANCE:.0%} apart)"
-                )
-                continue
-            differences.append(f"{label} {name}: store {have}, ledger {expected}")
+            expected = f"{low}" if high == low else f"{low} acknowledged + {high - low} unknown"
+            note = f" (more than {HLL_TOLERANCE:.0%} apart)" if approximate else ""
+            differences.append(f"{label} {name}: store {have}, ledger {expected}{note}")
     return differences
+
+
+@dataclass(frozen=True)
+class UnknownOutcomes:
+    """How the events of unknown outcome turned out, read from the store's counts."""
+
+    events: int
+    recorded: int
+
+    @property
+    def not_recorded(self) -> int:
+        return self.events - self.recorded
+
+
+def unknown_outcomes(rows: list[HourRow], ledger: Ledger) -> UnknownOutcomes:
+    """Events past the acknowledged ones in each hour are unknown ones that were recorded.
+
+    Exact when the store holds only this ledger's events and ``compare`` found nothing.
+    """
+    recorded = 0
+    for row in rows:
+        entry = ledger.hours.get(row.hour)
+        if entry is None:
+            continue
+        for have, acked, unknown in (
+            (row.counts.clicks, entry.clicks, entry.unknown.clicks),
+            (row.counts.impressions, entry.impressions, entry.unknown.impressions),
+        ):
+            recorded += min(max(have - acked, 0), unknown)
+    return UnknownOutcomes(ledger.unknown_events, recorded)
 
 
 def run_tally(
@@ -119,10 +152,11 @@ def run_tally(
     extra = set(ledger.hours) if ledger is not None else set()
     rows, unique_mode = asyncio.run(read_store(store_url, hour, extra))
     differences = compare(rows, ledger, unique_mode) if ledger is not None else []
+    unknown = unknown_outcomes(rows, ledger) if ledger is not None else UnknownOutcomes(0, 0)
     if as_json:
-        _print_json(store_url, rows, unique_mode, ledger_path, differences)
+        _print_json(store_url, rows, unique_mode, ledger_path, differences, unknown)
     else:
-        _print_table(store_url, rows, unique_mode, ledger_path, differences)
+        _print_table(store_url, rows, unique_mode, ledger_path, differences, unknown)
     return 1 if differences else 0
 
 
@@ -139,6 +173,7 @@ def _print_json(
     unique_mode: str,
     ledger_path: Path | None,
     differences: list[str],
+    unknown: UnknownOutcomes,
 ) -> None:
     total = _totals(rows)
     data: dict[str, Any] = {
@@ -162,7 +197,15 @@ def _print_json(
         },
     }
     if ledger_path is not None:
-        data["ledger"] = {"path": str(ledger_path), "differences": differences}
+        data["ledger"] = {
+            "path": str(ledger_path),
+            "differences": differences,
+            "unknown": {
+                "events": unknown.events,
+                "recorded": unknown.recorded,
+                "not_recorded": unknown.not_recorded,
+            },
+        }
     print(json.dumps(data))
 
 
@@ -172,6 +215,7 @@ def _print_table(
     unique_mode: str,
     ledger_path: Path | None,
     differences: list[str],
+    unknown: UnknownOutcomes,
 ) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -201,6 +245,12 @@ def _print_table(
         return
     if not differences:
         console.print(f"[green]ledger {ledger_path} agrees with the store[/green]", highlight=False)
+        if unknown.events:
+            console.print(
+                f"{unknown.events:,} events of unknown outcome (504, timeout): "
+                f"{unknown.recorded:,} recorded, {unknown.not_recorded:,} not",
+                highlight=False,
+            )
         return
     for line in differences:
         console.print(f"[red]differs[/red] {line}", highlight=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -11,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from tapad.hours import MS_PER_HOUR, current_hour, format_hour, parse_hour
-from tapad.loadgen.ledger import Ledger, load_ledger
-from tapad.store import HourCounts
-from tapad.tally import HourRow, compare
+from tapad.loadgen.ledger import Ledger, load_ledger, save_ledger
+from tapad.store import Event, HourCounts, open_store
+from tapad.tally import HourRow, compare, unknown_outcomes
 from tests.loadgen.cli import assert_one_line_error, assert_plain, tapad
 from tests.support import TapadServer, free_port, http
 
@@ -102,13 +103,15 @@ def test_empty_store_and_now(sqlite_url: str, tmp_path: Path) -> None:
     [
         (["--store", "sqlite:////nonexistent/tapad.db"], ["no database", "/nonexistent/tapad.db"]),
         (["--store", "mysql://x"], ["must start with"]),
-        (["--store", f"redis://127.0.0.1:{free_port()}/0"], ["cannot read store"]),
+        (["--store", "redis://127.0.0.1:{free_port}/0"], ["cannot read store"]),
         (["--store", "sqlite:////tmp/x.db", "--hour", "2026-13-01T00"], ["--hour"]),
         (["--store", "sqlite:////tmp/x.db", "--hour", "yesterday"], ["--hour"]),
         (["--store", "sqlite:////tmp/x.db", "--ledger", "/nonexistent.json"], ["no such file"]),
     ],
 )
 def test_user_errors_are_one_line(args: list[str], words: list[str]) -> None:
+    # the free port is chosen now, when the test runs, not when the tests are collected
+    args = [a.replace("{free_port}", str(free_port())) for a in args]
     assert_one_line_error(tapad("tally", *args), *words)
 
 
@@ -146,3 +149,70 @@ def test_cluster_store_agrees(cluster_url: str, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     data = json.loads(result.stdout)
     assert data["ledger"]["differences"] == [] and data["totals"]["events"] == 1000
+
+
+def _write(store_url: str, events: list[Event]) -> None:
+    """Events straight into a real store, as a server's committed batch would be."""
+
+    async def write() -> None:
+        store = open_store(store_url)
+        try:
+            await store.connect()
+            await store.write(events)
+        finally:
+            await store.close()
+
+    asyncio.run(write())
+
+
+def _ledger_with_unknowns(path: Path, hour: int) -> Ledger:
+    """10 acknowledged clicks; 4 events of unknown outcome (2 clicks, 2 impressions)."""
+    ledger = Ledger()
+    for i in range(10):
+        ledger.record(hour, f"acked{i}", True)
+    for i in range(4):
+        ledger.record_unknown(hour, f"unknown{i}", i % 2 == 0)
+    save_ledger(path, ledger)
+    return ledger
+
+
+def test_unknown_outcomes_bound_the_store_and_are_reported(sqlite_url: str, tmp_path: Path) -> None:
+    """acked <= stored <= acked + unknown; tally says how many unknown events were recorded."""
+    hour = current_hour()
+    ledger_path = tmp_path / "ledger.json"
+    _ledger_with_unknowns(ledger_path, hour)
+    acked = [Event(hour, f"acked{i}", True) for i in range(10)]
+    # of the unknown ones, one click and one impression made it into the store
+    _write(sqlite_url, [*acked, Event(hour, "unknown0", True), Event(hour, "unknown1", False)])
+
+    plain = tapad("tally", "--store", sqlite_url, "--ledger", str(ledger_path))
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    assert "agrees" in plain.stdout
+    assert "4 events of unknown outcome (504, timeout): 2 recorded, 2 not" in plain.stdout
+    as_json = tapad("tally", "--store", sqlite_url, "--ledger", str(ledger_path), "--json")
+    data = json.loads(as_json.stdout)
+    assert data["ledger"]["differences"] == []
+    assert data["ledger"]["unknown"] == {"events": 4, "recorded": 2, "not_recorded": 2}
+
+    # two clicks more than acknowledged + unknown allow: 13 > 10 + 2
+    _write(sqlite_url, [Event(hour, "unknown2", True), Event(hour, "other", True)])
+    over = tapad("tally", "--store", sqlite_url, "--ledger", str(ledger_path))
+    assert over.returncode == 1, over.stdout
+    assert f"{format_hour(hour)} clicks: store 13, ledger 10 acknowledged + 2 unknown" in (
+        over.stdout
+    )
+
+
+def test_unknown_outcomes_never_excuse_a_missing_acknowledged_event(tmp_path: Path) -> None:
+    hour = 1000
+    ledger = _ledger_with_unknowns(tmp_path / "ledger.json", hour)
+    # 9 clicks stored: one acknowledged click missing, though 2 unknown clicks could "cover" it
+    rows = [HourRow(hour, HourCounts(9, 9, 0))]
+    assert compare(rows, ledger, "exact") == [
+        f"{format_hour(hour)} unique users: store 9, ledger 10 acknowledged + 4 unknown",
+        f"{format_hour(hour)} clicks: store 9, ledger 10 acknowledged + 2 unknown",
+    ]
+    within = [HourRow(hour, HourCounts(14, 12, 2))]  # every unknown event recorded
+    assert compare(within, ledger, "exact") == []
+    assert unknown_outcomes(within, ledger).recorded == 4
+    assert unknown_outcomes([HourRow(hour, HourCounts(10, 10, 0))], ledger).not_recorded == 4

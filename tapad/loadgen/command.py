@@ -175,11 +175,20 @@ def run_post(options: LoadOptions, users_path: Path | None, ledger_path: Path | 
             save_ledger(ledger_path, previous)
         except LedgerError as exc:
             raise LoadgenError(str(exc)) from None
-        notes.append(
-            f"ledger {ledger_path}: +{run_ledger.events:,} acknowledged events "
-            f"({previous.events:,} in all, {len(previous.hours)} hours)"
+        unknown = (
+            f", +{run_ledger.unknown_events:,} of unknown outcome"
+            if run_ledger.unknown_events
+            else ""
         )
-        extra["ledger"] = {"path": str(ledger_path), "added": run_ledger.events}
+        notes.append(
+            f"ledger {ledger_path}: +{run_ledger.events:,} acknowledged events{unknown} "
+            f"({previous.events:,} acknowledged in all, {len(previous.hours)} hours)"
+        )
+        extra["ledger"] = {
+            "path": str(ledger_path),
+            "added": run_ledger.events,
+            "added_unknown": run_ledger.unknown_events,
+        }
     return _finish(options, outcome, f"loadgen post {base}", extra, notes)
 
 

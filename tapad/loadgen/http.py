@@ -12,7 +12,9 @@ and handed to the waiting worker directly.
 
 It speaks plain HTTP/1.1 (and TLS for https:// URLs): a Content-Length body, a
 chunked one, or one that ends with the connection. Anything else is an
-``HttpError``, counted as a bad response; a broken connection is an ``OSError``.
+``HttpError``, counted as a bad response; a broken connection is an ``OSError``, and
+``NotSent`` when the request never left (the connection could not be made), which the
+caller may retry without any doubt about what the server did.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ MAX_HEAD = 64 * 1024  # bytes of status line and headers we wait for before givi
 
 class HttpError(Exception):
     """The server's answer is not HTTP this client can read."""
+
+
+class NotSent(ConnectionError):
+    """The connection could not be made: the request was never sent."""
 
 
 @dataclass(slots=True)
@@ -69,7 +75,10 @@ class Connection:
     async def request(self, method: str, target: str) -> Answer:
         wire = self._wire
         if wire is None or wire.transport is None or wire.transport.is_closing():
-            wire = self._wire = await self._connect()
+            try:
+                wire = self._wire = await self._connect()
+            except OSError as exc:
+                raise NotSent(exc.errno, exc.strerror or str(exc)) from exc
         try:
             answer = await wire.send(self.endpoint.request_bytes(method, target))
         except BaseException:

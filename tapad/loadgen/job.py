@@ -41,7 +41,9 @@ class JobResult:
         mine.requests += theirs.requests
         mine.done += theirs.done
         mine.acknowledged += theirs.acknowledged
+        mine.unknown += theirs.unknown
         mine.retried += theirs.retried
+        mine.statuses.update(theirs.statuses)
         mine.failures.update(theirs.failures)
         mine.latencies.extend(theirs.latencies)
         mine.started = min(mine.started, theirs.started) if mine.started else theirs.started
@@ -61,17 +63,24 @@ async def run_job(job: Job, outcome: Outcome, stop: asyncio.Event | None = None)
         make = traffic.post
         users, record = traffic.users, result.ledger.record
 
+        record_unknown = result.ledger.record_unknown
+
         def on_answer(token: tuple[int, int, bool], body: bytes) -> str | None:
             hour, index, click = token
             record(hour, users[index], click)
             return None
 
+        def on_unknown(token: tuple[int, int, bool]) -> None:
+            hour, index, click = token
+            record_unknown(hour, users[index], click)
+
         def ignore(token: object, body: bytes) -> None:
             return None
 
-        await run_load(
-            job.base, job.config, make, on_answer if job.record else ignore, outcome, stop
-        )
+        if job.record:
+            await run_load(job.base, job.config, make, on_answer, outcome, stop, on_unknown)
+        else:
+            await run_load(job.base, job.config, make, ignore, outcome, stop)
         return result
     verifier = Verifier(job.verify, job.tolerance)
     await run_load(job.base, job.config, traffic.get, verifier.check, outcome, stop)

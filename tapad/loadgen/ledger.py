@@ -1,8 +1,11 @@
 """The ledger: what the server acknowledged, per hour, so ``tally`` and ``get --verify``
 can hold the store to it.
 
-Only acknowledged events go in: a request that failed or timed out may or may not have
-been recorded, and the ledger must never claim more than the server promised.
+Acknowledged events (200) are the ledger's floor: the store must hold at least them. Events
+whose outcome is unknown (a 504, a client timeout, a connection lost after the request was
+sent) are kept apart: the store may or may not hold them, so they only raise the ceiling
+(``acked <= stored <= acked + unknown``). A 503 is a promise that nothing was recorded, so
+those events are in neither.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ class LedgerError(Exception):
 
 
 @dataclass
-class HourEntry:
+class Tally:
+    """Events of one hour: clicks, impressions and the distinct users behind them."""
+
     clicks: int = 0
     impressions: int = 0
     users: set[str] = field(default_factory=set)
@@ -34,43 +39,85 @@ class HourEntry:
     def unique_users(self) -> int:
         return len(self.users)
 
+    @property
+    def events(self) -> int:
+        return self.clicks + self.impressions
+
+    def add(self, user: str, click: bool) -> None:
+        if click:
+            self.clicks += 1
+        else:
+            self.impressions += 1
+        self.users.add(user)
+
+    def merge(self, other: Tally) -> None:
+        self.clicks += other.clicks
+        self.impressions += other.impressions
+        self.users |= other.users
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "clicks": self.clicks,
+            "impressions": self.impressions,
+            "unique_users": self.unique_users,
+            "users": sorted(self.users),
+        }
+
+    @classmethod
+    def from_json(cls, entry: Any) -> Tally:
+        users = entry["users"]
+        clicks, impressions = int(entry["clicks"]), int(entry["impressions"])
+        if not isinstance(users, list) or clicks < 0 or impressions < 0:
+            raise ValueError("bad numbers or users")
+        return cls(clicks, impressions, {str(u) for u in users})
+
+
+@dataclass
+class HourEntry(Tally):
+    """One hour of the ledger: the acknowledged events, and apart those of unknown outcome."""
+
+    unknown: Tally = field(default_factory=Tally)
+
 
 @dataclass
 class Ledger:
     hours: dict[int, HourEntry] = field(default_factory=dict)
 
     def record(self, hour: int, user: str, click: bool) -> None:
+        """An acknowledged event (200)."""
+        self._entry(hour).add(user, click)
+
+    def record_unknown(self, hour: int, user: str, click: bool) -> None:
+        """An event whose outcome is unknown (504, timeout, connection lost after sending)."""
+        self._entry(hour).unknown.add(user, click)
+
+    def _entry(self, hour: int) -> HourEntry:
         entry = self.hours.get(hour)
         if entry is None:
             entry = self.hours[hour] = HourEntry()
-        if click:
-            entry.clicks += 1
-        else:
-            entry.impressions += 1
-        entry.users.add(user)
+        return entry
 
     def merge(self, other: Ledger) -> None:
         """Add another run's events: one ledger can follow a store across several runs."""
         for hour, theirs in other.hours.items():
-            mine = self.hours.setdefault(hour, HourEntry())
-            mine.clicks += theirs.clicks
-            mine.impressions += theirs.impressions
-            mine.users |= theirs.users
+            mine = self._entry(hour)
+            mine.merge(theirs)
+            mine.unknown.merge(theirs.unknown)
 
     @property
     def events(self) -> int:
-        return sum(e.clicks + e.impressions for e in self.hours.values())
+        """Acknowledged events."""
+        return sum(e.events for e in self.hours.values())
+
+    @property
+    def unknown_events(self) -> int:
+        return sum(e.unknown.events for e in self.hours.values())
 
     def to_json(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
             "hours": {
-                format_hour(hour): {
-                    "clicks": entry.clicks,
-                    "impressions": entry.impressions,
-                    "unique_users": entry.unique_users,
-                    "users": sorted(entry.users),
-                }
+                format_hour(hour): _entry_json(entry)
                 for hour, entry in sorted(self.hours.items(), reverse=True)
             },
         }
@@ -86,14 +133,19 @@ class Ledger:
         for text, entry in hours.items():
             try:
                 hour = parse_hour(text)
-                users = entry["users"]
-                clicks, impressions = int(entry["clicks"]), int(entry["impressions"])
-                if not isinstance(users, list) or clicks < 0 or impressions < 0:
-                    raise ValueError("bad numbers or users")
+                acked = Tally.from_json(entry)
+                unknown = Tally.from_json(entry["unknown"]) if "unknown" in entry else Tally()
             except (ValueError, KeyError, TypeError) as exc:
                 raise LedgerError(f"{source}: hour {text!r} is malformed ({exc})") from None
-            ledger.hours[hour] = HourEntry(clicks, impressions, {str(u) for u in users})
+            ledger.hours[hour] = HourEntry(acked.clicks, acked.impressions, acked.users, unknown)
         return ledger
+
+
+def _entry_json(entry: HourEntry) -> dict[str, Any]:
+    data = entry.to_json()
+    if entry.unknown.events:  # ledgers without unknown events read as before
+        data["unknown"] = entry.unknown.to_json()
+    return data
 
 
 def load_ledger(path: Path, *, missing_ok: bool = False) -> Ledger:

@@ -79,6 +79,9 @@ def summary(outcome: Outcome) -> dict[str, Any]:
         "requests": outcome.done,
         "planned": outcome.requests,
         "acknowledged": outcome.acknowledged,
+        # each request's last answer by status: 200 recorded, 503 not, 504 unknown
+        "answers": {str(status): n for status, n in sorted(outcome.statuses.items())},
+        "unknown": outcome.unknown,
         "failed": outcome.failed,
         "failures": dict(sorted(outcome.failures.items())),
         "retried": outcome.retried,
@@ -101,12 +104,16 @@ def print_report(console: Console, outcome: Outcome, title: str) -> None:
         sent += f" of {data['planned']:,}"
     table.add_row("requests", sent)
     table.add_row("acknowledged", f"{data['acknowledged']:,}")
+    for status in ("200", "503", "504"):  # apart: recorded, not recorded, unknown
+        table.add_row(f"answered {status}", f"{data['answers'].get(status, 0):,}")
+    if outcome.unknown:
+        table.add_row("outcome unknown (not retried)", Text(f"{outcome.unknown:,}", style="yellow"))
     if data["failures"]:
         for label, count in data["failures"].items():
             table.add_row(f"failed: {label}", Text(f"{count:,}", style="red"))
     else:
         table.add_row("failed", Text("0", style="green"))
-    table.add_row("retried (503, connection)", f"{data['retried']:,}")
+    table.add_row("retried (503, not connected)", f"{data['retried']:,}")
     table.add_row("time", f"{data['seconds']:.2f} s")
     table.add_row("throughput", f"{data['throughput']:,.0f} req/s")
     for name, value in data["latency_ms"].items():

@@ -4,6 +4,13 @@ Per-request work is kept to the bone (one request string, one awaited answer, tw
 clock reads, an array append) so the tool measures the server, not itself; the HTTP
 client is tapad's own lean one (``http.py``). Timeouts are enforced by one watchdog
 task instead of a timer per request.
+
+Retries follow what an answer promises (docs/operations.md): a 503 means "not recorded", and
+a connection that could not be made means "not sent", so both are retried. A POST whose
+outcome is unknown (a 504, a timeout, a connection lost after sending, an unreadable answer)
+is never retried, since a retry could count it twice: it is counted as unknown and handed to
+``on_unknown`` (the ledger keeps it apart). GETs change nothing and are retried after a lost
+connection too.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tapad.loadgen.http import Connection, Endpoint, HttpError
+from tapad.loadgen.http import Connection, Endpoint, HttpError, NotSent
 
 TIMEOUT = "timeout"
 CONNECTION_ERROR = "connection error"
@@ -30,7 +37,7 @@ class LoadConfig:
     requests: int
     concurrency: int
     rate: float | None = None  # target requests per second, None for as fast as possible
-    retries: int = 5  # extra attempts after a 503 or a connection error
+    retries: int = 5  # extra attempts after a 503 or a connection that was never made
     timeout: float = 10.0  # seconds for one attempt
     backoff: float = 0.05  # first retry delay; doubles per attempt
 
@@ -42,7 +49,9 @@ class Outcome:
     requests: int = 0
     done: int = 0
     acknowledged: int = 0
+    unknown: int = 0  # POSTs whose outcome is unknown: maybe recorded, maybe not
     retried: int = 0
+    statuses: Counter[int] = field(default_factory=Counter)  # each request's final answer
     failures: Counter[str] = field(default_factory=Counter)
     latencies: array[float] = field(default_factory=lambda: array("d"))
     started: float = 0.0
@@ -64,6 +73,12 @@ class Outcome:
 MakeRequest = Callable[[], tuple[str, Any]]  # (path and query, token for on_answer)
 # Called with the token of a 200 answer and its body: None if fine, else a failure label.
 OnAnswer = Callable[[Any, bytes], str | None]
+# Called with the token of a POST whose outcome is unknown.
+OnUnknown = Callable[[Any], None]
+
+
+def _ignore(token: object) -> None:
+    return None
 
 
 class _Runner:
@@ -74,11 +89,13 @@ class _Runner:
         make: MakeRequest,
         on_answer: OnAnswer,
         outcome: Outcome,
+        on_unknown: OnUnknown = _ignore,
     ) -> None:
         self.config = config
         self.endpoint = endpoint
         self.make = make
         self.on_answer = on_answer
+        self.on_unknown = on_unknown
         self.outcome = outcome
         self.next = 0
         self.stop = False
@@ -126,6 +143,7 @@ class _Runner:
         loop = asyncio.get_running_loop()
         clock = time.perf_counter
         in_flight, timed_out = self.in_flight, self.timed_out
+        changes = method == "POST"  # a POST whose outcome is unknown is never retried
         while not self.stop:
             index = self.next
             if index >= total:
@@ -145,6 +163,7 @@ class _Runner:
                 status = 0
                 body = b""
                 retry_after = None
+                sent = True
                 in_flight[wid] = loop.time()
                 try:
                     answer = await request(method, target)
@@ -159,16 +178,29 @@ class _Runner:
                     label = TIMEOUT
                 except HttpError as exc:
                     label = f"bad response ({exc})"
+                except NotSent:
+                    label = CONNECTION_ERROR
+                    sent = False
                 except OSError:
                     label = CONNECTION_ERROR
                 in_flight[wid] = 0.0
-                if (status == 503 or label == CONNECTION_ERROR) and attempt < retries:
+                # 504, or any 5xx but 503 (a proxy's 502): the server may have recorded it
+                unknown = (
+                    changes and sent and (label is not None or (status >= 500 and status != 503))
+                )
+                retry = status == 503 or (label == CONNECTION_ERROR and not unknown)
+                if retry and attempt < retries:
                     attempt += 1
                     outcome.retried += 1
                     await asyncio.sleep(_backoff(config.backoff, attempt, retry_after))
                     continue
                 break
             latencies.append(clock() - began)
+            if status:
+                outcome.statuses[status] += 1
+            if unknown:
+                outcome.unknown += 1
+                self.on_unknown(token)
             if status == 200:
                 label = self.on_answer(token, body)
                 if label is None:
@@ -205,6 +237,7 @@ async def run_load(
     on_answer: OnAnswer,
     outcome: Outcome | None = None,
     stop: asyncio.Event | None = None,
+    on_unknown: OnUnknown = _ignore,
 ) -> Outcome:
     """Send ``config.requests`` requests to ``base`` (the endpoint URL) and count the answers.
 
@@ -213,7 +246,7 @@ async def run_load(
     """
     outcome = outcome or Outcome()
     outcome.requests = config.requests
-    runner = _Runner(config, Endpoint(base), make, on_answer, outcome)
+    runner = _Runner(config, Endpoint(base), make, on_answer, outcome, on_unknown)
     stopper = None
     if stop is not None:
 

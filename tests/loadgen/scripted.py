@@ -16,6 +16,7 @@ class ScriptedServer:
         self.script = script
         self.stall_seconds = stall_seconds
         self.count = 0
+        self.targets: list[str] = []  # each request's path and query, in order
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -49,6 +50,7 @@ class ScriptedServer:
                 with outer.lock:
                     n = outer.count
                     outer.count += 1
+                    outer.targets.append(self.path)
                 action = outer.script(n)
                 if action == "drop":  # close the connection without an answer
                     self.close_connection = True

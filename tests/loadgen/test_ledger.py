@@ -42,6 +42,27 @@ def test_bad_ledgers_are_refused_with_a_message(text: str, tmp_path: Path) -> No
         load_ledger(path)
 
 
+def test_unknown_outcomes_are_kept_apart_merged_and_round_tripped(tmp_path: Path) -> None:
+    first, second = Ledger(), Ledger()
+    first.record(H, "ann", True)
+    first.record_unknown(H, "bob", True)
+    second.record_unknown(H, "cy", False)
+    second.record_unknown(H - 2, "dee", True)
+    second.record(H - 1, "eve", True)
+    first.merge(second)
+    assert (first.events, first.unknown_events) == (2, 3)
+    assert first.hours[H].users == {"ann"}
+    assert (first.hours[H].unknown.clicks, first.hours[H].unknown.impressions) == (1, 1)
+    assert first.hours[H].unknown.users == {"bob", "cy"}
+    path = tmp_path / "ledger.json"
+    save_ledger(path, first)
+    again = load_ledger(path)
+    assert again.hours == first.hours
+    saved = json.loads(path.read_text())["hours"]
+    assert saved["2026-11-27T18"]["unknown"]["users"] == ["bob", "cy"]
+    assert "unknown" not in saved["2026-11-27T17"]  # no unknown events there: as before
+
+
 def test_missing_ledger() -> None:
     with pytest.raises(LedgerError, match="no such file"):
         load_ledger(Path("/nonexistent/ledger.json"))

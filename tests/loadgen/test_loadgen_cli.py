@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from tapad.hours import MS_PER_HOUR, current_hour
-from tapad.loadgen.ledger import load_ledger, save_ledger
+from tapad.loadgen.ledger import Tally, load_ledger, save_ledger
 from tests.loadgen.cli import assert_one_line_error, assert_plain, tapad
 from tests.loadgen.scripted import ScriptedServer
 from tests.support import TapadServer, free_port, http, parse_counts
@@ -117,11 +118,66 @@ def test_a_stalled_answer_is_a_timeout_not_a_hang() -> None:
     assert report["failures"] == {"timeout": 1} and report["acknowledged"] == 5
 
 
-def test_dropped_connections_are_retried() -> None:
+def test_a_get_whose_connection_drops_is_retried() -> None:
     with ScriptedServer(lambda n: "drop" if n in (0, 1) else 200) as server:
-        code, report = run_json("post", "--url", server.url, "-n", "10", "-c", "1")
+        code, report = run_json("get", "--url", server.url, "-n", "10", "-c", "1")
     assert code == 0, report
     assert report["acknowledged"] == 10 and report["retried"] == 2
+
+
+def test_a_post_whose_connection_drops_is_unknown_and_not_retried(tmp_path: Path) -> None:
+    """The server read the request before the connection dropped: it may have recorded it."""
+    ledger_path = tmp_path / "ledger.json"
+    with ScriptedServer(lambda n: "drop" if n in (0, 1) else 200) as server:
+        code, report = run_json("post", "--url", server.url, "-n", "10", "-c", "1",
+                                "--ledger", str(ledger_path))  # fmt: skip
+        assert server.count == 10
+    assert code == 1, report
+    assert (report["acknowledged"], report["unknown"], report["retried"]) == (8, 2, 0)
+    ledger = load_ledger(ledger_path)
+    assert (ledger.events, ledger.unknown_events) == (8, 2)
+
+
+def _per_hour(targets: list[str]) -> dict[int, Tally]:
+    """The events of the POST targets a scripted server saw, per hour."""
+    tallies: dict[int, Tally] = {}
+    for target in targets:
+        query = parse_qs(urlsplit(target).query, keep_blank_values=True)
+        hour = int(query["timestamp"][0]) // MS_PER_HOUR
+        tallies.setdefault(hour, Tally()).add(query["user"][0], "click" in query)
+    return tallies
+
+
+def test_200_503_504_are_counted_apart_and_504_is_never_retried(tmp_path: Path) -> None:
+    """A 504 may have been recorded: not retried, and kept apart in the ledger as unknown."""
+    answers = {0: 200, 1: 503, 2: 504}
+    ledger_path = tmp_path / "ledger.json"
+    with ScriptedServer(lambda n: answers[n % 3]) as server:
+        code, report = run_json("post", "--url", server.url, "-n", "30", "-c", "1",
+                                "--retries", "0", "--ledger", str(ledger_path))  # fmt: skip
+        targets = list(server.targets)
+    assert code == 1, report
+    assert report["answers"] == {"200": 10, "503": 10, "504": 10}
+    assert (report["acknowledged"], report["unknown"], report["retried"]) == (10, 10, 0)
+    assert len(targets) == 30
+    ledger = load_ledger(ledger_path)
+    assert (ledger.events, ledger.unknown_events) == (10, 10)
+    acked = _per_hour([t for n, t in enumerate(targets) if answers[n % 3] == 200])
+    unknown = _per_hour([t for n, t in enumerate(targets) if answers[n % 3] == 504])
+    assert {h: Tally(e.clicks, e.impressions, e.users) for h, e in ledger.hours.items()
+            if e.events} == acked  # fmt: skip
+    assert {h: e.unknown for h, e in ledger.hours.items() if e.unknown.events} == unknown
+
+
+def test_with_retries_a_503_is_retried_and_a_504_is_not() -> None:
+    with ScriptedServer(lambda n: 504 if n % 2 == 0 else 503) as server:
+        code, report = run_json("post", "--url", server.url, "-n", "6", "-c", "1")
+        count = server.count
+    # each POST: 504 (unknown, final); the next one's 503 is retried and meets the next 504
+    assert code == 1, report
+    assert report["unknown"] == 6 and report["acknowledged"] == 0
+    assert count == 6 + report["retried"]
+    assert report["answers"] == {"504": 6}
 
 
 def test_a_server_that_never_answers_ends_the_run_early() -> None:
@@ -145,7 +201,7 @@ def test_rate_paces_the_requests() -> None:
 @pytest.mark.parametrize(
     ("args", "words"),
     [
-        (["post", "--url", f"http://127.0.0.1:{free_port()}"], ["cannot reach", "refused"]),
+        (["post", "--url", "http://127.0.0.1:{free_port}"], ["cannot reach", "refused"]),
         (["get", "--url", "localhost:8080"], ["--url"]),
         (["post", "--url", "http://127.0.0.1:99999"], ["--url"]),
         (["post", "--users", "/nonexistent/users.txt"], ["no such file"]),
@@ -154,6 +210,8 @@ def test_rate_paces_the_requests() -> None:
     ],
 )
 def test_user_errors_are_one_line(args: list[str], words: list[str]) -> None:
+    # the free port is chosen now, when the test runs, not when the tests are collected
+    args = [a.replace("{free_port}", str(free_port())) for a in args]
     assert_one_line_error(tapad("loadgen", *args), *words)
 
 
