@@ -1,4 +1,4 @@
-.PHONY: install lint format test bench serve lock
+.PHONY: install lint format test test-latest test-python313 typecheck bench serve lock
 
 install:
 	python3 -m venv .venv
@@ -22,6 +22,23 @@ format:
 
 test:
 	bash scripts/test
+
+# The suite against the newest releases of every dependency, ignoring the upper bounds and the
+# lock file: how a bound is checked before it is raised. Its own venv, so .venv stays as locked.
+test-latest:
+	python3 -m venv .venv-latest
+	.venv-latest/bin/pip install -q --upgrade pip
+	.venv-latest/bin/python scripts/unbounded-requirements > .venv-latest/requirements.txt
+	.venv-latest/bin/pip install -q --upgrade --upgrade-strategy eager -r .venv-latest/requirements.txt
+	.venv-latest/bin/pip install -q --no-deps -e .
+	.venv-latest/bin/pip list
+	.venv-latest/bin/python -m pytest -q -p no:cacheprovider
+
+test-python313:
+	bash scripts/test-python313
+
+typecheck:
+	.venv/bin/mypy
 
 bench:
 	python bench/run.py

@@ -157,7 +157,7 @@ def test_serve_binds_loopback_by_default(tmp_path: Path) -> None:
         assert listening == ["0100007F"], listening  # 127.0.0.1 only, no 0.0.0.0 or ::
     finally:
         proc.terminate()
-        proc.wait(10)
+        proc.communicate(timeout=10)  # also closes the pipe
 
 
 def test_compose_publishes_only_nginx_and_holds_no_password() -> None:

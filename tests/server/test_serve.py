@@ -62,7 +62,7 @@ def test_environment_variables_configure_serve(tmp_path: Path) -> None:
         assert (tmp_path / "e.db").is_file()
     finally:
         proc.terminate()
-        proc.wait(10)
+        proc.communicate(timeout=10)  # also closes the pipes
 
 
 def test_startup_line_redacts_the_password(redis_server: RedisServer) -> None:
