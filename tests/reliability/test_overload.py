@@ -8,7 +8,6 @@ import socket
 import time
 from pathlib import Path
 
-from tapad import settings
 from tests.reliability.tools import Traffic, rss_kib
 from tests.support import LOOPBACK, RedisServer, TapadServer, http
 
@@ -19,10 +18,16 @@ def metric(text: str, name: str) -> float:
     return float(found.group(1))
 
 
+STORE_TIMEOUT = 5.0  # long, so an answer that waited for the store is told by its latency
+COMMIT_DEADLINE = 10.0
+
+
 def test_past_max_pending_post_gets_503_at_once(tmp_path: Path) -> None:
     redis = RedisServer(tmp_path / "redis").start()
-    srv = TapadServer(redis.url, "--max-pending", "40", "--store-timeout", "1.5").start()
-    traffic = Traffic(srv.url, concurrency=120, limit=6_000, timeout=10)
+    srv = TapadServer(redis.url, "--max-pending", "40", "--store-timeout", str(STORE_TIMEOUT),
+                      "--commit-deadline", str(COMMIT_DEADLINE))  # fmt: skip
+    srv.start()
+    traffic = Traffic(srv.url, concurrency=120, limit=6_000, timeout=6 * STORE_TIMEOUT)
     try:
         assert http("POST", f"{srv.url}/analytics?timestamp=5&user=warm&click")[0] == 200
         redis.pause()
@@ -38,13 +43,14 @@ def test_past_max_pending_post_gets_503_at_once(tmp_path: Path) -> None:
     overloaded = [a for a in traffic.answers if "overloaded" in a.body]
     assert len(overloaded) > 100, traffic.statuses()
     assert all(a.status == 503 and a.retry_after == "1" for a in overloaded)
-    fast = sorted(a.seconds for a in overloaded)[len(overloaded) * 9 // 10]
-    print(f"p90 of overloaded answers: {fast:.3f}s of {len(overloaded)}")
-    assert fast < 1.0, f"90% of overloaded answers took up to {fast:.2f}s"
+    slowest = max(a.seconds for a in overloaded)
+    print(f"slowest overloaded answer: {slowest:.3f}s of {len(overloaded)}")
+    # None of them waited for the hung store: that would take a store timeout.
+    assert slowest < STORE_TIMEOUT, f"an overloaded answer took {slowest:.2f}s"
     # The batch in flight when Redis stopped is in doubt: its POSTs wait for the commit
     # deadline and get 504 (see docs/operations.md); every other POST 503, never sent.
-    bound = 2 * 1.5 + settings.default("commit_deadline") + 0.5
-    assert all(a.seconds < bound for a in traffic.answers)
+    # Every POST is answered within about two store timeouts and the deadline (loosely).
+    assert all(a.seconds < 3 * STORE_TIMEOUT + COMMIT_DEADLINE for a in traffic.answers)
     assert 503 in traffic.statuses() and set(traffic.statuses()) <= {503, 504}
     assert metric(text, "tapad_pending_events") <= 40
 
@@ -60,11 +66,12 @@ def test_memory_stays_flat_under_sustained_overload(tmp_path: Path) -> None:
         traffic.start()
         for _ in range(1000):  # and many clients that connect and say nothing
             idle.append(socket.create_connection((LOOPBACK, srv.port), timeout=5))
-        time.sleep(3)  # warm: every buffer and pool has reached its working size
+        # warm: every buffer and pool has reached its working size
+        traffic.wait_for(lambda t: len(t.answers) >= 3000)
         warm, answered = rss_kib(srv.proc.pid), len(traffic.answers)
         samples = []
         for _ in range(6):
-            time.sleep(1)
+            time.sleep(1)  # the sampling period of a measurement over time, not a wait
             samples.append(rss_kib(srv.proc.pid))
         answered = len(traffic.answers) - answered
         traffic.stop()

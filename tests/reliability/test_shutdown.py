@@ -11,7 +11,7 @@ import time
 import pytest
 
 from tests.reliability.tools import TS, Traffic
-from tests.support import RedisServer, TapadServer, http, parse_counts
+from tests.support import RedisServer, TapadServer, http, parse_counts, wait_until
 
 
 def stored_after_restart(store_url: str) -> dict[str, int]:
@@ -32,16 +32,15 @@ def test_graceful_stop_under_load_answers_everything_it_committed(
     traffic = Traffic(srv.url, concurrency=24, limit=40_000).start()
     try:
         traffic.wait_for(lambda t: len(t.acknowledged) >= 500)
-        started = time.monotonic()
         srv.signal(sig)
-        code = srv.wait(15)
-        took = time.monotonic() - started
+        code = srv.wait(60)  # a loose bound: what matters is how it stopped, below
     finally:
         traffic.stop()
         srv.stop()
     assert code == 0, srv.log.decode()[-2000:]
-    assert took < 5 + 2, f"exit took {took:.1f}s"
     log = srv.log.decode()
+    assert "stopping: finishing requests in flight" in log, log[-2000:]
+    assert "shutdown took longer" not in log, log[-2000:]  # drained, not cut off
     assert "Traceback" not in log and "ERROR" not in log, log[-2000:]
     counts = stored_after_restart(store_url)
     # Every event committed was answered 200 (none committed behind a dropped connection),
@@ -58,10 +57,11 @@ def test_sigterm_with_requests_stuck_on_a_hung_store_exits_0_in_bound(tmp_path) 
     try:
         traffic.wait_for(lambda t: len(t.acknowledged) >= 100)
         redis.pause()  # requests now wait for the store
-        time.sleep(0.3)
+        # requests now time out on the store (503) while new ones keep getting stuck
+        wait_until(lambda: 503 in traffic.statuses(), what="a 503 from the hung store")
         started = time.monotonic()
         srv.signal(signal.SIGTERM)
-        code = srv.wait(15)
+        code = srv.wait(60)  # a loose bound: it must not hang on the store (pytest-timeout)
         took = time.monotonic() - started
     finally:
         redis.resume()
@@ -69,7 +69,9 @@ def test_sigterm_with_requests_stuck_on_a_hung_store_exits_0_in_bound(tmp_path) 
         srv.stop()
         redis.stop()
     assert code == 0, srv.log.decode()[-2000:]
-    assert took < 3 + 2, f"exit took {took:.1f}s"
+    # it left because the shutdown timeout ran out, not because the store came back
+    assert "shutdown took longer than 3.0s" in srv.log.decode(), srv.log.decode()[-2000:]
+    assert took >= 3, f"exit took {took:.1f}s, before its shutdown timeout"
     assert set(traffic.statuses()) <= {200, 503, 0}
     assert "Traceback" not in srv.log.decode()
 
@@ -100,15 +102,16 @@ def test_sigterm_under_load_with_workers_exits_0_and_answers_what_it_committed(
     traffic = Traffic(srv.url, concurrency=16, limit=30_000).start()
     try:
         traffic.wait_for(lambda t: len(t.acknowledged) >= 500)
-        started = time.monotonic()
         srv.signal(signal.SIGTERM)  # to the supervisor, which stops both workers
-        code = srv.wait(20)
-        took = time.monotonic() - started
+        code = srv.wait(60)  # a loose bound: what matters is how it stopped, below
     finally:
         traffic.stop()
         srv.stop()
-    assert code == 0, srv.log.decode()[-2000:]
-    assert took < 5 + 3, f"exit took {took:.1f}s"
-    assert "Traceback" not in srv.log.decode()
+    log = srv.log.decode()
+    assert code == 0, log[-2000:]
+    assert "stopping 2 workers" in log, log[-2000:]
+    # both drained in time: none had to be killed, none cut its requests off
+    assert "killing" not in log and "shutdown took longer" not in log, log[-2000:]
+    assert "Traceback" not in log
     counts = stored_after_restart(sqlite_url)
     assert counts["clicks"] == len(traffic.acknowledged), (counts, traffic.statuses())

@@ -11,11 +11,12 @@ import contextlib
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
 
-from tests.support import LOOPBACK
+from tests.support import LOOPBACK, PATIENCE, wait_until
 
 TS = 1_700_000_000_000  # one fixed hour for every reliability test
 
@@ -57,13 +58,8 @@ class Traffic:
             assert not self._thread.is_alive(), "traffic did not stop"
         return self
 
-    def wait_for(self, predicate, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate(self):
-                return
-            time.sleep(0.01)
-        raise TimeoutError("traffic never reached the expected state")
+    def wait_for(self, predicate: Callable[[Traffic], object], timeout: float = PATIENCE) -> None:
+        wait_until(lambda: predicate(self), timeout, what="traffic in the expected state")
 
     def statuses(self) -> dict[int, int]:
         counts: dict[int, int] = {}
