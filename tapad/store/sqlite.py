@@ -361,7 +361,7 @@ async def finished(fut: asyncio.Future[None], within: float) -> bool:
 
 
 def is_interrupted(exc: sqlite3.OperationalError) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)
+    code: int | None = getattr(exc, "sqlite_errorcode", None)
     if code is not None:
         return code & 0xFF == sqlite3.SQLITE_INTERRUPT
     return "interrupted" in str(exc)
@@ -380,7 +380,7 @@ def consecutive_runs(hours: Sequence[int]) -> list[tuple[int, int]]:
 
 def is_busy(exc: sqlite3.OperationalError) -> bool:
     """SQLITE_BUSY or SQLITE_LOCKED: another connection holds a lock for now."""
-    code = getattr(exc, "sqlite_errorcode", None)
+    code: int | None = getattr(exc, "sqlite_errorcode", None)
     if code is not None:
         return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
     return "locked" in str(exc) or "busy" in str(exc)
