@@ -190,3 +190,16 @@ def test_every_imported_package_is_declared() -> None:
         if not distributions & declared:
             undeclared[top] = sorted(distributions)
     assert undeclared == {}, f"imported but not in pyproject dependencies: {undeclared}"
+
+
+def test_the_module_map_in_docs_names_every_module_and_only_those() -> None:
+    """docs/development.md's module map describes the layout as it is."""
+    text = (ROOT / "docs" / "development.md").read_text()
+    mapped = set(re.findall(r"^\| `(tapad/[\w/]+\.py)` \|", text, flags=re.M))
+    modules = {
+        str(path.relative_to(ROOT))
+        for path in PACKAGE.rglob("*.py")
+        if path.name not in ("__init__.py", "__main__.py")
+    }
+    assert sorted(modules - mapped) == [], "modules missing from docs/development.md's map"
+    assert sorted(mapped - modules) == [], "docs/development.md maps modules that do not exist"
