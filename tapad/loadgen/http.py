@@ -1,9 +1,9 @@
 """A lean HTTP/1.1 client for the load generator: one keep-alive connection per worker.
 
 Profiled against the yardstick (py-spy), ``tapad loadgen post`` on aiohttp's client
-spent about 70 us of CPU per request, most of it in the client itself: request and
-response objects, header multidicts, the connector's pool, a stream reader per
-answer. The tool was measuring itself more than the server. A loadgen worker sends
+spent most of its CPU in the client itself (docs/benchmarks.md, "Figures behind the
+code"): request and response objects, header multidicts, the connector's pool, a stream
+reader per answer. The tool was measuring itself more than the server. A loadgen worker sends
 one request at a time on a connection of its own, so it needs little: write a
 request line and two headers, then read the status line, the few headers it uses
 (Content-Length, Transfer-Encoding, Connection, Retry-After) and the body. That is

@@ -1,13 +1,13 @@
 """Defences at the HTTP edge: bounded connections, idle timeout, header limits, quiet 400s.
 
-Memory per connection is small (about 10 KB with a partly sent request), but an
-attacker can open many; ``max_connections`` makes the bound explicit instead of
-leaving it to the file-descriptor limit: past it a new connection is closed at
-once. A connection that sends no complete request (slowloris) or sits idle is
-closed after ``IDLE_TIMEOUT``, longer than nginx's upstream keep-alive (deploy/nginx.conf) so
-nginx, not tapad, closes its idle upstream connections. Request lines and header
-fields are capped (a 100 KB URL gets a 400), pipelined requests are queued at
-most 32 deep and bodies are read in bounded chunks by aiohttp itself.
+Memory per connection is small (a few KB with a partly sent request; measured in
+docs/benchmarks.md), but an attacker can open many; ``max_connections`` makes the bound
+explicit instead of leaving it to the file-descriptor limit: past it a new connection is
+closed at once. A connection that sends no complete request (slowloris) or sits idle is
+closed after ``IDLE_TIMEOUT``, longer than nginx's upstream keep-alive (deploy/nginx.conf)
+so nginx, not tapad, closes its idle upstream connections. Request lines and header fields
+are capped (a 100 KB URL gets a 400), pipelined requests are queued at most 32 deep and
+bodies are read in bounded chunks by aiohttp itself.
 
 aiohttp logs every malformed request with a traceback at ERROR; a client can send
 those at will, so they are counted and dropped from the log instead.

@@ -106,7 +106,8 @@ class Metrics:
 
         With one process the request is tallied in a plain list and folded into the
         histogram when /metrics is scraped, so every scrape is still exact; observe()
-        costs about four times as much (a lock per value it touches). With workers any
+        costs several times as much (a lock per value it touches; figures in
+        docs/benchmarks.md). With workers any
         worker may answer the scrape, so each request goes to the shared files at once.
         """
         tally = self._tally

@@ -9,9 +9,9 @@ answered before the batch holding its event is committed.
 
 Before taking a batch the committer yields to the event loop once, so requests
 whose bytes are already in the socket buffers are parsed and join it: one more
-poll, microseconds when idle, and under load batches twice as large. Every batch
-costs the event loop a round trip (a send, a receive, a wake-up), so halving
-their number cut CPU per POST by about 8% on the benchmark (``bench/ab.py``).
+poll, cheap when idle, and under load much larger batches. Every batch costs the
+event loop a round trip (a send, a receive, a wake-up), so fewer batches cut CPU per
+POST (measured with ``bench/ab.py``; the figures are in docs/benchmarks.md).
 """
 
 from __future__ import annotations

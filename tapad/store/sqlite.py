@@ -3,8 +3,8 @@
 Like datasette, one thread owns the write connection; every batch becomes one
 transaction on it, so group commit turns many POSTs into one fsync. WAL lets reads
 run beside the writer and see every committed batch. An hour's read is one row by
-primary key, about 2 us, while handing it to a thread and back costs the event loop
-ten times that (a work queue, a wake-up of the loop, two futures): so it runs on
+primary key, much cheaper than handing it to a thread and back costs the event loop
+(a work queue, a wake-up of the loop, two futures; figures in docs/benchmarks.md): so it runs on
 the event loop itself, on a connection that never waits for a lock. In the rare
 moment SQLite answers "busy" (another process recovering the WAL, say) that read
 goes to the read thread instead, whose connection waits up to ``busy_timeout``
