@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from pathlib import Path
@@ -17,17 +18,17 @@ from tests.support import TapadServer, http, parse_counts
 
 
 def rows_per_hour(path: Path) -> dict[int, int]:
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn:  # sqlite3's own "with" never closes
         return dict(conn.execute("SELECT hour, count(*) FROM hour_users GROUP BY hour"))
 
 
 def counter_hours(path: Path) -> list[int]:
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn:  # sqlite3's own "with" never closes
         return [h for (h,) in conn.execute("SELECT hour FROM hours ORDER BY hour")]
 
 
 def pragma(path: Path, name: str) -> int:
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn:  # sqlite3's own "with" never closes
         return conn.execute(f"PRAGMA {name}").fetchone()[0]
 
 
