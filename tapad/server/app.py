@@ -86,6 +86,7 @@ class TapadHandler:
         start = perf_counter()
         path, _, query = request.raw_path.partition("?")
         method = request.method
+        response: web.StreamResponse
         if path == "/analytics" and method == "POST":
             try:
                 event = parse_post(query)

@@ -9,12 +9,12 @@ and end the committer or the read loop, and every later request would wait for e
 from __future__ import annotations
 
 import asyncio
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 
-def new_shared_future(loop: asyncio.AbstractEventLoop) -> asyncio.Future:
+def new_shared_future(loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
     """A future whose error counts as seen even if every waiting client has gone away."""
     fut = loop.create_future()
     fut.add_done_callback(_retrieve)
@@ -31,6 +31,6 @@ def settle(fut: asyncio.Future[T], outcome: T | BaseException) -> None:
         fut.set_result(outcome)
 
 
-def _retrieve(fut: asyncio.Future) -> None:
+def _retrieve(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled():
         fut.exception()
