@@ -11,7 +11,7 @@ import time
 import pytest
 
 from tests.reliability.tools import TS, Traffic
-from tests.support import RedisServer, TapadServer, http, parse_counts, wait_until
+from tests.support import RedisServer, TapadServer, http, parse_counts
 
 
 def stored_after_restart(store_url: str) -> dict[str, int]:
@@ -52,13 +52,13 @@ def test_graceful_stop_under_load_answers_everything_it_committed(
 
 def test_sigterm_with_requests_stuck_on_a_hung_store_exits_0_in_bound(tmp_path) -> None:
     redis = RedisServer(tmp_path / "redis").start()
-    srv = TapadServer(redis.url, "--shutdown-timeout", "3").start()
+    # A batch sent to the hung store stays in doubt for the whole commit deadline, far longer
+    # than the shutdown timeout: the POSTs waiting on it are stuck when SIGTERM comes.
+    srv = TapadServer(redis.url, "--shutdown-timeout", "3", "--commit-deadline", "60").start()
     traffic = Traffic(srv.url, concurrency=8, limit=20_000).start()
     try:
         traffic.wait_for(lambda t: len(t.acknowledged) >= 100)
         redis.pause()  # requests now wait for the store
-        # requests now time out on the store (503) while new ones keep getting stuck
-        wait_until(lambda: 503 in traffic.statuses(), what="a 503 from the hung store")
         started = time.monotonic()
         srv.signal(signal.SIGTERM)
         code = srv.wait(60)  # a loose bound: it must not hang on the store (pytest-timeout)

@@ -66,11 +66,11 @@ def check_every_answer(traffic: Traffic, db: Path) -> dict[int, int]:
 
 def hold_lock(db: Path, seconds: float) -> None:
     """Another process takes SQLite's write lock for ``seconds``, then lets go."""
-    proc = subprocess.Popen(
+    with subprocess.Popen(  # the "with" closes its pipe
         [sys.executable, "-c", HOLD_LOCK, str(db), str(seconds)], stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
-    assert proc.wait(timeout=seconds + 30) == 0
+    ) as proc:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+        assert proc.wait(timeout=seconds + 30) == 0
 
 
 def test_write_lock_held_by_another_process(tmp_path: Path) -> None:
