@@ -279,8 +279,12 @@ def summary_line(step: Step) -> str:
     return (
         f"{step.store:9} {step.users:>11,} users  POST x{step.ratio('POST'):.2f}"
         f" (CPU x{step.cpu_ratio('POST'):.2f})  GET x{step.ratio('GET'):.2f}"
-        f"  hour {step.hour_bytes / 2**20:8.1f} MiB  {step.bytes_per_user:6.1f} B/user"
+        f"  hour {size(step.hour_bytes)}  {step.bytes_per_user:6.2f} B/user"
     )
+
+
+def size(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB" if n >= 2**20 else f"{n / 1024:,.1f} KiB"
 
 
 def render_markdown(steps: list[Step], command: str) -> str:
@@ -288,7 +292,7 @@ def render_markdown(steps: list[Step], command: str) -> str:
         f"`{command}`",
         "",
         "| store | users in the hour | POST req/s | x empty | CPU/POST x empty | GET req/s"
-        " | x empty | POST p99 ms | the hour's size | bytes per user | whole store |",
+        " | x empty | POST p99 ms | the hour's size | bytes per user | whole store (*) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for s in steps:
@@ -296,11 +300,18 @@ def render_markdown(steps: list[Step], command: str) -> str:
             f"| {s.store} | {s.users:,} | {s.median('filled', 'POST', 'rps'):,.0f}"
             f" | {s.ratio('POST'):.2f} | {s.cpu_ratio('POST'):.2f}"
             f" | {s.median('filled', 'GET', 'rps'):,.0f} | {s.ratio('GET'):.2f}"
-            f" | {s.median('filled', 'POST', 'p99_ms'):.1f} | {s.hour_bytes / 2**20:,.1f} MiB"
-            f" | {s.bytes_per_user:,.1f} | {s.total_bytes / 2**20:,.1f} MiB |"
+            f" | {s.median('filled', 'POST', 'p99_ms'):.1f} | {size(s.hour_bytes)}"
+            f" | {s.bytes_per_user:,.{1 if s.bytes_per_user >= 1 else 3}f}"
+            f" | {size(s.total_bytes)} |"
         )
     errors = sum(m.errors for s in steps for r in s.runs.values() for v in r.values() for m in v)
-    lines += ["", f"errors (non-2xx and socket errors), all runs: {errors}"]
+    lines += [
+        "",
+        "(*) SQLite: the database file and its WAL; Redis: `used_memory` of the whole"
+        " redis-server, which holds every store of the run.",
+        "",
+        f"errors (non-2xx and socket errors), all runs: {errors}",
+    ]
     return "\n".join(lines) + "\n"
 
 
