@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Coroutine
 from typing import Any
 
 import uvloop
@@ -19,22 +20,29 @@ import uvloop
 from tapad.cli import main
 
 
-def eager_task(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+def eager_task(
+    loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], **kwargs: Any
+) -> asyncio.Task[Any]:
     """asyncio.eager_task_factory, minus the ``eager_start`` uvloop 0.23 passes and it refuses."""
     kwargs.pop("eager_start", None)
     return asyncio.Task(coro, loop=loop, eager_start=True, **kwargs)  # type: ignore[call-arg]
 
 
-class EagerPolicy(uvloop.EventLoopPolicy):
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    loop.set_task_factory(eager_task)  # type: ignore[arg-type]
+    return loop
+
+
+class EagerPolicy(asyncio.DefaultEventLoopPolicy):
     def new_event_loop(self) -> asyncio.AbstractEventLoop:
-        loop = super().new_event_loop()
-        loop.set_task_factory(eager_task)  # type: ignore[arg-type]
-        return loop
+        return new_event_loop()
 
 
 if __name__ == "__main__":
     if sys.version_info < (3, 12):
         sys.exit("the eager task factory needs Python 3.12 or newer")
-    uvloop.EventLoopPolicy = EagerPolicy  # type: ignore[misc]  # what tapad installs
+    # tapad installs uvloop's policy as it starts: make that call install this one
+    uvloop.EventLoopPolicy = EagerPolicy
     sys.argv = ["tapad", "serve", *sys.argv[1:]]
     main()

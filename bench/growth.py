@@ -85,7 +85,7 @@ class Step:
     runs: dict[str, dict[str, list[Measure]]] = field(default_factory=dict)
 
     def median(self, role: str, method: str, attr: str) -> float:
-        return statistics.median(getattr(m, attr) for m in self.runs[role][method])
+        return float(statistics.median(getattr(m, attr) for m in self.runs[role][method]))
 
     def ratio(self, method: str) -> float:
         return self.median("filled", method, "rps") / self.median("reference", method, "rps")
