@@ -7,16 +7,19 @@
 For each store two ``tapad serve`` run side by side: one on a store holding only what
 the benchmark itself posts (emptied before every step: the reference) and one on a
 store that is filled, step by step, to each size of ``--sizes`` distinct users in one
-hour. The fill goes straight through the store's own ``write`` in batches of 50,000
-events (not over HTTP), so it takes seconds per million, with the same keys and rows a
-server would write. At each step wrk posts users never seen before into that hour
-(``bench/wrk/new_users.lua``) and then GETs it, the two servers taking turns round after
-round; the table gives the filled server's median rate as a ratio to the reference's,
-its CPU per request (from /proc/<pid>/schedstat, which moves less with the machine's
-load), and the store's size: for SQLite the database's pages (``page_count *
-page_size``) and the WAL file, for Redis ``MEMORY USAGE`` of the hour's keys and
-``used_memory`` from ``INFO memory``. Bytes per user is the hour's size divided by its
-unique users.
+hour. The fill is not sent over HTTP: on Redis it goes through the store's own ``write``
+in batches of 50,000 events (the same keys a server writes), on SQLite into the same two
+tables in one transaction, rows in key order (see ``fill_sqlite``); seconds per million
+either way. Both name users "u" + 8 hex digits + a number, like new_users.lua's, so the
+POSTs measured land all over the filled index, not after it. At each step wrk posts
+users never seen before into that hour (``bench/wrk/new_users.lua``) and then GETs it,
+the two servers taking turns round after round; the table gives the filled server's
+median rate as a ratio to the reference's, its CPU per request (from
+/proc/<pid>/schedstat, which moves less with the machine's load), and the store's size:
+for SQLite the database's pages in use (``page_count - freelist_count``, times
+``page_size``) and the file with its WAL, for Redis ``MEMORY USAGE`` of the hour's keys
+and ``used_memory`` from ``INFO memory``. Bytes per user is the hour's size divided by
+its unique users.
 
 Pinning as in bench/run.py: servers on core 0, wrk and redis-server on core 1. Writes
 ``growth.md``, ``growth.json`` and ``growth.png`` into ``bench/results/growth-<time>/``.
@@ -54,6 +57,7 @@ from run import (
 
 from tapad.store import open_store
 from tapad.store.base import Event
+from tapad.store.sqlite import ADD_TO_HOUR
 
 NEW_USERS_LUA = BENCH / "wrk" / "new_users.lua"
 FILL_BATCH = 50_000
@@ -101,11 +105,37 @@ class Step:
 
 
 def user_name(i: int) -> str:
-    """Distinct names in no particular key order (as real names are): 8 hex digits, then i."""
-    return f"g{(i * 2654435761) % 2**32:08x}{i}"
+    """Distinct names in no particular key order, as real names are: "u", 8 hex digits, i.
+    new_users.lua's names look the same, so its POSTs land all over the filled index."""
+    return f"u{(i * 2654435761) % 2**32:08x}{i}"
+
+
+def fill_sqlite(path: str, hour: int, start: int, stop: int) -> None:
+    """One transaction, rows in key order, a page cache that holds the whole index: each
+    page is written once per fill (through the store's write, 50,000 random names at a time
+    rewrite most of a 10-million-row index every batch)."""
+    conn = sqlite3.connect(path, timeout=60, isolation_level=None)
+    try:
+        conn.execute("PRAGMA cache_size = -4000000")  # KiB: 4 GiB at most, as needed
+        conn.execute("BEGIN IMMEDIATE")
+        before = conn.total_changes
+        conn.executemany(
+            "INSERT OR IGNORE INTO hour_users (hour, user) VALUES (?, ?)",
+            ((hour, user) for user in sorted(user_name(i) for i in range(start, stop))),
+        )
+        added = conn.total_changes - before
+        clicks = sum(1 for i in range(start, stop) if i % 10 == 0)
+        conn.execute(ADD_TO_HOUR, (hour, added, clicks, stop - start - clicks))
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
 
 
 async def fill(url: str, unique: str, hour: int, start: int, stop: int) -> None:
+    if url.startswith("sqlite:///"):
+        fill_sqlite(url.removeprefix("sqlite:///"), hour, start, stop)
+        return
     store = open_store(url, timeout=120.0, unique=unique)
     await store.connect()
     try:

@@ -5,7 +5,7 @@
 --
 -- The second argument is a timestamp (ms) inside the hour under test, so a run that
 -- crosses the top of an hour still measures the hour that was filled. User names are
--- "n", 8 random hex digits, then this thread's and this run's counter: spread over the
+-- "u", 8 random hex digits, then this thread's and this run's counter: spread over the
 -- whole key space (as real names are, not appended at one end of an index) and distinct.
 -- done() prints the WRKJSON line bench/run.py also reads.
 
@@ -33,7 +33,7 @@ function request()
   end
   counter = counter + 1
   local user = string.format(
-    "n%04x%04x%d.%d.%d", math.random(0, 65535), math.random(0, 65535), id or 0, run, counter
+    "u%04x%04x.%d.%d.%d", math.random(0, 65535), math.random(0, 65535), id or 0, run, counter
   )
   local kind = math.random() < 0.1 and "click" or "impression"
   return wrk.format("POST", string.format("/analytics?timestamp=%.0f&user=%s&%s", ts, user, kind))
