@@ -39,10 +39,15 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=18, help="new users per batch")
     parser.add_argument("--autocheckpoint", type=int, default=1000)
     parser.add_argument("--background-checkpoint", type=float, default=0.0, metavar="SECONDS")
+    parser.add_argument("--page-size", type=int, default=4096, help="SQLite's page_size")
+    parser.add_argument("--cache-mib", type=int, default=0, help="cache_size (0: SQLite's)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tapad-commit-") as tmp:
         path = Path(tmp) / "bench.db"
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA page_size = {args.page_size}")
+        if args.cache_mib:
+            conn.execute(f"PRAGMA cache_size = {-1024 * args.cache_mib}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute(f"PRAGMA wal_autocheckpoint = {args.autocheckpoint}")
@@ -51,7 +56,7 @@ def main() -> int:
         conn.execute("BEGIN")
         conn.executemany(
             "INSERT OR IGNORE INTO hour_users (hour, user) VALUES (1, ?)",
-            ((f"u{rng.getrandbits(40):x}",) for _ in range(args.users)),
+            sorted((f"u{rng.getrandbits(40):x}",) for _ in range(args.users)),
         )
         conn.execute("COMMIT")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -61,6 +66,7 @@ def main() -> int:
                 target=checkpointer, args=(path, args.background_checkpoint, stop), daemon=True
             ).start()
         statements, commits = [], []
+        written = bytes_written()
         for _ in range(args.batches):
             start = time.perf_counter()
             conn.execute("BEGIN IMMEDIATE")
@@ -75,15 +81,18 @@ def main() -> int:
             statements.append(middle - start)
             commits.append(time.perf_counter() - middle)
         stop.set()
+        written = bytes_written() - written
         wal = path.with_name(path.name + "-wal").stat().st_size
         conn.close()
     commits.sort()
     print(
-        f"autocheckpoint {args.autocheckpoint}, background checkpoint "
+        f"page {args.page_size}, cache {args.cache_mib or 'default'} MiB, {args.users:,} users,"
+        f" autocheckpoint {args.autocheckpoint}, background checkpoint "
         f"{args.background_checkpoint or 'none'}: statements {us(statistics.median(statements))}"
         f" median; COMMIT mean {us(statistics.mean(commits))}, median"
         f" {us(commits[len(commits) // 2])}, p99 {us(commits[int(len(commits) * 0.99)])};"
-        f" WAL at the end {wal / 2**20:.1f} MiB"
+        f" WAL at the end {wal / 2**20:.1f} MiB; written per batch (WAL and checkpoints)"
+        f" {written / args.batches / 1024:,.1f} KiB"
     )
     return 0
 
@@ -94,6 +103,14 @@ def checkpointer(path: Path, every: float, stop: threading.Event) -> None:
     while not stop.wait(every):
         conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
     conn.close()
+
+
+def bytes_written() -> int:
+    """Bytes this process has passed to write() so far (the WAL, and checkpoints' pages)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+    return 0
 
 
 def us(seconds: float) -> str:
