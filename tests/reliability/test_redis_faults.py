@@ -138,12 +138,17 @@ def test_redis_paused_past_the_deadline(own_redis: RedisServer) -> None:
 
 
 def test_redis_killed_and_restarted_on_its_aof(own_redis: RedisServer) -> None:
-    """SIGKILL mid-traffic, back on the same port within the deadline: the batch in flight
-    is settled against what the AOF kept (applied or not, then sent again)."""
+    """SIGKILL mid-batch, back on the same port within the deadline: the batch in flight
+    is settled against what the AOF kept (applied or not, then sent again).
+
+    Redis is paused first, so that a batch is surely in flight when it is killed (a bare
+    kill under load can fall between two batches: a CI run saw no batch in doubt)."""
     srv = serve(own_redis.url)
     traffic = load(srv)
     try:
         assert own_redis.proc is not None
+        own_redis.pause()
+        time.sleep(STORE_TIMEOUT)  # traffic never stops: a batch is sent and unanswered
         own_redis.proc.kill()
         own_redis.proc.wait(10)
         own_redis.proc = None
