@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from tapad.loadgen.ledger import Ledger, load_ledger, save_ledger
 from tapad.store import Event, HourCounts, open_store
 from tapad.tally import HourRow, compare, unknown_outcomes
 from tests.loadgen.cli import assert_one_line_error, assert_plain, tapad
-from tests.support import TapadServer, free_port, http
+from tests.support import RedisServer, TapadServer, free_port, http, wait_until
 
 
 def test_tally_agrees_with_the_ledger_until_one_event_more(
@@ -216,3 +217,53 @@ def test_unknown_outcomes_never_excuse_a_missing_acknowledged_event(tmp_path: Pa
     assert compare(within, ledger, "exact") == []
     assert unknown_outcomes(within, ledger).recorded == 4
     assert unknown_outcomes([HourRow(hour, HourCounts(10, 10, 0))], ledger).not_recorded == 4
+
+
+def test_a_real_504_is_not_retried_is_kept_as_unknown_and_tally_accounts_for_it(
+    tmp_path: Path,
+) -> None:
+    """End to end: loadgen against a real server whose Redis is paused past the deadline."""
+    redis = RedisServer(tmp_path / "redis").start()  # its own: this test pauses it
+    srv = TapadServer(redis.url, "--store-timeout", "0.2", "--commit-deadline", "1").start()
+    ledger_path = tmp_path / "ledger.json"
+    load = subprocess.Popen(
+        [sys.executable, "-m", "tapad", "loadgen", "post", "--url", srv.url, "-n", "1000000",
+         "-c", "16", "--retries", "0", "--timeout", "60", "--ledger", str(ledger_path), "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+
+        def metrics() -> str:
+            return http("GET", f"{srv.url}/metrics")[2]
+
+        wait_until(lambda: 'method="POST",status="200"' in metrics(), what="POSTs acknowledged")
+        redis.pause()  # the batch in flight is in doubt until the 1 s deadline: 504
+        wait_until(lambda: 'method="POST",status="504"' in metrics(), what="a POST answered 504")
+        redis.resume()
+        load.send_signal(signal.SIGINT)  # loadgen stops cleanly and saves its ledger
+        out, err = load.communicate(timeout=120)
+    finally:
+        if load.poll() is None:
+            load.kill()
+            load.communicate()
+        redis.resume()
+        srv.stop()
+    assert load.returncode == 130, err  # interrupted
+    report = json.loads(out)
+    answers = report["answers"]
+    assert answers.get("504", 0) >= 1, report
+    assert report["retried"] == 0
+    assert report["unknown"] >= answers["504"]  # 504s, and any POST cut off by the stop
+    ledger = load_ledger(ledger_path)
+    assert (ledger.events, ledger.unknown_events) == (report["acknowledged"], report["unknown"])
+
+    result = tapad("tally", "--store", redis.url, "--ledger", str(ledger_path), "--json")
+    redis.stop()
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(result.stdout)
+    assert data["ledger"]["differences"] == []  # acked <= stored <= acked + unknown, per hour
+    unknown = data["ledger"]["unknown"]
+    print(f"answers {answers}, unknown {report['unknown']}: {unknown}")
+    assert unknown["events"] == report["unknown"]
+    assert unknown["recorded"] + unknown["not_recorded"] == unknown["events"]
+    assert data["totals"]["events"] == report["acknowledged"] + unknown["recorded"]
