@@ -74,7 +74,6 @@ SYNCHRONOUS = ("full", "normal", "extra")
 READ_RUN = "SELECT hour, unique_users, clicks, impressions FROM hours WHERE hour BETWEEN ? AND ?"
 RUN_READ_FROM = 8  # consecutive hours read with one range query instead of a lookup each
 NO_EVENTS = HourCounts()
-PAGE_SIZE = 1024  # bytes, for a new database file
 
 
 class SQLiteStore:
@@ -208,10 +207,6 @@ class SQLiteStore:
         except sqlite3.OperationalError as exc:
             raise StoreConfigError(f"cannot open {self.path}: {exc}") from None
         conn.execute(f"PRAGMA busy_timeout = {int(self._timeout * 1000)}")
-        # A new file gets 1 KiB pages: every new user dirties one index leaf, and each dirty
-        # page is written to the WAL and fsynced whole (docs/benchmarks.md). An existing
-        # file keeps its page size.
-        conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {self._synchronous.upper()}")
         return conn

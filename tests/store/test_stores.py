@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from pathlib import Path
 
 import aiohttp
@@ -120,36 +119,3 @@ def test_redis_over_a_unix_socket(tmp_path: Path) -> None:
         assert redis.cli("-n", "3", "EXISTS", "ads:hours") == "1"
     finally:
         redis.stop()
-
-
-def test_a_new_sqlite_file_gets_small_pages_and_an_old_one_keeps_its_own(tmp_path: Path) -> None:
-    """New files: 1 KiB pages (each new user's index leaf is written and fsynced whole);
-    a file made with other pages is left as it is."""
-    from tapad.store.sqlite import PAGE_SIZE, SQLiteStore
-
-    def page_size(path: Path) -> int:
-        conn = sqlite3.connect(path)
-        try:
-            return int(conn.execute("PRAGMA page_size").fetchone()[0])
-        finally:
-            conn.close()
-
-    async def write_one(path: Path) -> HourCounts:
-        store = SQLiteStore(str(path))
-        await store.connect()
-        try:
-            await store.write([Event(1, "a", True)])
-            return await store.read(1)
-        finally:
-            await store.close()
-
-    assert run(write_one(tmp_path / "new.db")) == HourCounts(1, 1, 0)
-    assert page_size(tmp_path / "new.db") == PAGE_SIZE == 1024
-
-    old = tmp_path / "old.db"
-    conn = sqlite3.connect(old)
-    conn.execute("PRAGMA page_size = 4096")
-    conn.execute("CREATE TABLE t (x)")
-    conn.close()
-    assert run(write_one(old)) == HourCounts(1, 1, 0)
-    assert page_size(old) == 4096
