@@ -18,10 +18,11 @@ from aiohttp.web_request import BaseRequest
 from tapad.hourly import CONTENT_TYPES, render_text
 from tapad.server.dashboard import DASHBOARD_FILES, dashboard_file
 from tapad.server.metrics import CONTENT_TYPE, Metrics
+from tapad.server.outage import Outage
 from tapad.server.query import BadRequest, parse_get, parse_hours_query, parse_post
 from tapad.server.reader import CoalescingReader
 from tapad.server.writer import GroupCommitter, Overloaded
-from tapad.store.base import CommitUnknown, HourCounts, Store, StoreError
+from tapad.store.base import CommitUnknown, Event, HourCounts, PartialWrite, Store, StoreError
 
 log = logging.getLogger("tapad.server")
 
@@ -29,8 +30,8 @@ ALLOW = "GET, POST"
 TEXT = "text/plain"
 RETRY_AFTER = "1"
 STORE_FAILED = "store unavailable: event not acknowledged, retry later"
-OUTCOME_UNKNOWN = "store silent past the commit deadline: event may or may not be recorded\n"
-HEALTH_WINDOW = 5.0  # seconds a failed batch keeps /healthz at 503 (see failing_writes)
+OUTCOME_UNKNOWN = "outcome unknown: the event may or may not be recorded; do not retry blindly"
+HEALTH_WINDOW = 5.0  # seconds a failed batch or read keeps /healthz at 503 (see Outage)
 COUNTS_HEADERS = {"Content-Type": "text/plain; charset=utf-8"}
 
 
@@ -53,6 +54,19 @@ def not_allowed(method: str, allow: str) -> web.Response:
     )
 
 
+def outcome_unknown() -> web.Response:
+    """504: the event's batch may or may not have been applied (docs/operations.md)."""
+    return web.Response(status=504, text=f"{OUTCOME_UNKNOWN}\n", content_type=TEXT)
+
+
+def part_failed(partial: PartialWrite, event: Event) -> web.Response:
+    """A cluster batch applied in part, and not this event's part: in doubt, or not."""
+    in_doubt = getattr(partial, "in_doubt", None)  # (a store that cannot tell: not in doubt)
+    if in_doubt is not None and in_doubt(event):
+        return outcome_unknown()
+    return unavailable(STORE_FAILED)
+
+
 def counts_body(unique_users: int, clicks: int, impressions: int) -> str:
     return f"unique_users,{unique_users}\nclicks,{clicks}\nimpressions,{impressions}\n"
 
@@ -71,6 +85,13 @@ class TapadHandler:
         self.committer = committer
         self.reader = reader
         self.metrics = metrics or Metrics()
+        self.pings = Outage(
+            "pings",
+            "health checks",
+            "store unavailable",
+            writes=False,
+            on_unforeseen=self.metrics.store_errors.labels("ping").inc,
+        )
         self._last_counts: HourCounts | None = None
         self._last_body = b""
         # Set on SIGTERM (run.py: close_gently): every answer then says "Connection: close".
@@ -96,13 +117,13 @@ class TapadHandler:
                 elif partial.in_doubt(event):  # its cluster part: outcome unknown
                     response = web.Response(status=504, text=OUTCOME_UNKNOWN, content_type=TEXT)
                 else:
-                    response = unavailable(STORE_FAILED)
+                    response = part_failed(partial, event)
             except BadRequest as exc:
                 response = bad_request(exc)
             except Overloaded:
                 response = unavailable("overloaded: too many events waiting, retry later")
             except CommitUnknown:
-                response = web.Response(status=504, text=OUTCOME_UNKNOWN, content_type=TEXT)
+                response = outcome_unknown()
             except StoreError:
                 response = unavailable(STORE_FAILED)
         elif path == "/analytics" and method == "GET":
@@ -169,11 +190,20 @@ class TapadHandler:
     async def healthz(self, request: BaseRequest) -> web.Response:
         if request.method not in ("GET", "HEAD"):
             return web.Response(status=405, headers={"Allow": "GET, HEAD"}, content_type=TEXT)
+        problem = await self.problem()
+        if problem is not None:
+            return unavailable(problem)
+        return web.Response(text="ok\n", content_type=TEXT)
+
+    async def problem(self) -> str | None:
+        """What is wrong, in a few words for /healthz; the details are in the log."""
+        writes = self.committer.outage
+        if writes.fault:  # holds until a batch succeeds: PING may well work meanwhile
+            return writes.failing(HEALTH_WINDOW)
         try:
             await self.store.ping()
-        except StoreError as exc:
-            return unavailable(f"store unavailable: {exc}")
-        failing = self.committer.failing_writes(within=HEALTH_WINDOW)
-        if failing is not None:
-            return unavailable(f"store refusing writes: {failing}")
-        return web.Response(text="ok\n", content_type=TEXT)
+        except Exception as exc:  # a StoreError, or one nobody foresaw
+            self.pings.failed(1, exc)
+            return "store unavailable"
+        self.pings.succeeded()
+        return writes.failing(HEALTH_WINDOW) or self.reader.outage.failing(HEALTH_WINDOW)

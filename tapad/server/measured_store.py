@@ -10,8 +10,8 @@ import time
 from collections.abc import Awaitable, Sequence
 from typing import TypeVar
 
-from tapad.server.metrics import Metrics
-from tapad.store.base import Event, HourCounts, Store
+from tapad.server.metrics import IN_DOUBT_OUTCOMES, Metrics
+from tapad.store.base import Event, HourCounts, Store, StoreConfigError, StoreError
 
 T = TypeVar("T")
 OPS = ("write", "read", "ping")
@@ -24,6 +24,10 @@ class MeasuredStore:
         self._store = store
         self._errors = {op: metrics.store_errors.labels(op) for op in OPS}
         self._seconds = {op: metrics.store_seconds.labels(op) for op in OPS}
+        # How the store settled batches whose reply was lost, if it counts them (Redis does).
+        self._in_doubt = getattr(store, "in_doubt", None)
+        self._settled = {o: metrics.in_doubt.labels(o) for o in IN_DOUBT_OUTCOMES}
+        self._settled_seen = dict.fromkeys(IN_DOUBT_OUTCOMES, 0)
 
     @property
     def unique_mode(self) -> str:
@@ -38,7 +42,7 @@ class MeasuredStore:
         start = time.perf_counter()
         try:
             return await call
-        except Exception:  # a StoreError, or one nobody foresaw: both are store failures
+        except (StoreError, StoreConfigError):  # those nobody foresaw: counted by the Outage
             self._errors[op].inc()
             raise
         finally:
@@ -48,7 +52,19 @@ class MeasuredStore:
         await self._store.connect()
 
     async def write(self, events: Sequence[Event]) -> None:
-        await self._measure("write", self._store.write(events))
+        try:
+            await self._measure("write", self._store.write(events))
+        finally:
+            if self._in_doubt is not None:
+                self._count_settled()
+
+    def _count_settled(self) -> None:
+        """Carry the store's in-doubt counts over to the metric (once per batch: cheap)."""
+        for outcome, seen in self._settled_seen.items():
+            now = getattr(self._in_doubt, outcome, seen)
+            if now != seen:
+                self._settled[outcome].inc(now - seen)
+                self._settled_seen[outcome] = now
 
     async def read(self, hour: int) -> HourCounts:
         return await self._measure("read", self._store.read(hour))

@@ -35,6 +35,7 @@ from tapad.server.metrics_folder import multiprocess_dir
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 METHODS = frozenset({"GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"})
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+IN_DOUBT_OUTCOMES = ("applied", "not_applied", "unknown")  # a store's ``in_doubt`` counts
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
@@ -81,6 +82,18 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=reg,
         )
+        self.outcome_unknown = Counter(
+            "tapad_events_outcome_unknown",
+            "Events answered 504: their batch may or may not have been applied.",
+            registry=reg,
+        )
+        self.in_doubt = Counter(
+            "tapad_store_in_doubt_batches",
+            "Batches whose commit reply was lost after sending, by how the store settled them "
+            "(applied: 200, not_applied: retried or 503, unknown: 504).",
+            ["outcome"],
+            registry=reg,
+        )
         self.malformed = Counter(
             "tapad_http_malformed_requests",
             "Requests aiohttp refused with a 4xx before tapad saw them (bad HTTP, URL too long).",
@@ -100,6 +113,8 @@ class Metrics:
         for op in ("write", "read", "ping"):  # show zeros before the first failure
             self.store_errors.labels(op)
             self.store_seconds.labels(op)
+        for outcome in IN_DOUBT_OUTCOMES:
+            self.in_doubt.labels(outcome)
 
     def request_done(self, method: str, status: int, seconds: float) -> None:
         """Count one answered request (hot path: a dict lookup and a bisect, no lock).

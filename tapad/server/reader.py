@@ -12,6 +12,10 @@ One read covers every hour asked for since the last one left, in one round trip
 current hour's read instead of costing a round trip each, which under load was a
 third of all reads. Like the group committer, the reader yields to the event loop
 once before a read leaves, so GETs already in the socket buffers join it.
+
+Each GET (and each range) waits on a future of its own, as each POST does in the
+committer: a GET whose handler is cancelled cancels the future it waits on, and must not
+take the answer away from the other GETs of its read.
 """
 
 from __future__ import annotations
@@ -19,48 +23,55 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from itertools import chain
+from typing import Any
 
-from tapad.server.shared_future import new_shared_future, settle
+from tapad.server.outage import Outage
 from tapad.store.base import HourCounts, Store, StoreError
 
+Waiter = asyncio.Future[HourCounts]
+RangeWaiter = asyncio.Future[list[HourCounts]]
 NO_RANGES: tuple[()] = ()  # most reads have no range: no list to make for them
 
 
 class CoalescingReader:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, outage: Outage | None = None) -> None:
         self._store = store
-        self._open: dict[int, asyncio.Future[HourCounts]] = {}  # hour -> its GETs' future
-        self._ranges: list[tuple[range, asyncio.Future[list[HourCounts]]]] = []  # open too
+        self.outage = outage or Outage("reads", "hours", None, writes=False)
+        self._open: dict[int, list[Waiter]] = {}  # hour -> its GETs, waiting
+        self._ranges: list[tuple[range, RangeWaiter]] = []  # open too
         self._in_flight = False
         self._loop = asyncio.get_running_loop()
         self.store_reads = 0  # how many reads went to the store (tests and metrics)
 
-    def read(self, hour: int) -> asyncio.Future[HourCounts]:
-        fut = self._open.get(hour)
-        if fut is None or fut.done():  # done: a cancelled GET took it down, start afresh
-            fut = self._open[hour] = new_shared_future(self._loop)
-            if not self._in_flight:
-                self._in_flight = True
-                self._loop.create_task(self._send())
-        return fut
-
-    def read_range(self, hours: range) -> asyncio.Future[list[HourCounts]]:
-        """A range of hours (``GET /analytics/hours``) joins the open read as a whole: one
-        store round trip for all of them, shared with the GETs around it, and one future
-        for the range rather than one per hour (744 of them cost more than the read)."""
-        fut: asyncio.Future[list[HourCounts]] = new_shared_future(self._loop)
-        self._ranges.append((hours, fut))
+    def read(self, hour: int) -> Waiter:
+        waiter: Waiter = self._loop.create_future()
+        waiters = self._open.get(hour)
+        if waiters is not None:
+            waiters.append(waiter)
+            return waiter
+        self._open[hour] = [waiter]
         if not self._in_flight:
             self._in_flight = True
             self._loop.create_task(self._send())
-        return fut
+        return waiter
+
+    def read_range(self, hours: range) -> RangeWaiter:
+        """A range of hours (``GET /analytics/hours``) joins the open read as a whole: one
+        store round trip for all of them, shared with the GETs around it, and one future
+        for the range rather than one per hour (744 of them cost more than the read)."""
+        waiter: RangeWaiter = self._loop.create_future()
+        self._ranges.append((hours, waiter))
+        if not self._in_flight:
+            self._in_flight = True
+            self._loop.create_task(self._send())
+        return waiter
 
     async def _send(self) -> None:
         try:
             while self._open or self._ranges:
                 await asyncio.sleep(0)  # one more pass of the event loop, as the committer does
                 batch, self._open = self._open, {}
-                ranges: Sequence[tuple[range, asyncio.Future[list[HourCounts]]]] = NO_RANGES
+                ranges: Sequence[tuple[range, RangeWaiter]] = NO_RANGES
                 if self._ranges:
                     ranges, self._ranges = self._ranges, []
                 hours = list(batch)
@@ -71,34 +82,40 @@ class CoalescingReader:
                     counts = await self._store.read_hours(hours)
                     if ranges:
                         by_hour = dict(zip(hours, counts, strict=True))
-                        answers = [(fut, by_hour[hour]) for hour, fut in batch.items()]
-                        spans = [(fut, [by_hour[hour] for hour in r]) for r, fut in ranges]
+                        answers = [(waiters, by_hour[hour]) for hour, waiters in batch.items()]
+                        spans = [(waiter, [by_hour[hour] for hour in r]) for r, waiter in ranges]
                     else:
                         answers = list(zip(batch.values(), counts, strict=True))
                         spans = []
-                except StoreError as exc:
-                    self._fail(batch, ranges, exc)
-                except Exception as exc:  # never leave a GET waiting for ever
-                    self._fail(batch, ranges, StoreError(f"internal error: {type(exc).__name__}"))
+                except Exception as exc:  # a StoreError, or one nobody foresaw: never
+                    self.outage.failed(len(hours), exc)  # leave a GET waiting for ever
+                    self._fail(batch, ranges, StoreError("read failed"))
                 else:
-                    for fut, hour_counts in answers:
-                        settle(fut, hour_counts)  # a no-op if a cancelled GET took it down
-                    for range_fut, range_counts in spans:
-                        settle(range_fut, range_counts)
+                    self.outage.succeeded()
+                    for waiters, hour_counts in answers:
+                        for waiter in waiters:
+                            if not waiter.done():  # done: its GET was cancelled
+                                waiter.set_result(hour_counts)
+                    for range_waiter, range_counts in spans:
+                        if not range_waiter.done():
+                            range_waiter.set_result(range_counts)
         finally:
             self._in_flight = False
 
     def _fail(
         self,
-        batch: dict[int, asyncio.Future[HourCounts]],
-        ranges: Sequence[tuple[range, asyncio.Future[list[HourCounts]]]],
+        batch: dict[int, list[Waiter]],
+        ranges: Sequence[tuple[range, RangeWaiter]],
         exc: StoreError,
     ) -> None:
         # GETs that queued behind a failed read get its answer now: sending their read
         # too would make them wait two store timeouts for the same 503.
         behind, self._open = self._open, {}
         ranges_behind, self._ranges = self._ranges, []
-        for fut in (*batch.values(), *behind.values()):
-            settle(fut, exc)
-        for _, range_fut in (*ranges, *ranges_behind):
-            settle(range_fut, exc)
+        waiters: list[asyncio.Future[Any]] = [
+            *chain.from_iterable((*batch.values(), *behind.values())),
+            *(waiter for _, waiter in (*ranges, *ranges_behind)),
+        ]
+        for waiter in waiters:
+            if not waiter.done():  # done: its GET was cancelled
+                waiter.set_exception(exc)

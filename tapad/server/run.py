@@ -16,10 +16,11 @@ from tapad.server.app import TapadHandler
 from tapad.server.guard import BoundedServer, quiet_client_errors
 from tapad.server.measured_store import MeasuredStore
 from tapad.server.metrics import Metrics
+from tapad.server.outage import Outage
 from tapad.server.reader import CoalescingReader
 from tapad.server.writer import GroupCommitter
 from tapad.settings import default
-from tapad.store import StoreConfigError, StoreError, open_store, redact
+from tapad.store import Store, StoreConfigError, StoreError, open_store, redact
 
 log = logging.getLogger("tapad.server")
 SERVER_NAME = "tapad"  # the Server header: no versions for an attacker to look up
@@ -72,22 +73,8 @@ async def run_server(
     except StoreError as exc:
         log.warning("store not reachable yet (%s); answering 503 until it is", exc)
 
-    metrics = Metrics()
-    measured = MeasuredStore(store, metrics)
-    committer = GroupCommitter(
-        measured, max_batch=settings.max_batch, max_pending=settings.max_pending, metrics=metrics
-    )
-    committer.start()
-    metrics.pending_source = lambda: committer.pending
-    handler = TapadHandler(measured, committer, CoalescingReader(measured), metrics)
-    quiet_client_errors(metrics.malformed.inc)
-    name_server(SERVER_NAME)
-    server = BoundedServer(
-        handler,
-        max_connections=settings.max_connections,
-        on_refuse=metrics.refused_connections.inc,
-        access_log=None,
-    )
+    server, handler = assemble(store, settings)
+    committer = handler.committer
     runner = web.ServerRunner(
         server,
         handle_signals=False,
@@ -154,6 +141,35 @@ async def close_gently(
     deadline = loop.time() + min(KEEPALIVE_GRACE, limit)
     while server.open_connections() and loop.time() < deadline:
         await asyncio.sleep(0.05)
+
+
+def assemble(store: Store, settings: ServeSettings) -> tuple[BoundedServer, TapadHandler]:
+    """The aiohttp server for one process on ``store`` (connected or not), its committer
+    started: everything between the socket and the store. The caller runs and stops it."""
+    metrics = Metrics()
+    measured = MeasuredStore(store, metrics)
+    committer = GroupCommitter(
+        measured, max_batch=settings.max_batch, max_pending=settings.max_pending, metrics=metrics
+    )
+    committer.start()
+    metrics.pending_source = lambda: committer.pending
+    reads = Outage(
+        "reads",
+        "hours",
+        None,
+        writes=False,
+        on_unforeseen=metrics.store_errors.labels("read").inc,
+    )
+    handler = TapadHandler(measured, committer, CoalescingReader(measured, reads), metrics)
+    quiet_client_errors(metrics.malformed.inc)
+    name_server(SERVER_NAME)
+    server = BoundedServer(
+        handler,
+        max_connections=settings.max_connections,
+        on_refuse=metrics.refused_connections.inc,
+        access_log=None,
+    )
+    return server, handler
 
 
 def configure_logging(level: int = logging.INFO) -> None:

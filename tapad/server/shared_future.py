@@ -1,4 +1,4 @@
-"""The one future many requests wait on: a batch's commit, or an hour's coalesced read.
+"""The one future many GETs wait on: an hour's coalesced read.
 
 Its waiters share it, so a handler cancelled while waiting (aiohttp cancels what is
 still running when the shutdown timeout ends) cancels it for all of them. Whoever

@@ -1,11 +1,16 @@
 """Group commit: many POSTs, one store transaction, and no timer.
 
-A POST appends its event to the open batch and waits on that batch's future.
+A POST appends its event to the open batch and waits for that batch's outcome.
 One committer task writes batches one after another; whatever arrives while a
 batch is being committed forms the next one (up to ``max_batch`` events). Under
 light load a batch holds one event and commits at once; under heavy load batches
 grow by themselves, which is where the throughput comes from. No POST is
 answered before the batch holding its event is committed.
+
+Each POST waits on a future of its own, not on one the batch shares: a handler
+cancelled while it waits (its client gone, or the shutdown timeout) cancels the
+future it waits on, and that must not take the answer away from the other POSTs of
+its batch. The batch is committed all the same.
 
 Before taking a batch the committer yields to the event loop once, so requests
 whose bytes are already in the socket buffers are parsed and join it: one more
@@ -17,12 +22,11 @@ POST (measured with ``bench/ab.py``; the figures are in docs/benchmarks.md).
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from tapad.server.shared_future import new_shared_future, settle
+from tapad.server.outage import Outage
 from tapad.store.base import (
     CommitUnknown,
     Event,
@@ -35,56 +39,38 @@ from tapad.store.base import (
 if TYPE_CHECKING:
     from tapad.server.metrics import Metrics
 
-log = logging.getLogger("tapad.writer")
+Outcome = PartialWrite | None
+Waiter = asyncio.Future[Outcome]
 
 
 class Overloaded(StoreError):
     """More events are waiting than ``max_pending`` allows; refuse instead of growing memory."""
 
 
+class InDoubt(CommitUnknown):
+    """The committer hit an error nobody foresaw while the batch was being written: it may
+    or may not have been applied, so its POSTs are not promised a 503 (which says "not
+    recorded") but told the outcome is unknown (504)."""
+
+
 class _Batch:
-    __slots__ = ("done", "events")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.events: list[Event] = []
-        self.done: asyncio.Future[PartialWrite | None] = new_shared_future(loop)
-
-
-class _OutageLog:
-    """Log a store outage in a few lines, not one per failed batch (thousands a second)."""
-
-    EVERY = 5.0  # seconds between "still failing" lines
+    __slots__ = ("events", "waiters")
 
     def __init__(self) -> None:
-        self.since: float | None = None
-        self.last_line = 0.0
-        self.batches = self.events = 0
-        self.last_failure: tuple[float, str] | None = None  # (when, why) until a batch succeeds
+        self.events: list[Event] = []
+        self.waiters: list[Waiter] = []
 
-    def failed(self, events: int, exc: BaseException) -> None:
-        now = time.monotonic()
-        self.last_failure = (now, str(exc))
-        self.batches += 1
-        self.events += events
-        if self.since is None or now - self.last_line >= self.EVERY:
-            log.warning(
-                "store failing: %d batches (%d events) not committed, answered 503: %s",
-                self.batches,
-                self.events,
-                exc,
-            )
-            self.since = self.since or now
-            self.last_line = now
-            self.batches = self.events = 0
 
-    def succeeded(self) -> None:
-        self.last_failure = None
-        if self.since is not None:
-            if self.batches:
-                log.warning("%d more batches (%d events) answered 503", self.batches, self.events)
-            log.warning("store back after %.1fs: committing again", time.monotonic() - self.since)
-            self.since = None
-            self.batches = self.events = 0
+def answer(waiters: list[Waiter], outcome: Outcome | BaseException) -> None:
+    """Answer each POST of a batch, but those whose handler was cancelled (done already)."""
+    if isinstance(outcome, BaseException):
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(outcome)
+    else:
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(outcome)
 
 
 class GroupCommitter:
@@ -103,44 +89,48 @@ class GroupCommitter:
         self._batches: deque[_Batch] = deque()
         self._pending = 0
         self._wakeup = asyncio.Event()
+        self._committed = asyncio.Event()  # set after each batch (drain waits on it)
         self._task: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
-        self._outage = _OutageLog()
+        unforeseen: Callable[[], None] | None = None
+        if metrics is not None:
+            unforeseen = metrics.store_errors.labels("write").inc
+        self.outage = Outage("batches", "events", "store refusing writes", writes=True,
+                             on_unforeseen=unforeseen)  # fmt: skip
 
     @property
     def pending(self) -> int:
         return self._pending
 
     def failing_writes(self, within: float) -> str | None:
-        """Why the last batch failed, if it did in the last ``within`` seconds and none has
-        succeeded since. A store can answer PING and still refuse every write (a Redis out
-        of memory); /healthz asks this too. The window lets a server that a load balancer
-        stopped sending POSTs to say healthy again, get traffic, and find out."""
-        failure = self._outage.last_failure
-        if failure is None or time.monotonic() - failure[0] > within:
-            return None
-        return failure[1]
+        """What /healthz says if the last batch failed in the last ``within`` seconds and
+        none has succeeded since. A store can answer PING and still refuse every write (a
+        Redis out of memory). The window lets a server that a load balancer stopped sending
+        POSTs to say healthy again, get traffic, and find out."""
+        return self.outage.failing(within)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._commit_forever(), name="tapad-group-commit")
 
-    def submit(self, event: Event) -> asyncio.Future[PartialWrite | None]:
+    def submit(self, event: Event) -> Waiter:
         """Queue an event; the returned future resolves once its batch is committed: to None,
         or to a PartialWrite if only part of it was (a cluster master failed mid-batch),
-        which says whether this event's part was. A failed batch raises StoreError."""
+        which says whether this event's part was. A failed batch raises StoreError
+        (CommitUnknown if it may have been applied)."""
         if self._pending >= self._max_pending:
             raise Overloaded(f"{self._pending} events already waiting")
         batches = self._batches
-        # (a batch whose future a cancelled POST took down is not joined: see shared_future)
-        if batches and len(batches[-1].events) < self._max_batch and not batches[-1].done.done():
+        if batches and len(batches[-1].events) < self._max_batch:
             batch = batches[-1]
         else:
-            batch = _Batch(self._loop)
+            batch = _Batch()
             batches.append(batch)
             self._wakeup.set()
         batch.events.append(event)
+        waiter: Waiter = self._loop.create_future()
+        batch.waiters.append(waiter)
         self._pending += 1
-        return batch.done
+        return waiter
 
     async def _commit_forever(self) -> None:
         while True:
@@ -156,48 +146,54 @@ class GroupCommitter:
             try:
                 await self._store.write(batch.events)
             except PartialWrite as exc:
-                if not batch.done.done():  # a result, not an error: each POST asks it
-                    batch.done.set_result(exc)  # whether its own part was committed
-                self._fail_queued(StoreError(str(exc)))
-                self._outage.failed(len(batch.events), exc)
-            except (StoreError, StoreConfigError) as exc:
-                # CommitUnknown stays itself for its own batch (504: may have been applied)
-                error = StoreError(str(exc))
-                settle(batch.done, exc if isinstance(exc, CommitUnknown) else error)
-                self._fail_queued(error)  # never sent: 503
-                self._outage.failed(len(batch.events), exc)
-            except Exception as exc:
-                log.exception("batch of %d events failed", len(batch.events))
-                settle(batch.done, StoreError(f"internal error: {type(exc).__name__}"))
+                answer(batch.waiters, exc)  # a result: each POST asks about its own part
+                in_doubt = getattr(exc, "in_doubt", None)
+                unknown = sum(map(in_doubt, batch.events)) if in_doubt is not None else 0
+                self._failed(batch, exc, unknown)
+            except CommitUnknown as exc:  # may have been applied: 504
+                answer(batch.waiters, exc)
+                self._failed(batch, exc, unknown=len(batch.events))
+            except StoreError as exc:  # known not applied: 503
+                answer(batch.waiters, exc)
+                self._failed(batch, exc)
+            except StoreConfigError as exc:  # refused before sending: 503, and a fault
+                answer(batch.waiters, StoreError(str(exc)))
+                self._failed(batch, exc)
+            except Exception as exc:  # nobody foresaw it: may have been applied
+                answer(batch.waiters, InDoubt(f"{type(exc).__name__} while committing"))
+                self._failed(batch, exc, unknown=len(batch.events))
             else:
-                settle(batch.done, None)
-                self._outage.succeeded()
+                answer(batch.waiters, None)
+                self.outage.succeeded()
             finally:
                 self._pending -= len(batch.events)
+                self._committed.set()
                 if self._metrics is not None and not self._batches:
                     self._metrics.pending.set(self._pending)
 
-    def _fail_queued(self, error: StoreError) -> None:
-        """Fail the batches that queued up while the store was failing.
+    def _failed(self, batch: _Batch, exc: Exception, unknown: int = 0) -> None:
+        """Fail the batches that queued up while this one was failing, and log the outage.
 
         Trying each in turn would make a POST wait for every batch ahead of it to time
-        out; failing them now bounds any POST's wait to about one store timeout. The
-        next POST starts a fresh batch, which is how the server notices the store is back.
+        out; failing them now bounds any POST's wait to about one store timeout. They
+        were never sent: 503. The next POST starts a fresh batch, which is how the server
+        notices the store is back.
         """
+        self.outage.failed(len(batch.events), exc)
+        if unknown and self._metrics is not None:
+            self._metrics.outcome_unknown.inc(unknown)
+        error = StoreError("not sent: the batch ahead of it failed")
         while self._batches:
             queued = self._batches.popleft()
-            settle(queued.done, error)
+            answer(queued.waiters, error)
             self._pending -= len(queued.events)
-            self._outage.failed(len(queued.events), error)
+            self.outage.failed(len(queued.events), error)
 
     async def drain(self) -> None:
         """Wait until every queued batch is committed (or failed), then stop the committer."""
         while self._batches or self._pending:
-            last = self._batches[-1].done if self._batches else None
-            if last is not None:
-                await asyncio.wait([last])
-            else:
-                await asyncio.sleep(0.005)
+            self._committed.clear()
+            await self._committed.wait()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)

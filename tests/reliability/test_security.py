@@ -86,6 +86,48 @@ def test_wrong_password_is_one_clear_line_and_503(tmp_path: Path) -> None:
     assert "Traceback" not in log
 
 
+def test_the_literal_password_never_shows_while_the_store_fails(tmp_path: Path) -> None:
+    """Given in the environment as a user should, then refused mid-run (the password was
+    changed on Redis), then Redis gone: no answer and no log line holds the password, and no
+    answer names the user or the host either (those are for the log)."""
+    redis = acl_redis(tmp_path)
+    redis.start()
+    url = f"redis://{USER}:{PASSWORD_IN_URL}@{LOOPBACK}:{redis.port}/0"
+    srv = TapadServer(None, env={"TAPAD_STORE": url}).start()
+    answers: list[tuple[int, dict[str, str], str]] = []
+
+    def ask_everything(user: str) -> None:
+        answers.append(http("POST", f"{srv.url}/analytics?timestamp={TS}&user={user}&click"))
+        answers.append(http("GET", f"{srv.url}/analytics?timestamp={TS}"))
+        answers.append(http("GET", f"{srv.url}/healthz"))
+        answers.append(http("GET", f"{srv.url}/metrics"))
+
+    try:
+        ask_everything("a")
+        assert [a[0] for a in answers] == [200, 200, 200, 200]
+        redis.cli("--user", "default", "--pass", "default-" + PASSWORD, "--no-auth-warning",
+                  "ACL", "SETUSER", USER, "resetpass", ">another-one")  # fmt: skip
+        redis.cli("--user", "default", "--pass", "default-" + PASSWORD, "--no-auth-warning",
+                  "CLIENT", "KILL", "USER", USER)  # fmt: skip
+        ask_everything("b")  # reconnects with the old password: refused
+        redis.stop()
+        ask_everything("c")
+    finally:
+        srv.stop()
+        redis.stop()
+    statuses = [status for status, _, _ in answers]
+    assert statuses[4:6] == [503, 503] and statuses[8:10] == [503, 503], statuses
+    assert statuses[6] == statuses[10] == 503, statuses  # /healthz
+    log = srv.log.decode()
+    assert "WRONGPASS" in log or "invalid username-password" in log, log  # the reason is logged
+    texts = [body for _, _, body in answers]
+    texts += [" ".join(f"{k}: {v}" for k, v in headers.items()) for _, headers, _ in answers]
+    assert_no_secret(log, *texts)
+    for status, _, body in answers:
+        if status != 200:
+            assert USER not in body and str(redis.port) not in body, body
+
+
 def make_cert(folder: Path) -> tuple[Path, Path]:
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
@@ -125,11 +167,12 @@ def test_tls_with_auth_through_a_rediss_url(tmp_path: Path) -> None:
         status, _, _ = http("POST", f"{unverified.url}/analytics?timestamp={TS}&user=u&click")
         assert status == 503
         status, _, refused = http("GET", f"{unverified.url}/healthz")
-        assert status == 503 and "certificate verify failed" in refused
+        assert (status, refused) == (503, "store unavailable\n")  # the reason goes to the log
     finally:
         good.stop()
         unverified.stop()
         redis.stop()
+    assert "certificate verify failed" in unverified.log.decode()
     assert_no_secret(good.log.decode(), unverified.log.decode(), refused)
 
 
@@ -171,8 +214,14 @@ def test_compose_publishes_only_nginx_and_holds_no_password() -> None:
             assert all(
                 p.startswith("${TAPAD_PROMETHEUS_ADDRESS:-127.0.0.1}:") for p in svc["ports"]
             )
-    text = (ROOT / "compose.yaml").read_text()
-    assert 'requirepass "$$REDIS_PASSWORD"' in text or "$$REDIS_PASSWORD" in text
+    redis = services["redis"]
+    command = redis["command"] if isinstance(redis["command"], str) else " ".join(redis["command"])
+    # Redis takes its password from the environment when it starts, not from this file
+    # ("$$" is compose's escape: the shell in the container expands it).
+    assert '--requirepass "$$REDIS_PASSWORD"' in command, command
+    assert str(redis["environment"]["REDIS_PASSWORD"]).startswith("${REDIS_PASSWORD:?"), redis
+    store = services["analyticsserver"]["environment"]["TAPAD_STORE"]
+    assert store.startswith("redis://:${REDIS_PASSWORD:?"), store
 
 
 def test_no_secret_is_tracked_in_git() -> None:

@@ -97,8 +97,7 @@ def test_redis_refusing_writes_mid_batch_records_nothing_of_it(own_redis: RedisS
         check_outage(after(traffic, mark))
         # PING still works, but the server knows its writes fail and says so.
         status, _, body = http("GET", f"{srv.url}/healthz")
-        assert (status, body.split(":")[0]) == (503, "store refusing writes"), body
-        assert "OOM" in body or "memory" in body
+        assert (status, body) == (503, "store refusing writes\n"), body  # Redis's words: in the log
         own_redis.cli("CONFIG", "SET", "maxmemory", "0")
         # Refused at once, never sent for execution: nothing of a refused batch is stored.
         check_recovered(traffic, srv.url, 0)
@@ -106,6 +105,7 @@ def test_redis_refusing_writes_mid_batch_records_nothing_of_it(own_redis: RedisS
     finally:
         traffic.stop()
         srv.stop()
+    assert "OOM" in srv.log.decode()
 
 
 def test_sqlite_locked_by_another_process_gets_503_and_recovers(tmp_path: Path) -> None:

@@ -1,42 +1,63 @@
-"""The group committer survives a POST given up on while its batch commits.
+"""A POST given up on while its batch commits takes nothing from the other POSTs of that batch.
 
-POSTs of one batch share one future, so a handler cancelled while waiting (aiohttp cancels
-what still runs when the shutdown timeout ends) cancels it for the whole batch. The committer
-must carry on: the batch is still committed and every later POST is answered.
+aiohttp cancels a handler whose client went away (or that still runs when the shutdown
+timeout ends); cancelling a task cancels the future it waits on. The POSTs of one batch
+must therefore not share that future: the others would be cancelled too, and their clients
+would get no answer although their events are committed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 from tapad.server.writer import GroupCommitter
 from tapad.store.base import Event, HourCounts
 from tapad.store.sqlite import SQLiteStore
 
+POSTS = 64
+GONE = (0, 17, 63)  # first, middle and last of the batch
 
-def test_a_cancelled_post_does_not_stop_the_committer(tmp_path: Path) -> None:
-    async def main() -> HourCounts:
-        store = SQLiteStore(str(tmp_path / "tapad.db"), synchronous="normal")
+
+def test_a_cancelled_post_leaves_its_batch_answered_and_committed(tmp_path: Path) -> None:
+    path = tmp_path / "tapad.db"
+
+    async def main() -> tuple[list[object], HourCounts, int]:
+        store = SQLiteStore(str(path), timeout=30, synchronous="normal")
         await store.connect()
         committer = GroupCommitter(store)
         committer.start()
-
-        async def post(user: str) -> None:
-            await committer.submit(Event(1, user, True))
-
+        # Another connection holds the write lock: the batch stays in flight, waiting for it.
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
         try:
-            gone = asyncio.ensure_future(post("a"))
-            await asyncio.sleep(0)  # its batch is being committed
-            gone.cancel()
-            async with asyncio.timeout(5):
-                await post("b")  # a later POST is still answered
+            posts = [
+                asyncio.ensure_future(committer.submit(Event(1, f"u{i}", True)))
+                for i in range(POSTS)
+            ]
+            for _ in range(100):  # until the committer has taken the whole batch
+                await asyncio.sleep(0)
+                if not committer._batches:
+                    break
+            assert committer.pending == POSTS and not committer._batches
+            for i in GONE:
+                posts[i].cancel()
+            await asyncio.sleep(0.05)  # the cancellations have run; the batch still waits
+            blocker.execute("ROLLBACK")
+            async with asyncio.timeout(30):
+                outcomes = await asyncio.gather(*posts, return_exceptions=True)
+                later = await committer.submit(Event(1, "later", False))  # still committing
             await committer.drain()
-            return await store.read(1)
+            return [*outcomes, later], await store.read(1), committer.pending
         finally:
+            blocker.close()
             await store.close()
 
-    assert run(main()) == HourCounts(2, 2, 0)  # and the cancelled POST's event was committed
-
-
-run = asyncio.run
+    outcomes, counts, pending = asyncio.run(main())
+    answered = [o for i, o in enumerate(outcomes[:POSTS]) if i not in GONE]
+    assert answered == [None] * (POSTS - len(GONE)), answered  # committed, not cancelled
+    assert all(isinstance(outcomes[i], asyncio.CancelledError) for i in GONE)
+    assert outcomes[POSTS] is None
+    assert counts == HourCounts(POSTS + 1, POSTS, 1)  # the given-up events were committed too
+    assert pending == 0

@@ -144,6 +144,12 @@ def test_healthz(server: TapadServer) -> None:
     assert (status, body) == (200, "ok\n")
 
 
+@pytest.mark.parametrize("path", ["/healthz", "/nope", "/analytics?timestamp=x"])
+def test_server_header_names_no_versions(server: TapadServer, path: str) -> None:
+    """aiohttp's default names the Python and aiohttp versions: what an attacker looks up."""
+    assert http("GET", f"{server.url}{path}")[1].get("Server") == "tapad"
+
+
 def test_4000_concurrent_posts_are_counted_exactly(server: TapadServer, ts: int) -> None:
     async def run() -> list[int]:
         conn = aiohttp.TCPConnector(limit=1000)
