@@ -61,16 +61,19 @@ class _Batch:
         self.waiters: list[Waiter] = []
 
 
-def answer(waiters: list[Waiter], outcome: Outcome | BaseException) -> None:
+def answer(waiters: list[Waiter], outcome: Outcome) -> None:
     """Answer each POST of a batch, but those whose handler was cancelled (done already)."""
-    if isinstance(outcome, BaseException):
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_exception(outcome)
-    else:
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(outcome)
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(outcome)
+
+
+def fail(waiters: list[Waiter], error: StoreError) -> None:
+    """Fail each POST of a batch, but those whose handler was cancelled."""
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_exception(error)
+            waiter.exception()  # seen, even if its POST is gone before it looks
 
 
 class GroupCommitter:
@@ -151,16 +154,16 @@ class GroupCommitter:
                 unknown = sum(map(in_doubt, batch.events)) if in_doubt is not None else 0
                 self._failed(batch, exc, unknown)
             except CommitUnknown as exc:  # may have been applied: 504
-                answer(batch.waiters, exc)
+                fail(batch.waiters, exc)
                 self._failed(batch, exc, unknown=len(batch.events))
             except StoreError as exc:  # known not applied: 503
-                answer(batch.waiters, exc)
+                fail(batch.waiters, exc)
                 self._failed(batch, exc)
             except StoreConfigError as exc:  # refused before sending: 503, and a fault
-                answer(batch.waiters, StoreError(str(exc)))
+                fail(batch.waiters, StoreError(str(exc)))
                 self._failed(batch, exc)
             except Exception as exc:  # nobody foresaw it: may have been applied
-                answer(batch.waiters, InDoubt(f"{type(exc).__name__} while committing"))
+                fail(batch.waiters, InDoubt(f"{type(exc).__name__} while committing"))
                 self._failed(batch, exc, unknown=len(batch.events))
             else:
                 answer(batch.waiters, None)
@@ -185,7 +188,7 @@ class GroupCommitter:
         error = StoreError("not sent: the batch ahead of it failed")
         while self._batches:
             queued = self._batches.popleft()
-            answer(queued.waiters, error)
+            fail(queued.waiters, error)
             self._pending -= len(queued.events)
             self.outage.failed(len(queued.events), error)
 
