@@ -24,6 +24,7 @@ from aiohttp import web
 from tapad.server.run import ServeSettings, assemble
 from tapad.store.base import CommitUnknown, Event, HourCounts, StoreConfigError
 from tapad.store.sqlite import SQLiteStore
+from tests.support import RedisServer, TapadServer, http
 
 SECRET = "db-7.internal.example:6379 user=alice"  # what must stay in the log
 TS = 3_600_000 * 5
@@ -179,3 +180,37 @@ def test_a_batch_in_doubt_is_answered_504_in_one_line_and_counted(
     )
     assert answered_504 == statuses.count(504)
     assert "answered 504" in kept.text()
+
+
+def test_an_error_inside_exec_on_a_real_redis_is_one_error_line_and_healthz_503(
+    tmp_path: Path,
+) -> None:
+    """Someone wrote a key of the wrong type under tapad's prefix: Redis applies the rest of
+    the transaction. That batch is in doubt (504), /healthz says the store is misconfigured,
+    the log says it once at ERROR, and no answer shows Redis's words."""
+    redis = RedisServer(tmp_path / "redis").start()
+    srv = TapadServer(redis.url).start()
+    try:
+        assert http("POST", f"{srv.url}/analytics?timestamp={TS}&user=a&click")[0] == 200
+        users = next(
+            k for k in redis.cli("--scan", "--pattern", "tapad:*").split() if k.endswith(":u")
+        )
+        redis.cli("DEL", users)
+        redis.cli("SET", users, "not a set")
+        first = http("POST", f"{srv.url}/analytics?timestamp={TS}&user=b&click")
+        later = [
+            http("POST", f"{srv.url}/analytics?timestamp={TS}&user=c{i}&click") for i in range(5)
+        ]
+        health = http("GET", f"{srv.url}/healthz")
+    finally:
+        srv.stop()
+        redis.stop()
+    assert first[0] == 504
+    assert {status for status, _, _ in later} == {503}  # refused before sending
+    assert (health[0], health[2]) == (503, "store misconfigured: see the server log\n")
+    for _, _, body in (first, *later, health):
+        assert "WRONGTYPE" not in body and str(redis.port) not in body
+    log = srv.log.decode()
+    errors = [line for line in log.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "WRONGTYPE" in errors[0], log
+    assert "Traceback" not in log
