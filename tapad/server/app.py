@@ -61,10 +61,7 @@ def outcome_unknown() -> web.Response:
 
 def part_failed(partial: PartialWrite, event: Event) -> web.Response:
     """A cluster batch applied in part, and not this event's part: in doubt, or not."""
-    in_doubt = getattr(partial, "in_doubt", None)  # (a store that cannot tell: not in doubt)
-    if in_doubt is not None and in_doubt(event):
-        return outcome_unknown()
-    return unavailable(STORE_FAILED)
+    return outcome_unknown() if partial.in_doubt(event) else unavailable(STORE_FAILED)
 
 
 def counts_body(unique_users: int, clicks: int, impressions: int) -> str:
@@ -114,8 +111,6 @@ class TapadHandler:
                 partial = await self.committer.submit(event)
                 if partial is None or partial.committed(event):
                     response = web.Response()
-                elif partial.in_doubt(event):  # its cluster part: outcome unknown
-                    response = web.Response(status=504, text=OUTCOME_UNKNOWN, content_type=TEXT)
                 else:
                     response = part_failed(partial, event)
             except BadRequest as exc:

@@ -150,9 +150,7 @@ class GroupCommitter:
                 await self._store.write(batch.events)
             except PartialWrite as exc:
                 answer(batch.waiters, exc)  # a result: each POST asks about its own part
-                in_doubt = getattr(exc, "in_doubt", None)
-                unknown = sum(map(in_doubt, batch.events)) if in_doubt is not None else 0
-                self._failed(batch, exc, unknown)
+                self._failed(batch, exc, sum(map(exc.in_doubt, batch.events)))
             except CommitUnknown as exc:  # may have been applied: 504
                 fail(batch.waiters, exc)
                 self._failed(batch, exc, unknown=len(batch.events))
