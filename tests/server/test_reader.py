@@ -239,12 +239,16 @@ def test_a_cancelled_get_does_not_wedge_its_hour(tmp_path: Path) -> None:
 
     async def scenario(store: SlowReadStore, committer: GroupCommitter) -> None:
         reader = CoalescingReader(store)
+        # The read in flight outlasts carol's commit below even on a loaded machine: the
+        # open read (waiting's) leaves after it, so it must see carol.
+        store.delay = 1.0
 
         async def get() -> HourCounts:
             return await reader.read(HOUR)
 
         gone = asyncio.ensure_future(get())
-        await asyncio.sleep(READ_DELAY / 5)  # its read is in flight
+        while store.reads == 0:  # its read is in flight
+            await asyncio.sleep(0.001)
         waiting = asyncio.ensure_future(get())  # joins the open read behind it
         await asyncio.sleep(0)
         gone.cancel()
