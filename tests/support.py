@@ -10,12 +10,19 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from aiohttp import web
+from aiohttp.test_utils import BaseTestServer
+
+from tapad.server.run import ServeSettings, assemble
+from tapad.store import open_store
 
 LOOPBACK = "127.0.0.1"
 
@@ -394,3 +401,113 @@ class Nginx:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+
+class _ServingTestServer(BaseTestServer):
+    """aiohttp's test server (a free port on 127.0.0.1) serving an already built
+    ``web.Server``: tapad's own BoundedServer, with its connection cap and timeouts,
+    rather than the plain one ``RawTestServer`` would build around the handler."""
+
+    def __init__(self, server: web.Server, shutdown_timeout: float) -> None:
+        super().__init__(host=LOOPBACK)
+        self._server = server
+        self._shutdown_timeout = shutdown_timeout
+
+    async def _make_runner(self, **kwargs: Any) -> web.ServerRunner:
+        # the runner `tapad serve` uses; kwargs are for the server this class does not build
+        return web.ServerRunner(
+            self._server, handle_signals=False, shutdown_timeout=self._shutdown_timeout
+        )
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """The loop `tapad serve` runs on (tapad/eventloop.py): uvloop when installed."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+class InProcessTapad:
+    """tapad's HTTP server (``run.assemble``) on a real store, in this process.
+
+    For tests that only talk HTTP to tapad: no interpreter to start, so much faster than
+    ``TapadServer``. The server runs on an event loop in a thread of its own, so a test
+    stays synchronous and reaches it over real loopback TCP at ``url``, as it would a
+    process. Anything about processes (signals, workers, SIGKILL, the CLI, its output)
+    needs ``TapadServer``.
+    """
+
+    def __init__(self, store_url: str, settings: ServeSettings | None = None) -> None:
+        self.store_url = store_url
+        self.settings = settings or ServeSettings(store_url=store_url)
+        self._loop = new_event_loop()
+        self._thread = threading.Thread(target=self._run_loop, name="in-process tapad")
+        self._stop: Callable[[], Any] | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+        self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+        self._loop.run_until_complete(self._loop.shutdown_default_executor())
+        self._loop.close()
+
+    def _call(self, coro: Any, timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    async def _start(self) -> None:
+        s = self.settings
+        store = open_store(
+            self.store_url,
+            timeout=s.store_timeout,
+            commit_deadline=s.commit_deadline,
+            shards=s.shards,
+            unique=s.unique,
+            retention_hours=s.retention_hours,
+        )
+        await store.connect()
+        server, handler = assemble(store, s)
+        http = _ServingTestServer(server, s.shutdown_timeout)
+        try:
+            await http.start_server()
+        except BaseException:
+            await handler.committer.drain()
+            await store.close()
+            raise
+        self.port = http.port or 0
+
+        async def stop() -> None:
+            # the order `tapad serve` stops in: answer what is in flight, commit, close
+            handler.closing = True
+            try:
+                await http.close()
+                await handler.committer.drain()
+            finally:
+                await store.close()
+
+        self._stop = stop
+
+    def start(self) -> InProcessTapad:
+        self._thread.start()
+        try:
+            self._call(self._start())
+        except BaseException:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop as ``tapad serve`` does; an error while stopping fails the test."""
+        try:
+            if self._stop is not None:
+                self._call(self._stop())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()

@@ -1,4 +1,4 @@
-"""``GET /analytics/hours``: the contract, against a real server process on each store."""
+"""``GET /analytics/hours``: the contract, against a real server on each store, in this process."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from tapad.hours import MS_PER_HOUR, format_hour
-from tests.support import RedisServer, TapadServer, http
+from tests.support import InProcessTapad, RedisServer, http
 
 BASE_BLOCK = 20_000  # hour 2,000,000 and on: 2198, far from "now" and from test_http's hours
 _blocks = itertools.count(BASE_BLOCK)
@@ -22,17 +22,17 @@ ZERO = {"unique_users": 0, "clicks": 0, "impressions": 0}
 @pytest.fixture(scope="module", params=["sqlite", "redis"])
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[TapadServer]:
-    """One server per store for the module; each test works in hours of its own."""
+) -> Iterator[InProcessTapad]:
+    """One in-process server per store for the module; each test works in hours of its own."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path_factory.mktemp('sqlite')}/tapad.db"
     else:
         redis: RedisServer = request.getfixturevalue("redis_server")
         redis.flush()
         url = redis.url
-    srv = TapadServer(url).start()
+    srv = InProcessTapad(url).start()
     yield srv
-    assert srv.stop() == 0
+    srv.stop()
 
 
 @pytest.fixture
@@ -41,12 +41,12 @@ def hour() -> int:
     return next(_blocks) * 1_000
 
 
-def post(server: TapadServer, ts: int, user: str, kind: str) -> None:
+def post(server: InProcessTapad, ts: int, user: str, kind: str) -> None:
     status, _, body = http("POST", f"{server.url}/analytics?timestamp={ts}&user={user}&{kind}")
     assert status == 200, body
 
 
-def hours_json(server: TapadServer, query: str) -> list[dict[str, object]]:
+def hours_json(server: InProcessTapad, query: str) -> list[dict[str, object]]:
     status, headers, body = http("GET", f"{server.url}/analytics/hours?{query}")
     assert status == 200, body
     assert headers["Content-Type"] == "application/json"
@@ -64,7 +64,7 @@ def row(hour: int, unique_users: int = 0, clicks: int = 0, impressions: int = 0)
 
 
 def test_every_hour_in_range_oldest_first_with_empty_hours_zero(
-    server: TapadServer, hour: int
+    server: InProcessTapad, hour: int
 ) -> None:
     t = hour * MS_PER_HOUR
     post(server, t + 5, "alice", "click")
@@ -82,7 +82,7 @@ def test_every_hour_in_range_oldest_first_with_empty_hours_zero(
     ]
 
 
-def test_json_body_is_the_contract_text(server: TapadServer, hour: int) -> None:
+def test_json_body_is_the_contract_text(server: InProcessTapad, hour: int) -> None:
     t = hour * MS_PER_HOUR
     post(server, t, "dora", "click")
     _, _, body = http("GET", f"{server.url}/analytics/hours?from={t}&to={t + MS_PER_HOUR}")
@@ -91,7 +91,7 @@ def test_json_body_is_the_contract_text(server: TapadServer, hour: int) -> None:
     )
 
 
-def test_one_hour_when_from_equals_to_and_2026_label(server: TapadServer) -> None:
+def test_one_hour_when_from_equals_to_and_2026_label(server: InProcessTapad) -> None:
     # The contract's example row pairs 2026-11-27T18 with 1795888800000, which is
     # 2026-11-28T18; the hour's first millisecond is 1795802400000.
     ts = 1_795_802_400_000
@@ -99,7 +99,7 @@ def test_one_hour_when_from_equals_to_and_2026_label(server: TapadServer) -> Non
     assert [(r["hour"], r["timestamp"]) for r in rows] == [("2026-11-27T18", ts)]
 
 
-def test_csv_header_and_rows(server: TapadServer, hour: int) -> None:
+def test_csv_header_and_rows(server: InProcessTapad, hour: int) -> None:
     t = hour * MS_PER_HOUR
     post(server, t + MS_PER_HOUR, "erin", "click")
     post(server, t + MS_PER_HOUR, "erin", "click")
@@ -122,7 +122,7 @@ def test_csv_header_and_rows(server: TapadServer, hour: int) -> None:
     assert hours_json(server, f"from={t}&to={t}&format=json") == [row(hour)]
 
 
-def test_744_hours_in_one_read_and_745_refused(server: TapadServer, hour: int) -> None:
+def test_744_hours_in_one_read_and_745_refused(server: InProcessTapad, hour: int) -> None:
     t = hour * MS_PER_HOUR
     post(server, t + 743 * MS_PER_HOUR, "gus", "impression")
     reads_before = store_reads(server)
@@ -139,7 +139,7 @@ def test_744_hours_in_one_read_and_745_refused(server: TapadServer, hour: int) -
     assert body.startswith("to: ") and "744" in body
 
 
-def store_reads(server: TapadServer) -> float:
+def store_reads(server: InProcessTapad) -> float:
     _, _, body = http("GET", f"{server.url}/metrics")
     match = re.search(r'^tapad_store_duration_seconds_count\{op="read"\} (\S+)$', body, re.M)
     assert match, "no store read count in /metrics"
@@ -171,7 +171,7 @@ def store_reads(server: TapadServer) -> float:
     ],
 )
 def test_bad_query_is_one_line_400_naming_the_parameter(
-    server: TapadServer, query: str, parameter: str
+    server: InProcessTapad, query: str, parameter: str
 ) -> None:
     status, headers, body = http("GET", f"{server.url}/analytics/hours?{query}")
     assert status == 400, body
@@ -180,7 +180,7 @@ def test_bad_query_is_one_line_400_naming_the_parameter(
     assert body.startswith(f"{parameter}: "), body
 
 
-def test_from_to_at_the_edges_are_accepted(server: TapadServer) -> None:
+def test_from_to_at_the_edges_are_accepted(server: InProcessTapad) -> None:
     rows = hours_json(server, "from=0&to=0")
     assert rows == [row(0)]
     last = 253_402_300_799_999
@@ -188,7 +188,7 @@ def test_from_to_at_the_edges_are_accepted(server: TapadServer) -> None:
     assert len(rows) == 744 and rows[-1]["hour"] == "9999-12-31T23"
 
 
-def test_read_your_writes_after_post(server: TapadServer, hour: int) -> None:
+def test_read_your_writes_after_post(server: InProcessTapad, hour: int) -> None:
     t = hour * MS_PER_HOUR
     for i in range(1, 31):
         post(server, t + 3 * MS_PER_HOUR, f"user{i}", "click")
@@ -196,7 +196,7 @@ def test_read_your_writes_after_post(server: TapadServer, hour: int) -> None:
         assert rows[3] == row(hour + 3, unique_users=i, clicks=i), f"POST {i} not seen"
 
 
-def test_other_methods_405_and_path_variants_404(server: TapadServer) -> None:
+def test_other_methods_405_and_path_variants_404(server: InProcessTapad) -> None:
     status, headers, _ = http("POST", f"{server.url}/analytics/hours?from=0&to=0")
     assert status == 405
     assert headers["Allow"] == "GET, HEAD"
