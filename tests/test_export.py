@@ -7,12 +7,13 @@ import os
 import pty
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tapad.hours import MS_PER_HOUR, current_hour, format_hour
-from tests.support import TapadServer, http
+from tests.support import InProcessTapad, http
 
 HOUR = 2_100_000  # 2209-07-27T00: far from now and from the other tests' hours
 
@@ -26,7 +27,7 @@ def export(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def api(server: TapadServer, first: int, last: int, fmt: str) -> str:
+def api(server: InProcessTapad, first: int, last: int, fmt: str) -> str:
     status, _, body = http(
         "GET",
         f"{server.url}/analytics/hours?from={first * MS_PER_HOUR}"
@@ -36,21 +37,22 @@ def api(server: TapadServer, first: int, last: int, fmt: str) -> str:
     return body
 
 
-def post(server: TapadServer, hour: int, user: str, kind: str) -> None:
+def post(server: InProcessTapad, hour: int, user: str, kind: str) -> None:
     ts = hour * MS_PER_HOUR + 1234
     status, _, body = http("POST", f"{server.url}/analytics?timestamp={ts}&user={user}&{kind}")
     assert status == 200, body
 
 
 @pytest.fixture
-def server(store_url: str) -> TapadServer:
-    srv = TapadServer(store_url).start()
+def server(store_url: str) -> Iterator[InProcessTapad]:
+    """The API to compare with, in this process: export itself runs as the CLI."""
+    srv = InProcessTapad(store_url).start()
     yield srv
     srv.stop()
 
 
 def test_export_agrees_with_the_api_in_both_formats(
-    server: TapadServer, store_url: str, tmp_path: Path
+    server: InProcessTapad, store_url: str, tmp_path: Path
 ) -> None:
     for hour, user, kind in [
         (HOUR, "ann", "click"),
@@ -75,7 +77,7 @@ def test_export_agrees_with_the_api_in_both_formats(
     assert [r["clicks"] for r in rows] == [0, 1, 0, 0, 1, 0, 1, 0], "not the posted events"
 
 
-def test_export_to_stdout_with_epoch_ms_and_now(server: TapadServer, store_url: str) -> None:
+def test_export_to_stdout_with_epoch_ms_and_now(server: InProcessTapad, store_url: str) -> None:
     now = current_hour()
     post(server, now, "dan", "click")
     done = export("--store", store_url, "--from", str((now - 2) * MS_PER_HOUR + 5), "--to", "now")
@@ -85,7 +87,7 @@ def test_export_to_stdout_with_epoch_ms_and_now(server: TapadServer, store_url: 
 
 
 def test_export_defaults_from_oldest_hour_with_data_to_now(
-    server: TapadServer, store_url: str
+    server: InProcessTapad, store_url: str
 ) -> None:
     now = current_hour()
     post(server, now - 30, "eve", "impression")
@@ -96,7 +98,7 @@ def test_export_defaults_from_oldest_hour_with_data_to_now(
 
 
 def test_a_range_longer_than_one_request_is_read_in_chunks(
-    server: TapadServer, store_url: str
+    server: InProcessTapad, store_url: str
 ) -> None:
     first, last = HOUR, HOUR + 1000  # 1,001 hours: two chunks of at most 744
     post(server, first, "fay", "click")
@@ -146,7 +148,7 @@ def test_missing_database_and_unreachable_redis_are_one_line(tmp_path: Path) -> 
 
 
 def test_unwritable_out_leaves_no_file(sqlite_url: str, tmp_path: Path) -> None:
-    TapadServer(sqlite_url).start().stop()  # creates the database
+    InProcessTapad(sqlite_url).start().stop()  # creates the database
     done = export("--store", sqlite_url, "--out", str(tmp_path / "missing" / "x.csv"))
     assert done.returncode == 2
     assert done.stderr.startswith("error: cannot write") and done.stderr.count("\n") == 1
@@ -154,7 +156,7 @@ def test_unwritable_out_leaves_no_file(sqlite_url: str, tmp_path: Path) -> None:
 
 def test_a_long_range_shows_a_progress_bar_on_a_terminal(sqlite_url: str, tmp_path: Path) -> None:
     """Standard error on a pseudo-terminal: the bar counts the hours read; piped: no bar."""
-    TapadServer(sqlite_url).start().stop()  # creates the database
+    InProcessTapad(sqlite_url).start().stop()  # creates the database
     args = ["--store", sqlite_url, "--from", format_hour(HOUR), "--to", format_hour(HOUR + 2000)]
     leader, follower = pty.openpty()
     try:
