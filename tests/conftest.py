@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import RedisServer, TapadServer
+from tests.support import InProcessTapad, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -37,9 +37,10 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def tapad_server(store_url: str) -> Iterator[TapadServer]:
-    """A real tapad server process on each store."""
-    server = TapadServer(store_url).start()
+def tapad_server(store_url: str) -> Iterator[InProcessTapad]:
+    """A real tapad server on each store, in this process (tests that need a process start
+    ``TapadServer`` themselves)."""
+    server = InProcessTapad(store_url).start()
     yield server
     server.stop()
 

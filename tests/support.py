@@ -439,9 +439,10 @@ class InProcessTapad:
     needs ``TapadServer``.
     """
 
-    def __init__(self, store_url: str, settings: ServeSettings | None = None) -> None:
+    def __init__(self, store_url: str, **settings: Any) -> None:
+        """``settings`` are ``ServeSettings`` fields, as ``tapad serve``'s options are."""
         self.store_url = store_url
-        self.settings = settings or ServeSettings(store_url=store_url)
+        self.settings = ServeSettings(store_url=store_url, **settings)
         self._loop = new_event_loop()
         self._thread = threading.Thread(target=self._run_loop, name="in-process tapad")
         self._stop: Callable[[], Any] | None = None

@@ -17,11 +17,11 @@ from tapad.loadgen.ledger import Ledger, load_ledger, save_ledger
 from tapad.store import Event, HourCounts, open_store
 from tapad.tally import HourRow, compare, unknown_outcomes
 from tests.loadgen.cli import assert_one_line_error, assert_plain, tapad
-from tests.support import RedisServer, TapadServer, free_port, http, wait_until
+from tests.support import InProcessTapad, RedisServer, TapadServer, free_port, http, wait_until
 
 
 def test_tally_agrees_with_the_ledger_until_one_event_more(
-    tapad_server: TapadServer, store_url: str, tmp_path: Path
+    tapad_server: InProcessTapad, store_url: str, tmp_path: Path
 ) -> None:
     ledger_path = tmp_path / "ledger.json"
     post = tapad("loadgen", "post", "--url", tapad_server.url, "-n", "1200", "-c", "16",
@@ -88,7 +88,7 @@ def test_hll_unique_users_may_be_three_percent_off_but_counts_may_not() -> None:
 
 
 def test_empty_store_and_now(sqlite_url: str, tmp_path: Path) -> None:
-    server = TapadServer(sqlite_url).start()  # creates the database
+    server = InProcessTapad(sqlite_url).start()  # creates the database
     server.stop()
     result = tapad("tally", "--store", sqlite_url)
     assert result.returncode == 0 and "no events" in result.stdout
@@ -124,7 +124,7 @@ def test_store_comes_from_the_environment() -> None:
 
 
 def test_hll_store_agrees_within_its_error(redis_url: str, tmp_path: Path) -> None:
-    server = TapadServer(redis_url, "--unique", "hll").start()
+    server = InProcessTapad(redis_url, unique="hll").start()
     try:
         ledger_path = tmp_path / "ledger.json"
         post = tapad("loadgen", "post", "--url", server.url, "-n", "2000", "--old-ratio", "0",
@@ -138,7 +138,7 @@ def test_hll_store_agrees_within_its_error(redis_url: str, tmp_path: Path) -> No
 
 
 def test_cluster_store_agrees(cluster_url: str, tmp_path: Path) -> None:
-    server = TapadServer(cluster_url).start()
+    server = InProcessTapad(cluster_url).start()
     try:
         ledger_path = tmp_path / "ledger.json"
         post = tapad("loadgen", "post", "--url", server.url, "-n", "1000", "--ledger",

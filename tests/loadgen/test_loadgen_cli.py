@@ -12,7 +12,7 @@ from tapad.hours import MS_PER_HOUR, current_hour
 from tapad.loadgen.ledger import Tally, load_ledger, save_ledger
 from tests.loadgen.cli import assert_one_line_error, assert_plain, tapad
 from tests.loadgen.scripted import ScriptedServer
-from tests.support import TapadServer, free_port, http, parse_counts
+from tests.support import InProcessTapad, free_port, http, parse_counts
 
 
 def run_json(*args: str) -> tuple[int, dict]:
@@ -22,7 +22,7 @@ def run_json(*args: str) -> tuple[int, dict]:
 
 
 def test_post_records_what_was_acknowledged_and_get_verifies_it(
-    tapad_server: TapadServer, tmp_path: Path
+    tapad_server: InProcessTapad, tmp_path: Path
 ) -> None:
     ledger_path = tmp_path / "ledger.json"
     before = current_hour()
@@ -58,7 +58,7 @@ def test_post_records_what_was_acknowledged_and_get_verifies_it(
 
 
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
-def test_ledger_accumulates_over_runs(tapad_server: TapadServer, tmp_path: Path) -> None:
+def test_ledger_accumulates_over_runs(tapad_server: InProcessTapad, tmp_path: Path) -> None:
     ledger_path = tmp_path / "ledger.json"
     for _ in range(2):
         code, _ = run_json("post", "--url", tapad_server.url, "-n", "200", "--ledger",
@@ -68,7 +68,7 @@ def test_ledger_accumulates_over_runs(tapad_server: TapadServer, tmp_path: Path)
 
 
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
-def test_report_in_a_pipe_is_a_plain_table(tapad_server: TapadServer) -> None:
+def test_report_in_a_pipe_is_a_plain_table(tapad_server: InProcessTapad) -> None:
     result = tapad("loadgen", "post", "--url", tapad_server.url, "-n", "300", "-c", "8")
     assert result.returncode == 0, result.stderr
     assert_plain(result.stdout + result.stderr)
@@ -79,7 +79,7 @@ def test_report_in_a_pipe_is_a_plain_table(tapad_server: TapadServer) -> None:
 
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 def test_rejected_events_fail_the_run_and_stay_out_of_the_ledger(
-    tapad_server: TapadServer, tmp_path: Path
+    tapad_server: InProcessTapad, tmp_path: Path
 ) -> None:
     users = tmp_path / "users.txt"
     users.write_text("fine\n" + "x" * 300 + "\n")  # the server refuses names over 256

@@ -13,7 +13,7 @@ from tapad.loadgen.processes import plan, split
 from tapad.loadgen.runner import LoadConfig
 from tapad.loadgen.traffic import Mix
 from tests.loadgen.cli import assert_one_line_error, tapad
-from tests.support import TapadServer
+from tests.support import InProcessTapad
 
 
 @pytest.mark.parametrize(("total", "parts"), [(10, 3), (2, 2), (7, 1), (1, 4)])
@@ -35,7 +35,7 @@ def test_plan_divides_requests_connections_and_rate_and_varies_the_seed() -> Non
 
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 def test_two_processes_post_and_verify_like_one(
-    tapad_server: TapadServer, store_url: str, tmp_path: Path
+    tapad_server: InProcessTapad, store_url: str, tmp_path: Path
 ) -> None:
     ledger_path = tmp_path / "ledger.json"
     post = tapad("loadgen", "post", "--url", tapad_server.url, "-n", "1001", "-c", "8",

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.support import TapadServer
+from tests.support import InProcessTapad
 
 
 def run_on_a_terminal(*args: str, timeout: float = 60) -> str:
@@ -37,7 +37,7 @@ def run_on_a_terminal(*args: str, timeout: float = 60) -> str:
 
 
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
-def test_post_on_a_terminal_shows_live_progress(tapad_server: TapadServer) -> None:
+def test_post_on_a_terminal_shows_live_progress(tapad_server: InProcessTapad) -> None:
     # 1,000 requests paced at 2,000/s take half a second: time for a few progress updates.
     out = run_on_a_terminal("loadgen", "post", "--url", tapad_server.url, "-n", "1000",
                             "--rate", "2000", "-c", "4")  # fmt: skip
