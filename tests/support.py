@@ -21,8 +21,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from aiohttp.test_utils import BaseTestServer
 
-from tapad.server.run import ServeSettings, assemble
-from tapad.store import open_store
+from tapad.server.run import ServeSettings, assemble, store_for
 
 LOOPBACK = "127.0.0.1"
 
@@ -463,18 +462,10 @@ class InProcessTapad:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     async def _start(self) -> None:
-        s = self.settings
-        store = open_store(
-            self.store_url,
-            timeout=s.store_timeout,
-            commit_deadline=s.commit_deadline,
-            shards=s.shards,
-            unique=s.unique,
-            retention_hours=s.retention_hours,
-        )
+        store = store_for(self.settings)
         await store.connect()
-        server, handler = assemble(store, s)
-        http = _ServingTestServer(server, s.shutdown_timeout)
+        server, handler = assemble(store, self.settings)
+        http = _ServingTestServer(server, self.settings.shutdown_timeout)
         try:
             await http.start_server()
         except BaseException:

@@ -53,11 +53,9 @@ class StartupError(Exception):
     """The server cannot start; ``str()`` is the one line the user sees."""
 
 
-async def run_server(
-    settings: ServeSettings, *, announce: bool = True, ready: Callable[[str], None] | None = None
-) -> None:
-    """Serve until SIGTERM/SIGINT. ``ready`` gets the startup line once listening (workers)."""
-    store = open_store(
+def store_for(settings: ServeSettings) -> Store:
+    """The store ``settings`` name, not yet connected (``tapad serve`` and in-process tests)."""
+    return open_store(
         settings.store_url,
         timeout=settings.store_timeout,
         commit_deadline=settings.commit_deadline,
@@ -65,6 +63,13 @@ async def run_server(
         unique=settings.unique,
         retention_hours=settings.retention_hours,
     )
+
+
+async def run_server(
+    settings: ServeSettings, *, announce: bool = True, ready: Callable[[str], None] | None = None
+) -> None:
+    """Serve until SIGTERM/SIGINT. ``ready`` gets the startup line once listening (workers)."""
+    store = store_for(settings)
     try:
         await store.connect()
     except StoreConfigError:
