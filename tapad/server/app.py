@@ -150,14 +150,11 @@ class TapadHandler:
         if path == "/analytics/hours":
             return await self.hours(request, method)
         if path in DASHBOARD_FILES:
-            return dashboard_file(path, method)
+            if method not in ("GET", "HEAD"):
+                return not_allowed(method, "GET, HEAD")
+            return dashboard_file(path)
         if path == "/analytics":
-            return web.Response(
-                status=405,
-                text=f"method {method} not allowed; use {ALLOW}\n",
-                content_type=TEXT,
-                headers={"Allow": ALLOW},
-            )
+            return not_allowed(method, ALLOW)
         if path == "/healthz":
             return await self.healthz(request)
         if path == "/metrics":

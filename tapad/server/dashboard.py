@@ -41,15 +41,8 @@ def _body(name: str) -> bytes:
     return (files("tapad.server") / "static" / name).read_bytes()
 
 
-def dashboard_file(path: str, method: str) -> web.Response:
-    """One of ``DASHBOARD_FILES``: GET or HEAD only."""
-    if method not in ("GET", "HEAD"):
-        return web.Response(
-            status=405,
-            text=f"method {method} not allowed; use GET, HEAD\n",
-            content_type="text/plain",
-            headers={"Allow": "GET, HEAD"},
-        )
+def dashboard_file(path: str) -> web.Response:
+    """One of ``DASHBOARD_FILES`` (GET or HEAD: the caller answers other methods)."""
     name = DASHBOARD_FILES[path]
     content_type = CONTENT_TYPES[name.rpartition(".")[2]]
     return web.Response(body=_body(name), headers={**HEADERS, "Content-Type": content_type})

@@ -50,9 +50,7 @@ class CoalescingReader:
             waiters.append(waiter)
             return waiter
         self._open[hour] = [waiter]
-        if not self._in_flight:
-            self._in_flight = True
-            self._loop.create_task(self._send())
+        self._wake()
         return waiter
 
     def read_range(self, hours: range) -> RangeWaiter:
@@ -61,10 +59,14 @@ class CoalescingReader:
         for the range rather than one per hour (744 of them cost more than the read)."""
         waiter: RangeWaiter = self._loop.create_future()
         self._ranges.append((hours, waiter))
+        self._wake()
+        return waiter
+
+    def _wake(self) -> None:
+        """Start the sender unless a read is on its way (it takes what is open when back)."""
         if not self._in_flight:
             self._in_flight = True
             self._loop.create_task(self._send())
-        return waiter
 
     async def _send(self) -> None:
         try:
