@@ -73,6 +73,7 @@ ON CONFLICT (hour) DO UPDATE SET
 SYNCHRONOUS = ("full", "normal", "extra")
 READ_RUN = "SELECT hour, unique_users, clicks, impressions FROM hours WHERE hour BETWEEN ? AND ?"
 RUN_READ_FROM = 8  # consecutive hours read with one range query instead of a lookup each
+HAND_OVER = 0.001  # s: the longest the event loop waits for the write thread's statements
 NO_EVENTS = HourCounts()
 
 
@@ -144,10 +145,17 @@ class SQLiteStore:
 
     async def write(self, events: Sequence[Event]) -> None:
         stop = threading.Event()  # set: roll back instead of committing
+        committing = threading.Lock()
+        committing.acquire()  # released by the thread once its SQL is done
         try:
-            job = self._write_thread.submit(self._write_batch, events, stop)
+            job = self._write_thread.submit(self._write_batch, events, stop, committing)
         except RuntimeError as exc:  # pool shut down
             raise StoreError(f"sqlite: {exc}") from exc
+        # The event loop waits here, the GIL let go, until the thread is through its
+        # statements (or HAND_OVER): with the server on one core the thread would otherwise
+        # wait for the GIL until the loop ran out of work, and its fsync would start that
+        # much later (docs/benchmarks.md, "SQLite's write path").
+        committing.acquire(timeout=HAND_OVER)
         done = asyncio.wrap_future(job)
         if not await finished(done, self._timeout):
             if job.cancel():  # queued behind a write that is still stalled: never started
@@ -230,19 +238,30 @@ class SQLiteStore:
             self._loop_reader = conn
         return self._loop_reader
 
-    def _write_batch(self, events: Sequence[Event], stop: threading.Event) -> None:
-        """One transaction; ``stop`` set (the write took too long) rolls it back."""
-        conn = self._writer_conn()
-        conn.execute("BEGIN IMMEDIATE")
+    def _write_batch(
+        self, events: Sequence[Event], stop: threading.Event, committing: threading.Lock
+    ) -> None:
+        """One transaction; ``stop`` set (the write took too long) rolls it back.
+        ``committing`` is released when the statements are done, just before the COMMIT
+        (or when they fail): the event loop waits for that (see ``write``)."""
         try:
-            for (hour, _), (users, clicks, impressions) in aggregate(events).items():
-                before = conn.total_changes
-                conn.executemany(
-                    "INSERT OR IGNORE INTO hour_users (hour, user) VALUES (?, ?)",
-                    [(hour, user) for user in users],
-                )
-                new_users = conn.total_changes - before
-                conn.execute(ADD_TO_HOUR, (hour, new_users, clicks, impressions))
+            conn = self._writer_conn()
+            conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            committing.release()
+            raise
+        try:
+            try:
+                for (hour, _), (users, clicks, impressions) in aggregate(events).items():
+                    before = conn.total_changes
+                    conn.executemany(
+                        "INSERT OR IGNORE INTO hour_users (hour, user) VALUES (?, ?)",
+                        [(hour, user) for user in users],
+                    )
+                    new_users = conn.total_changes - before
+                    conn.execute(ADD_TO_HOUR, (hour, new_users, clicks, impressions))
+            finally:
+                committing.release()
             if stop.is_set():
                 raise sqlite3.OperationalError("interrupted: past the store timeout")
             try:
