@@ -29,7 +29,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
@@ -144,11 +144,13 @@ class SQLiteStore:
     # -- the interface ---------------------------------------------------
 
     async def write(self, events: Sequence[Event]) -> None:
+        loop = asyncio.get_running_loop()
         stop = threading.Event()  # set: roll back instead of committing
         committing = threading.Lock()
         committing.acquire()  # released by the thread once its SQL is done
+        ended: Ended = loop.create_future()  # the thread's outcome, or a timer's
         try:
-            job = self._write_thread.submit(self._write_batch, events, stop, committing)
+            job = self._write_thread.submit(self._write_job, events, stop, committing, loop, ended)
         except RuntimeError as exc:  # pool shut down
             raise StoreError(f"sqlite: {exc}") from exc
         # The event loop waits here, the GIL let go, until the thread is through its
@@ -156,23 +158,44 @@ class SQLiteStore:
         # wait for the GIL until the loop ran out of work, and its fsync would start that
         # much later (docs/benchmarks.md, "SQLite's write path").
         committing.acquire(timeout=HAND_OVER)
-        done = asyncio.wrap_future(job)
-        if not await finished(done, self._timeout):
-            if job.cancel():  # queued behind a write that is still stalled: never started
-                raise StoreError("sqlite: a stalled write holds the connection")
-            stop.set()
-            if self._writer is not None:
-                self._writer.interrupt()
-            if not await finished(done, self._commit_deadline - self._timeout):
-                raise CommitUnknown(
-                    f"sqlite: a write still running after {self._commit_deadline:g}s"
-                )
+        timers: list[asyncio.TimerHandle] = []
+        timers.append(loop.call_later(self._timeout, self._past_timeout, job, stop, ended, timers))
         try:
-            done.result()
-        except _InDoubt as exc:
-            raise CommitUnknown(f"sqlite: COMMIT failed: {exc}") from exc
-        except sqlite3.Error as exc:  # busy, interrupted: rolled back
-            raise StoreError(f"sqlite: {exc}") from exc
+            error = await ended
+        finally:
+            for timer in timers:
+                timer.cancel()
+        if error is None:
+            return
+        if isinstance(error, _InDoubt):
+            raise CommitUnknown(f"sqlite: COMMIT failed: {error}") from error
+        if isinstance(error, sqlite3.Error):  # busy, interrupted: rolled back
+            raise StoreError(f"sqlite: {error}") from error
+        raise error
+
+    def _past_timeout(
+        self,
+        job: Future[None],
+        stop: threading.Event,
+        ended: Ended,
+        timers: list[asyncio.TimerHandle],
+    ) -> None:
+        """The store timeout passed with the write unfinished: a write still queued is
+        cancelled (503); one running is told to roll back, and its outcome awaited up to
+        the commit deadline, after which it is unknown (504)."""
+        if ended.done():
+            return
+        if job.cancel():  # queued behind a write that is still stalled: never started
+            settle(ended, StoreError("sqlite: a stalled write holds the connection"))
+            return
+        stop.set()
+        if self._writer is not None:
+            self._writer.interrupt()
+        unknown = CommitUnknown(f"sqlite: a write still running after {self._commit_deadline:g}s")
+        loop = ended.get_loop()
+        timers.append(
+            loop.call_later(self._commit_deadline - self._timeout, settle, ended, unknown)
+        )
 
     async def read(self, hour: int) -> HourCounts:
         return (await self.read_hours((hour,)))[0]
@@ -237,6 +260,26 @@ class SQLiteStore:
             conn.execute("PRAGMA busy_timeout = 0")  # busy: go to the read thread instead
             self._loop_reader = conn
         return self._loop_reader
+
+    def _write_job(
+        self,
+        events: Sequence[Event],
+        stop: threading.Event,
+        committing: threading.Lock,
+        loop: asyncio.AbstractEventLoop,
+        ended: Ended,
+    ) -> None:
+        """On the write thread: write the batch, then hand its outcome to the event loop with
+        one ``call_soon_threadsafe``. (``asyncio.wrap_future`` and ``asyncio.wait`` took
+        three passes of the loop to bring it to the committer, each queued behind the
+        requests that had arrived meanwhile.)"""
+        try:
+            self._write_batch(events, stop, committing)
+            error: Exception | None = None
+        except Exception as exc:  # raised by write() on the event loop
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(settle, ended, error)
 
     def _write_batch(
         self, events: Sequence[Event], stop: threading.Event, committing: threading.Lock
@@ -372,11 +415,13 @@ class _InDoubt(Exception):
     """COMMIT failed in a way that does not say whether it was applied."""
 
 
-async def finished(fut: asyncio.Future[None], within: float) -> bool:
-    """Wait up to ``within`` seconds for ``fut``; whether it is done (never cancels it)."""
-    if not fut.done():
-        await asyncio.wait((fut,), timeout=within)
-    return fut.done()
+Ended = asyncio.Future[Exception | None]  # how a write ended: None (committed) or its error
+
+
+def settle(ended: Ended, error: Exception | None) -> None:
+    """The first outcome of a write wins (the thread's, or a timer's)."""
+    if not ended.done():
+        ended.set_result(error)
 
 
 def is_interrupted(exc: sqlite3.OperationalError) -> bool:
