@@ -1,15 +1,20 @@
 #!/usr/bin/env python3
 """The figures behind docs/scaling.md, measured on this machine.
 
-    python bench/scaling.py              # about a minute
-    python bench/scaling.py --seconds 5  # quicker, noisier
+    python bench/scaling.py                         # about two minutes
+    python bench/scaling.py --seconds 5 --rounds 3  # quicker, noisier
 
 For one tapad worker (pinned to core 0; wrk and Redis share core 1) on a single
-Redis, on a three-master Redis Cluster, and on a single Redis in hll mode, it
-measures POST events/s with wrk (bench/wrk/mix.lua: 95% current hour, 100,000
-users), the events per group-commit batch (tapad's own /metrics), the Redis
-commands per batch (Redis's INFO commandstats) and the Redis CPU time per event
-(INFO cpu); then tapad's own CPU per 32-event batch written and per hour read, in
+Redis, on a three-master Redis Cluster as a new store gets it (3 shards, one per
+master), on the same cluster with a store laid out as before (16 shards, {hour.shard}
+hash tags: how stores created before keep running), and on a single Redis in hll
+mode, it measures POST events/s with wrk (bench/wrk/mix.lua: 95% current hour,
+100,000 users), the events per group-commit batch (tapad's own /metrics), the Redis
+commands and transactions per batch (Redis's INFO commandstats) and the Redis CPU
+time per event (INFO cpu). The three exact-mode targets are measured in turn,
+``--rounds`` times, side by side, so that each round's cluster/single ratio of
+events/s compares runs made under the same load on a shared machine; the medians
+are reported. Then tapad's own CPU per 32-event batch written and per hour read, in
 process (CPU time: hardly moved by other load on the machine); then the bytes one
 hour's unique users take in Redis (MEMORY USAGE) in exact and in hll mode.
 
@@ -25,6 +30,7 @@ import os
 import random
 import re
 import socket
+import statistics
 import string
 import subprocess
 import sys
@@ -36,6 +42,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
 WRITE_COMMANDS = ("multi", "exec", "sadd", "pfadd", "hincrby", "zadd")
+CLUSTER = "cluster (3 masters, 3 shards)"  # a new store's layout: a shard per master
+CLUSTER_16 = "cluster (3 masters, 16 shards, {hour.shard} tags)"  # stores set up before
 
 
 def free_port(below: int = 0) -> int:
@@ -214,6 +222,21 @@ def measure_worker(
     }
 
 
+def old_layout(ports: list[int], prefix: str) -> str:
+    """Lay a cluster store out as tapad did before shard tags (16 shards, {hour.shard}
+    keys), as a store created then is; a server adopts it as it is."""
+    fields = ("shards", "16", "unique", "exact", "retention", "0")
+    cli(ports[0], "-c", "HSET", f"{prefix}layout", *fields)
+    return prefix
+
+
+def summarize(runs: list[dict[str, float]]) -> dict[str, object]:
+    """Medians of each figure over the rounds, and every round's events/s."""
+    out: dict[str, object] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    out["events_per_s_runs"] = [round(r["events_per_s"]) for r in runs]
+    return out
+
+
 def names(n: int, seed: int = 7) -> list[str]:
     """User names like the ones the seed fetched: 8 to 14 letters and digits."""
     rng = random.Random(seed)
@@ -280,6 +303,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--users", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=3, help="side-by-side rounds")
     args = parser.parse_args()
     procs = Procs()
     results: dict[str, object] = {}
@@ -288,21 +312,45 @@ def main() -> None:
             work = Path(tmp)
             single = free_port()
             redis_server(procs, work / "single", single)
-            store = f"redis://{LOOPBACK}:{single}/0"
-            results["redis"] = measure_worker(
-                procs, store, [single], args.seconds, args.connections
-            )
-            cli(single, "FLUSHALL")
-            results["redis hll"] = measure_worker(
-                procs, store, [single], args.seconds, args.connections, "--unique", "hll"
-            )
             ports = cluster(procs, work / "cluster")
-            store = "redis+cluster://" + ",".join(f"{LOOPBACK}:{p}" for p in ports)
-            results["cluster (3 masters, 16 shards)"] = measure_worker(
-                procs, store, ports, args.seconds, args.connections
+            single_store = f"redis://{LOOPBACK}:{single}/0"
+            cluster_store = "redis+cluster://" + ",".join(f"{LOOPBACK}:{p}" for p in ports)
+            old = old_layout(ports, "old:")
+            targets = {
+                "redis": (single_store, [single]),
+                CLUSTER: (cluster_store, ports),
+                CLUSTER_16: (f"{cluster_store}?prefix={old}", ports),
+            }
+            runs: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+            for _ in range(args.rounds):
+                for name, (store, nodes) in targets.items():
+                    runs[name].append(
+                        measure_worker(procs, store, nodes, args.seconds, args.connections)
+                    )
+            for name in targets:
+                results[name] = summarize(runs[name])
+            for name in (CLUSTER, CLUSTER_16):
+                ratios = [
+                    c["events_per_s"] / s["events_per_s"]
+                    for c, s in zip(runs[name], runs["redis"], strict=True)
+                ]
+                results[f"{name} / redis, events/s"] = {
+                    "median": statistics.median(ratios),
+                    "rounds": [round(r, 2) for r in ratios],
+                }
+            results["redis hll"] = measure_worker(
+                procs,
+                f"{single_store}?prefix=hll:",
+                [single],
+                args.seconds,
+                args.connections,
+                "--unique",
+                "hll",
             )
-            results["client cpu, redis"] = client_cpu(f"redis://{LOOPBACK}:{single}/0?prefix=cpu:")
-            results["client cpu, cluster"] = client_cpu(store + "?prefix=cpu:")
+            results["client cpu, redis"] = client_cpu(f"{single_store}?prefix=cpu:")
+            results["client cpu, cluster"] = client_cpu(f"{cluster_store}?prefix=cpu:")
+            old = old_layout(ports, "cpuold:")
+            results["client cpu, cluster 16 shards"] = client_cpu(f"{cluster_store}?prefix={old}")
             results["memory"] = memory(single, args.users)
     finally:
         procs.stop_all()

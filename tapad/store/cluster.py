@@ -1,8 +1,11 @@
 """Redis Cluster store: the hot current hour spread over the cluster's masters.
 
-Same keys as the single-Redis store (``layout.py``), 16 shards an hour by default:
-each user falls in one shard (crc32 of the name), and the keys of one (hour, shard)
-share a hash tag, so they live in one slot on one master.
+Same keys as the single-Redis store (``layout.py``): each user falls in one shard (crc32
+of the name), and the keys of one (hour, shard) share a hash tag, so they live in one slot
+on one master. A new store gets as many shards as the cluster has masters, each with a
+hash tag chosen (and written in the layout) so that the shards start on distinct masters
+and every hour of a shard shares its slot: a batch is then one transaction per master. A
+store set up before that (16 shards, {hour.shard} tags) is adopted as it is.
 
 The store reads the slot map itself (``CLUSTER SLOTS``) and holds one pipelined link
 per master (``link.NodeLink``), each with its own lock and watchdog: connecting to one
@@ -89,8 +92,8 @@ class ClusterStore:
         if not settings.hosts:
             raise StoreConfigError(f"store URL {settings.redacted()!r} names no cluster node")
         self.layout = KeyLayout(
-            settings.prefix, shards, unique, default_shards=16, retention_hours=retention_hours
-        )
+            settings.prefix, shards, unique, default_shards=0, retention_hours=retention_hours
+        )  # 0: as many shards as masters, once the slot map says how many (new stores only)
         self._timeout = timeout if timeout is not None else defaults.default("store_timeout")
         self._deadline = (
             commit_deadline if commit_deadline is not None else defaults.default("commit_deadline")
@@ -163,10 +166,33 @@ class ClusterStore:
         try:
             await self._load_map()
             if not self._layout_checked:
-                await self.layout.check(lambda cmds: self._on_key(self.layout.layout_key, cmds))
+                if not self.layout.shards:
+                    self.layout.shards = len(self._masters())
+                await self.layout.check(
+                    lambda cmds: self._on_key(self.layout.layout_key, cmds), self._choose_tags
+                )
                 self._layout_checked = True
         except FAILURES as exc:
             raise store_error(f"cluster {self._name}", exc) from None
+
+    def _masters(self) -> list[Node]:
+        """The masters of the slot map, in the order of the first slot each serves."""
+        assert self._owners is not None
+        return list(dict.fromkeys(self._owners))
+
+    def _choose_tags(self, shards: int) -> list[str]:
+        """A hash tag per shard for a new store: shard i's in a slot the i-th master owns
+        (round robin), so the shards are spread evenly over the masters of the day."""
+        assert self._owners is not None
+        masters = self._masters()
+        tags = []
+        for shard in range(shards):
+            want = masters[shard % len(masters)]
+            n = 0
+            while self._owners[key_slot(f"s{shard}.{n}".encode())] != want:
+                n += 1  # a master with a third of the slots: 3 tries on average
+            tags.append(f"s{shard}.{n}")
+        return tags
 
     async def _on_key(self, key: str, commands: list[bytes]) -> list[Any]:
         """Commands on one key, on the master holding it, following one redirection."""
@@ -322,7 +348,7 @@ class ClusterStore:
                 commands += layout.write_commands(hour, shard, *part)
             for hour, shard in layout.expiries((h, s) for h, s, _ in items):
                 commands += layout.pack_expire(hour, shard)
-            marker = layout.marker_key(link.token, (items[0][0], items[0][1]))
+            marker = layout.marker_key(link.token, layout.tag(items[0][0], items[0][1]))
             markers.append(marker)
             commands.append(layout.marker_command(marker, seq, self._deadline))
             commands.append(EXEC)

@@ -1,12 +1,22 @@
 """The key schema of the Redis stores (single and cluster): per (hour, shard) a set of users
 and a hash of counts.
 
-Keys of one (hour, shard) share a hash tag, ``tapad:{491234.3}:u`` and
-``tapad:{491234.3}:n``, so on a Redis Cluster each shard's part of a batch lands on one
-node and is applied atomically there. ``tapad:hours`` indexes the hours that have data
-(for ``tally``). The layout (shard count, unique-users mode, retention) is written once
-to ``tapad:layout``; a server with other values refuses to start rather than silently
-disagree. With a retention of R hours, both keys of an hour expire R hours after the hour
+Keys of one (hour, shard) share a hash tag, so on a Redis Cluster each shard's part of a
+batch lands in one slot and is applied atomically there. Two schemes:
+
+- ``tapad:{491234.3}:u`` and ``tapad:{491234.3}:n``: the tag is the (hour, shard), so each
+  hour's shards fall in slots spread at random. A single Redis, and every cluster store
+  created before the tags below.
+- ``tapad:{s3.17}:491234:u`` and ``tapad:{s3.17}:491234:n``: one tag per shard, written in
+  the layout (``tags``) when a cluster store is created, each chosen so that its slot was
+  owned by a different master then (shard i on the i-th master, round robin). Every hour of
+  a shard shares its slot, so a batch is one transaction per shard, and with as many shards
+  as masters (the default for a new cluster store) one per master, however many hours it
+  holds.
+
+``tapad:hours`` indexes the hours that have data (for ``tally``). The layout (shard count,
+unique-users mode, retention, and the tags if any) is written once to ``tapad:layout``; a
+server with other values refuses to start rather than silently disagree. With a retention of R hours, both keys of an hour expire R hours after the hour
 ends (EXPIREAT, sent once per (hour, shard) by each process). Commit markers (see
 ``tapad.store.link``) are short-lived keys next to the data they vouch for.
 """
@@ -53,6 +63,8 @@ class KeyLayout:
             "retention": None if retention_hours is None else str(retention_hours),
         }
         self.shards = shards or default_shards
+        # One hash tag per shard (the tagged scheme), or None: {hour.shard} tags.
+        self.tags: list[str] | None = None
         self.unique = unique or "exact"
         self.retention = retention_hours or 0  # hours kept after an hour ends; 0: for ever
         self.hours_key = f"{prefix}hours"
@@ -64,10 +76,20 @@ class KeyLayout:
             return 0
         return zlib.crc32(user.encode("utf-8", "surrogatepass")) % self.shards
 
+    def tag(self, hour: int, shard: int) -> str:
+        """The hash tag of an (hour, shard)'s keys: which slot they live in."""
+        if self.tags is not None:
+            return self.tags[shard]
+        return f"{hour}.{shard}"
+
     def users_key(self, hour: int, shard: int) -> str:
+        if self.tags is not None:
+            return f"{self.prefix}{{{self.tags[shard]}}}:{hour}:u"
         return f"{self.prefix}{{{hour}.{shard}}}:u"
 
     def counts_key(self, hour: int, shard: int) -> str:
+        if self.tags is not None:
+            return f"{self.prefix}{{{self.tags[shard]}}}:{hour}:n"
         return f"{self.prefix}{{{hour}.{shard}}}:n"
 
     def split(self, events: Sequence[Event]) -> dict[tuple[int, int], tuple[set[str], int, int]]:
@@ -151,9 +173,30 @@ class KeyLayout:
             pack(("HGETALL", self.layout_key)),
         ]
 
-    async def check(self, send: Callable[[list[bytes]], Awaitable[list[Any]]]) -> None:
+    async def check(
+        self,
+        send: Callable[[list[bytes]], Awaitable[list[Any]]],
+        choose_tags: Callable[[int], list[str]] | None = None,
+    ) -> None:
         """Adopt the store's layout, writing ours first if it has none; refuse a mismatch.
-        ``send`` runs commands on the node holding the layout key and returns the replies."""
+        ``send`` runs commands on the node holding the layout key and returns the replies.
+
+        With ``choose_tags`` (a cluster: the hash tag of each of n shards), a store without
+        a layout gets one with tags, written whole in one transaction so that two servers
+        starting at once cannot mix their values. A layout already there is adopted as it
+        is: without tags, its keys keep the {hour.shard} scheme."""
+        if choose_tags is not None:
+            (existing,) = await send([pack(("EXISTS", self.layout_key))])
+            if not existing:
+                tags = choose_tags(self.shards)
+                await send(
+                    [
+                        MULTI,
+                        *self.check_commands()[:-1],
+                        pack(("HSETNX", self.layout_key, "tags", ",".join(tags))),
+                        EXEC,
+                    ]
+                )
         raw = (await send(self.check_commands()))[-1]
         theirs = {raw[i].decode(): raw[i + 1].decode() for i in range(0, len(raw), 2)}
         for name, value in self.asked.items():
@@ -167,6 +210,12 @@ class KeyLayout:
         self.shards = int(theirs["shards"])
         self.unique = theirs["unique"]
         self.retention = int(theirs["retention"])
+        self.tags = theirs["tags"].split(",") if "tags" in theirs else None
+        if self.tags is not None and len(self.tags) != self.shards:
+            raise StoreConfigError(
+                f"the store's layout is inconsistent: shards={self.shards} but "
+                f"{len(self.tags)} tags ({self.layout_key} tags={theirs['tags']})"
+            )
 
     def hours_command(self) -> bytes:
         return pack(("ZREVRANGE", self.hours_key, 0, -1))
@@ -182,12 +231,12 @@ class KeyLayout:
             zadd += (hour, str(hour))
         return pack(tuple(zadd))
 
-    def marker_key(self, token: str, tag: tuple[int, int] | None = None) -> str:
-        """A link's commit marker; on a cluster, next to the (hour, shard) part it vouches
-        for (same hash tag, so in the same slot and transaction)."""
+    def marker_key(self, token: str, tag: str | None = None) -> str:
+        """A link's commit marker; on a cluster, next to the part it vouches for (its hash
+        ``tag``, so in the same slot and transaction)."""
         if tag is None:
             return f"{self.prefix}commit:{token}"
-        return f"{self.prefix}commit:{{{tag[0]}.{tag[1]}}}:{token}"
+        return f"{self.prefix}commit:{{{tag}}}:{token}"
 
     @staticmethod
     def marker_command(key: str, seq: int, commit_deadline: float) -> bytes:

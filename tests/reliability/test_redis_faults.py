@@ -58,11 +58,13 @@ def more_acknowledged(traffic: Traffic, count: int = 100, timeout: float = 20) -
 
 
 def users_on(nodes: list[RedisServer]) -> set[str]:
-    """Every user of the test hour the nodes hold (all shards)."""
+    """Every user of the test hour the nodes hold (all shards; keys of either scheme,
+    tapad:{hour.shard}:u and a cluster's tapad:{tag}:hour:u)."""
     users: set[str] = set()
     for node in nodes:
-        for key in node.cli("--raw", "KEYS", f"tapad:{{{HOUR}.*}}:u").split():
-            users.update(node.cli("--raw", "SMEMBERS", key).split())
+        for pattern in (f"tapad:{{{HOUR}.*}}:u", f"tapad:{{*}}:{HOUR}:u"):
+            for key in node.cli("--raw", "KEYS", pattern).split():
+                users.update(node.cli("--raw", "SMEMBERS", key).split())
     return users
 
 

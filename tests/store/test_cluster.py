@@ -23,6 +23,27 @@ from tests.support import RedisClusterProcs, RedisServer, TapadServer, http, par
 NOW_MS = int(time.time() * 1000)
 HOUR = NOW_MS // 3_600_000
 PAST_MS = NOW_MS - 5 * 3_600_000
+SHARDS = 3  # a new store on three masters: a shard per master
+
+
+def hour_keys(hour: int) -> str:
+    """The pattern of an hour's keys in a new store ({tag}:hour:u and :n; not markers)."""
+    return f"tapad:{{*}}:{hour}:*"
+
+
+def stored_layout(url: str) -> KeyLayout:
+    """The layout a server on ``url`` uses (creating the store's if it has none yet)."""
+
+    async def go() -> KeyLayout:
+        store = open_store(url)
+        assert isinstance(store, ClusterStore)
+        try:
+            await store.connect()
+            return store.layout
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
 
 
 def post(url: str, ts: int, user: str, kind: str) -> int:
@@ -68,17 +89,85 @@ def test_many_servers_on_a_cluster_agree_and_spread_the_hour(
         for server in servers:
             server.stop()
 
-    # The current hour's keys are spread over the masters, not all on one node.
+    # A shard per master: each master holds one shard of the hour (its users and counts).
+    per_node = redis_cluster.keys_per_node(hour_keys(HOUR))
+    assert [len(keys) for keys in per_node] == [2] * SHARDS, per_node
+    tags = {key.split("}")[0] for keys in per_node for key in keys}
+    assert len(tags) == SHARDS, per_node  # three shards, not one shard's keys split
+    # The layout was written once, at first start, with the shards' hash tags.
+    layout = redis_cluster.nodes[0].cli("-c", "--raw", "HGETALL", "tapad:layout").split()
+    assert layout[:6] == ["shards", "3", "unique", "exact", "retention", "0"]
+    assert layout[6] == "tags" and len(layout[7].split(",")) == SHARDS
+
+
+def test_a_batch_is_one_transaction_per_master(
+    redis_cluster: RedisClusterProcs, cluster_url: str
+) -> None:
+    """A new store's batch, whatever hours and users it holds, is one MULTI/EXEC on each
+    master it touches (every hour of a shard shares the shard's slot)."""
+
+    def execs() -> list[int]:
+        found = []
+        for node in redis_cluster.masters():
+            stats = node.cli("INFO", "commandstats")  # no cmdstat_exec line before one EXEC
+            calls = stats.split("cmdstat_exec:calls=")[1:]
+            found.append(int(calls[0].split(",")[0]) if calls else 0)
+        return found
+
+    async def go() -> list[int]:
+        store = open_store(cluster_url)
+        await store.connect()
+        try:
+            hours = range(HOUR - 3, HOUR + 1)
+            await store.write([Event(h, "warm-up", True) for h in hours])  # hours indexed
+            before = execs()
+            await store.write([Event(h, f"user{i}", i % 4 == 0) for h in hours for i in range(40)])
+            return [after - b for after, b in zip(execs(), before, strict=True)]
+        finally:
+            await store.close()
+
+    assert asyncio.run(go()) == [1] * SHARDS
+
+
+def test_a_store_laid_out_before_shard_tags_is_adopted_as_it_is(
+    redis_cluster: RedisClusterProcs, cluster_url: str
+) -> None:
+    """A store created by an earlier tapad (16 shards, no tags: {hour.shard} keys) keeps
+    its keys: a server adopts its layout and counts where the earlier servers did."""
+    redis_cluster.nodes[0].cli(
+        "-c", "HSET", "tapad:layout", "shards", "16", "unique", "exact", "retention", "0"
+    )
+    server = TapadServer(cluster_url).start()
+    try:
+        for i in range(100):
+            assert post(server.url, NOW_MS, f"user{i % 50}", "click") == 200
+        assert counts(server.url, NOW_MS) == {"unique_users": 50, "clicks": 100, "impressions": 0}
+    finally:
+        server.stop()
     per_node = redis_cluster.keys_per_node(f"tapad:{{{HOUR}.*")
-    assert sum(1 for keys in per_node if keys) >= 2, per_node
     assert sum(len(keys) for keys in per_node) == 2 * 16  # users + counts, 16 shards
-    # The layout was written once, at first start.
+    assert not any(redis_cluster.keys_per_node(hour_keys(HOUR)))
     layout = redis_cluster.nodes[0].cli("-c", "--raw", "HGETALL", "tapad:layout")
     assert layout.split() == ["shards", "16", "unique", "exact", "retention", "0"]
 
 
+def test_explicit_shards_on_a_new_store_are_spread_round_robin(
+    redis_cluster: RedisClusterProcs, cluster_url: str
+) -> None:
+    """--shards 7 on three masters: 3, 2 and 2 shards per master, not at random."""
+    server = TapadServer(cluster_url, "--shards", "7").start()
+    try:
+        for i in range(200):
+            assert post(server.url, NOW_MS, f"user{i}", "impression") == 200
+        assert counts(server.url, NOW_MS)["unique_users"] == 200
+    finally:
+        server.stop()
+    per_node = redis_cluster.keys_per_node(f"tapad:{{*}}:{HOUR}:u")
+    assert sorted(len(keys) for keys in per_node) == [2, 2, 3], per_node
+
+
 def test_read_hours_sums_each_hour_over_every_master(cluster_url: str) -> None:
-    """Several hours in one call: each hour's 16 shards summed, whichever master holds them."""
+    """Several hours in one call: each hour's shards summed, whichever master holds them."""
 
     async def main() -> list:
         store = open_store(cluster_url)
@@ -162,11 +251,9 @@ def move_slot(cluster: RedisClusterProcs, slot: int) -> None:
 def test_a_slot_that_moves_under_a_running_server_loses_nothing(
     redis_cluster: RedisClusterProcs, cluster_url: str
 ) -> None:
-
-    layout = KeyLayout("tapad:", None, None, default_shards=16)
-    shard = layout.shard_of("alice")
-    slot = key_slot(layout.users_key(HOUR, shard).encode())
     server = TapadServer(cluster_url).start()
+    layout = stored_layout(cluster_url)
+    slot = key_slot(layout.users_key(HOUR, layout.shard_of("alice")).encode())
     try:
         assert post(server.url, NOW_MS, "alice", "click") == 200  # the server knows the map
         move_slot(redis_cluster, slot)
@@ -210,7 +297,7 @@ def test_a_master_dies_and_its_replica_takes_over(tmp_path: Path) -> None:
             truth[user] += 1
         wait_replicated(cluster)
 
-        layout = KeyLayout("tapad:", None, None, default_shards=16)
+        layout = stored_layout(cluster.url)
         slot = key_slot(layout.users_key(HOUR, layout.shard_of("before0")).encode())
         (victim,) = [
             n for n in cluster.masters() if n.cli("CLUSTER", "COUNTKEYSINSLOT", str(slot)) != "0"
@@ -274,21 +361,21 @@ def test_a_batch_for_a_master_that_is_down_records_nothing_anywhere(tmp_path: Pa
         asyncio.run(go())
         for node in cluster.nodes:
             if node.proc is not None:
-                assert node.cli("KEYS", f"tapad:{{{HOUR}.*") == "", "half a batch was written"
+                assert node.cli("KEYS", hour_keys(HOUR)) == "", "half a batch was written"
     finally:
         cluster.stop()
 
 
 def clicks_per_shard(nodes: list) -> dict[int, int]:
-    """The clicks of this hour that ``nodes`` hold, by shard."""
+    """The clicks of this hour that ``nodes`` hold, by shard (tapad:{s<shard>.n}:hour:n)."""
     held: dict[int, int] = {}
     for node in nodes:
-        for key in node.cli("KEYS", f"tapad:{{{HOUR}.*}}:n").split():
-            held[int(key.split(".")[1].split("}")[0])] = int(node.cli("HGET", key, "c") or 0)
+        for key in node.cli("KEYS", f"tapad:{{*}}:{HOUR}:n").split():
+            held[int(key.split("{s")[1].split(".")[0])] = int(node.cli("HGET", key, "c") or 0)
     return held
 
 
-SHARD_OF = KeyLayout("tapad:", 16, None, default_shards=16).shard_of
+SHARD_OF = KeyLayout("tapad:", SHARDS, None, default_shards=SHARDS).shard_of
 
 
 def test_a_master_that_hangs_mid_batch_fails_only_its_own_posts(tmp_path: Path) -> None:
@@ -330,7 +417,7 @@ def test_a_master_that_hangs_mid_batch_fails_only_its_own_posts(tmp_path: Path) 
         answered = asyncio.run(go())
         cluster.wait_ok()  # a master stopped past cluster-node-timeout took the cluster down
         held = clicks_per_shard(others)  # what the masters that kept answering hold
-        assert held and len(held) < 16  # the batch did span the stopped master and others
+        assert 0 < len(held) < SHARDS  # the batch did span the stopped master and others
         for event, outcome in answered:
             assert isinstance(outcome, PartialWrite)  # one batch, applied in part
             assert outcome.committed(event) == (SHARD_OF(event.user) in held), event
@@ -385,7 +472,7 @@ def test_connecting_to_a_stalled_master_does_not_hold_up_the_others(tmp_path: Pa
     cluster = RedisClusterProcs(tmp_path / "stall").start()
     victim = cluster.nodes[1]
     assert victim.proc is not None
-    layout = KeyLayout("tapad:", 16, None, default_shards=16)
+    layout = stored_layout(cluster.url)
 
     def master_of(user: str) -> int:
         slot = key_slot(layout.users_key(HOUR, layout.shard_of(user)).encode())
@@ -441,7 +528,8 @@ def test_an_error_inside_exec_on_one_master_is_a_store_fault(
     other parts are applied (200); then the store refuses every write unsent and fails
     ping (/healthz 503)."""
     bad = SHARD_OF("bad-user")
-    redis_cluster.nodes[0].cli("-c", "SET", f"tapad:{{{HOUR}.{bad}}}:u", "not a set")
+    bad_key = stored_layout(cluster_url).users_key(HOUR, bad)
+    redis_cluster.nodes[0].cli("-c", "SET", bad_key, "not a set")
     users = ["bad-user", *(f"user{i}" for i in range(100))]
 
     async def go() -> None:
@@ -468,4 +556,4 @@ def test_an_error_inside_exec_on_one_master_is_a_store_fault(
     good = Counter(SHARD_OF(u) for u in users if SHARD_OF(u) != bad)
     assert {s: n for s, n in held.items() if s != bad} == dict(good)  # every 200 stored
     assert held[bad] == sum(1 for u in users if SHARD_OF(u) == bad)  # counted, user not added
-    assert not any(redis_cluster.keys_per_node(f"tapad:{{{HOUR + 1}.*"))  # refused unsent
+    assert not any(redis_cluster.keys_per_node(hour_keys(HOUR + 1)))  # refused unsent
