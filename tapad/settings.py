@@ -86,10 +86,10 @@ SETTINGS: tuple[Setting, ...] = (
         "shards",
         None,
         "Shards per hour on Redis, by a hash of the user (default: the store's, else 1; "
-        "16 on a cluster).",
+        "one per master on a cluster).",
         min=1,
         max=4096,
-        default_text="the store's; else 1 (Redis), 16 (cluster)",
+        default_text="the store's; else 1 (Redis), one per master (cluster)",
     ),
     Setting(
         "unique",

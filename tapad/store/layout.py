@@ -16,9 +16,10 @@ batch lands in one slot and is applied atomically there. Two schemes:
 
 ``tapad:hours`` indexes the hours that have data (for ``tally``). The layout (shard count,
 unique-users mode, retention, and the tags if any) is written once to ``tapad:layout``; a
-server with other values refuses to start rather than silently disagree. With a retention of R hours, both keys of an hour expire R hours after the hour
-ends (EXPIREAT, sent once per (hour, shard) by each process). Commit markers (see
-``tapad.store.link``) are short-lived keys next to the data they vouch for.
+server with other values refuses to start rather than silently disagree. With a retention
+of R hours, both keys of an hour expire R hours after the hour ends (EXPIREAT, sent once per
+(hour, shard) by each process). Commit markers (see ``tapad.store.link``) are short-lived
+keys next to the data they vouch for.
 """
 
 from __future__ import annotations
