@@ -90,7 +90,8 @@ def main() -> int:
         f" autocheckpoint {args.autocheckpoint}, background checkpoint "
         f"{args.background_checkpoint or 'none'}: statements {us(statistics.median(statements))}"
         f" median; COMMIT mean {us(statistics.mean(commits))}, median"
-        f" {us(commits[len(commits) // 2])}, p99 {us(commits[int(len(commits) * 0.99)])};"
+        f" {us(commits[len(commits) // 2])}, p90/p98/p99/p99.8"
+        f" {'/'.join(us(commits[int(len(commits) * q)]) for q in (0.9, 0.98, 0.99, 0.998))};"
         f" WAL at the end {wal / 2**20:.1f} MiB; written per batch (WAL and checkpoints)"
         f" {written / args.batches / 1024:,.1f} KiB"
     )
