@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import resource
 import sqlite3
 import statistics
 import sys
@@ -67,6 +68,7 @@ def main() -> int:
             ).start()
         statements, commits = [], []
         written = bytes_written()
+        cpu = resource.getrusage(resource.RUSAGE_SELF)
         for _ in range(args.batches):
             start = time.perf_counter()
             conn.execute("BEGIN IMMEDIATE")
@@ -81,6 +83,9 @@ def main() -> int:
             statements.append(middle - start)
             commits.append(time.perf_counter() - middle)
         stop.set()
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        user = (after.ru_utime - cpu.ru_utime) / args.batches
+        system = (after.ru_stime - cpu.ru_stime) / args.batches
         written = bytes_written() - written
         wal = path.with_name(path.name + "-wal").stat().st_size
         conn.close()
@@ -93,7 +98,8 @@ def main() -> int:
         f" {us(commits[len(commits) // 2])}, p90/p98/p99/p99.8"
         f" {'/'.join(us(commits[int(len(commits) * q)]) for q in (0.9, 0.98, 0.99, 0.998))};"
         f" WAL at the end {wal / 2**20:.1f} MiB; written per batch (WAL and checkpoints)"
-        f" {written / args.batches / 1024:,.1f} KiB"
+        f" {written / args.batches / 1024:,.1f} KiB; CPU per batch {us(user)} user,"
+        f" {us(system)} system"
     )
     return 0
 

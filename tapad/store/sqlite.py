@@ -73,6 +73,12 @@ ON CONFLICT (hour) DO UPDATE SET
 SYNCHRONOUS = ("full", "normal", "extra")
 READ_RUN = "SELECT hour, unique_users, clicks, impressions FROM hours WHERE hour BETWEEN ? AND ?"
 RUN_READ_FROM = 8  # consecutive hours read with one range query instead of a lookup each
+# The WAL's length that starts a checkpoint, in pages (SQLite's default is 1000). The
+# checkpoint runs inside the COMMIT that crosses it, so that batch and the one queued
+# behind it wait for it: every 45 batches with 1000 pages, a p99 made of checkpoints.
+# Ten times rarer, and each writes little more (a page changed many times is copied
+# once): docs/benchmarks.md, "SQLite's write path".
+WAL_PAGES = 10_000
 HAND_OVER = 0.001  # s: the longest the event loop waits for the write thread's statements
 NO_EVENTS = HourCounts()
 
@@ -245,6 +251,7 @@ class SQLiteStore:
     def _writer_conn(self) -> sqlite3.Connection:
         if self._writer is None:
             conn = self._open()
+            conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_PAGES}")
             conn.executescript(SCHEMA)
             self._writer = conn
         return self._writer
