@@ -6,8 +6,8 @@ numbers mean the same whichever store is behind them.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Sequence
+from time import perf_counter
 from typing import TypeVar
 
 from tapad.server.metrics import IN_DOUBT_OUTCOMES, Metrics
@@ -18,16 +18,24 @@ OPS = ("write", "read", "ping")
 
 
 class MeasuredStore:
-    """Times every call and counts failures; the store is unchanged."""
+    """Times every call and counts failures; the store is unchanged.
+
+    ``write`` and ``read_hours`` run once per batch and per coalesced read: they time the
+    call themselves rather than through ``_measure``, one coroutine frame less each.
+    """
 
     def __init__(self, store: Store, metrics: Metrics) -> None:
         self._store = store
         self._errors = {op: metrics.store_errors.labels(op) for op in OPS}
-        self._seconds = {op: metrics.store_seconds.labels(op) for op in OPS}
+        self._seconds = {op: metrics.store_timings[op].observe for op in OPS}
+        self._write_error = self._errors["write"].inc
+        self._write_seconds = self._seconds["write"]
+        self._read_error = self._errors["read"].inc
+        self._read_seconds = self._seconds["read"]
         # How the store settled batches whose reply was lost, if it counts them (Redis does).
         self._in_doubt = getattr(store, "in_doubt", None)
-        self._settled = {o: metrics.in_doubt.labels(o) for o in IN_DOUBT_OUTCOMES}
-        self._settled_seen = dict.fromkeys(IN_DOUBT_OUTCOMES, 0)
+        self._settled = [metrics.in_doubt.labels(o) for o in IN_DOUBT_OUTCOMES]
+        self._settled_seen = self._settled_counts()
 
     @property
     def unique_mode(self) -> str:
@@ -39,38 +47,57 @@ class MeasuredStore:
         return self._store
 
     async def _measure(self, op: str, call: Awaitable[T]) -> T:
-        start = time.perf_counter()
+        start = perf_counter()
         try:
             return await call
         except (StoreError, StoreConfigError):  # those nobody foresaw: counted by the Outage
             self._errors[op].inc()
             raise
         finally:
-            self._seconds[op].observe(time.perf_counter() - start)
+            self._seconds[op](perf_counter() - start)
 
     async def connect(self) -> None:
         await self._store.connect()
 
     async def write(self, events: Sequence[Event]) -> None:
+        start = perf_counter()
         try:
-            await self._measure("write", self._store.write(events))
+            await self._store.write(events)
+        except (StoreError, StoreConfigError):  # as in _measure
+            self._write_error()
+            raise
         finally:
+            self._write_seconds(perf_counter() - start)
             if self._in_doubt is not None:
                 self._count_settled()
 
+    def _settled_counts(self) -> tuple[int, ...]:
+        in_doubt = self._in_doubt
+        if in_doubt is None:
+            return (0,) * len(IN_DOUBT_OUTCOMES)
+        return tuple(getattr(in_doubt, outcome, 0) for outcome in IN_DOUBT_OUTCOMES)
+
     def _count_settled(self) -> None:
         """Carry the store's in-doubt counts over to the metric (once per batch: cheap)."""
-        for outcome, seen in self._settled_seen.items():
-            now = getattr(self._in_doubt, outcome, seen)
-            if now != seen:
-                self._settled[outcome].inc(now - seen)
-                self._settled_seen[outcome] = now
+        now = self._settled_counts()
+        if now != self._settled_seen:
+            for counter, was, count in zip(self._settled, self._settled_seen, now, strict=True):
+                if count != was:
+                    counter.inc(count - was)
+            self._settled_seen = now
 
     async def read(self, hour: int) -> HourCounts:
         return await self._measure("read", self._store.read(hour))
 
     async def read_hours(self, hours: Sequence[int]) -> list[HourCounts]:
-        return await self._measure("read", self._store.read_hours(hours))
+        start = perf_counter()
+        try:
+            return await self._store.read_hours(hours)
+        except (StoreError, StoreConfigError):  # as in _measure
+            self._read_error()
+            raise
+        finally:
+            self._read_seconds(perf_counter() - start)
 
     async def hours(self) -> list[int]:
         return await self._store.hours()

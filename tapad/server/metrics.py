@@ -39,6 +39,36 @@ IN_DOUBT_OUTCOMES = ("applied", "not_applied", "unknown")  # a store's ``in_doub
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
+class Tally:
+    """One histogram child's observations in a plain list, added to it at each scrape.
+
+    ``observe()`` takes a lock per value it touches and walks the buckets in Python; the
+    store's timings and the batch sizes are observed once per batch or read, which under
+    load is thousands of times a second. With workers (``direct``) any worker may answer
+    the scrape, so each value goes to the shared files at once, as before.
+    """
+
+    __slots__ = ("_bounds", "_child", "_counts", "observe")
+
+    def __init__(self, child: Histogram, bounds: tuple[float, ...], direct: bool) -> None:
+        self._child = child
+        self._bounds = bounds
+        # [sum, count per bucket..., count above the last bound]
+        self._counts: list[float] = [0.0] * (len(bounds) + 2)
+        self.observe: Callable[[float], None] = child.observe if direct else self._tally
+
+    def _tally(self, value: float) -> None:
+        counts = self._counts
+        counts[0] += value
+        counts[1 + bisect_left(self._bounds, value)] += 1
+
+    def fold(self) -> None:
+        counts = self._counts
+        if any(counts[1:]):
+            add_observations(self._child, counts[0], counts[1:])
+            counts[:] = [0.0] * len(counts)
+
+
 class Metrics:
     """Every tapad metric of this process, bound to its own registry."""
 
@@ -110,9 +140,14 @@ class Metrics:
         # Read at each scrape so the gauge is exact here even while a batch hangs; the
         # committer also sets it once per batch, which is what other workers' scrapes see.
         self.pending_source: Callable[[], int] | None = None
+        direct = self.multiprocess
+        self.batch_sizes = Tally(self.batch_size, BATCH_BUCKETS, direct)
+        self.store_timings = {
+            op: Tally(self.store_seconds.labels(op), LATENCY_BUCKETS, direct)
+            for op in ("write", "read", "ping")
+        }
         for op in ("write", "read", "ping"):  # show zeros before the first failure
             self.store_errors.labels(op)
-            self.store_seconds.labels(op)
         for outcome in IN_DOUBT_OUTCOMES:
             self.in_doubt.labels(outcome)
 
@@ -141,8 +176,22 @@ class Metrics:
             child = self._bind_request(method, status)
         child.observe(seconds)
 
+    def batch_started(self, events: int, pending: int) -> None:
+        """A batch of ``events`` goes to the store, ``pending`` events wait (per batch)."""
+        self.batch_sizes.observe(events)
+        self.pending_changed(pending)
+
+    def pending_changed(self, pending: int) -> None:
+        """Set the pending gauge, unless each scrape reads it from ``pending_source``
+        (one process): with workers the other workers' scrapes see only what is set."""
+        if self.multiprocess or self.pending_source is None:
+            self.pending.set(pending)
+
     def _fold_tally(self) -> None:
         """Move the tallied requests into the histogram (same buckets as observe() uses)."""
+        self.batch_sizes.fold()
+        for timing in self.store_timings.values():
+            timing.fold()
         for (method, status), counts in (self._tally or {}).items():
             if not any(counts[1:]):
                 continue

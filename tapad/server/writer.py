@@ -144,8 +144,7 @@ class GroupCommitter:
             await asyncio.sleep(0)  # one more pass of the event loop: see the module's doc
             batch = self._batches.popleft()
             if self._metrics is not None:
-                self._metrics.batch_size.observe(len(batch.events))
-                self._metrics.pending.set(self._pending)
+                self._metrics.batch_started(len(batch.events), self._pending)
             try:
                 await self._store.write(batch.events)
             except PartialWrite as exc:
@@ -170,7 +169,7 @@ class GroupCommitter:
                 self._pending -= len(batch.events)
                 self._committed.set()
                 if self._metrics is not None and not self._batches:
-                    self._metrics.pending.set(self._pending)
+                    self._metrics.pending_changed(self._pending)
 
     def _failed(self, batch: _Batch, exc: Exception, unknown: int = 0) -> None:
         """Fail the batches that queued up while this one was failing, and log the outage.
