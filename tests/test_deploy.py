@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tapad.server.run import KEEPALIVE_GRACE
 from tests.support import (
     LOOPBACK,
     NGINX,
@@ -298,7 +299,7 @@ def test_the_deploy_nginx_conf_passes_nginx_t(tmp_path: Path) -> None:
         "analyticsserver:8080",
         "resolve",
         "max_fails=1",
-        "fail_timeout=2s;",
+        "fail_timeout=10s;",
     ]
     assert re.search(r"^\s*resolver 127\.0\.0\.11 valid=1s", NGINX_CONF, re.M)
     assert re.search(r"^\s*zone analyticsserver", NGINX_CONF, re.M)
@@ -312,6 +313,34 @@ def test_the_deploy_nginx_conf_passes_nginx_t(tmp_path: Path) -> None:
 
     broken = Nginx(tmp_path / "broken", NGINX_CONF.replace("keepalive 64;", "keepalive;"), [])
     assert broken.test_config().returncode != 0  # nginx -t can fail: it is really checking
+
+
+def seconds(conf: str, pattern: str) -> float:
+    """The one duration ``pattern`` captures in ``conf`` (nginx's "250ms", "4s", "10s")."""
+    (value,) = re.findall(pattern, conf, re.M)
+    found = re.fullmatch(r"(\d+)(ms|s)", value)
+    assert found, value
+    return int(found[1]) / (1000 if found[2] == "ms" else 1)
+
+
+def test_nginx_leaves_a_draining_replica_alone_until_its_address_has_left_the_list() -> None:
+    """The sums that keep scaling down from costing a client a 502.
+
+    Docker's DNS drops a replica only once its container has exited (its address with it),
+    and nginx asks again 1 s after an answer expires (valid=1s: every 2 s, whole seconds).
+    Until then a connection to the gone address hangs, and if the re-resolution changes
+    nginx's list meanwhile, the request cannot go to another server ("no live upstreams").
+    So the replica, refused once right after SIGTERM, must stay out of rotation (max_fails=1,
+    fail_timeout) through its drain (tapad's KEEPALIVE_GRACE at most, waiting for nginx to
+    close idle keep-alive connections, which it does after keepalive_timeout) and those 2 s,
+    plus 1 s for nginx's whole-second clock. fail_timeout=2s missed this: one 502 in about
+    six scale-downs under load.
+    """
+    valid = seconds(NGINX_CONF, r"^\s*resolver 127\.0\.0\.11 valid=(\w+)")
+    fail_timeout = seconds(NGINX_CONF, r"^\s*server analyticsserver:8080 .*fail_timeout=(\w+);")
+    keepalive_timeout = seconds(NGINX_CONF, r"^\s*keepalive_timeout (\w+);")
+    assert keepalive_timeout < KEEPALIVE_GRACE  # nginx, not tapad, closes idle connections
+    assert fail_timeout > KEEPALIVE_GRACE + (valid + 1) + 1
 
 
 def test_the_deploy_nginx_conf_as_is_on_a_recent_nginx(tmp_path: Path) -> None:

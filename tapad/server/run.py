@@ -25,7 +25,9 @@ from tapad.store import Store, StoreConfigError, StoreError, open_store, redact
 log = logging.getLogger("tapad.server")
 SERVER_NAME = "tapad"  # the Server header: no versions for an attacker to look up
 # How long a stopping server leaves its keep-alive connections for the client to close:
-# longer than deploy/nginx.conf's upstream keepalive_timeout.
+# longer than deploy/nginx.conf's upstream keepalive_timeout, and, with the 2 s nginx takes
+# to see a replica's address leave Docker's DNS after it exits, shorter than the upstream's
+# fail_timeout (nginx must not try the address again once it is gone; tests/test_deploy.py).
 KEEPALIVE_GRACE = 5.0
 
 
