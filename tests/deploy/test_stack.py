@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,7 +153,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tool = compose_tool()
     if tool is None:
         pytest.fail("a Docker daemon runs but no compose tool: apt-get install -y docker-compose")
-    workdir = tmp_path_factory.mktemp("stack")
+    with running_stack(tmp_path_factory.mktemp("stack"), tool) as stack:
+        yield stack
+
+
+@contextmanager
+def running_stack(workdir: Path, tool: list[str], replicas: int = 3) -> Iterator[Stack]:
+    """Images (official or stand-ins), a build, and ``up`` with ``replicas`` replicas and the
+    monitoring profile, until nginx is healthy; ``down -v`` and the image removed after.
+    Shared by the test and tests/deploy/soak.py."""
     project = f"tapadtest{os.getpid()}"
     env_file = workdir / "env"
     settings = {
@@ -189,7 +198,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     try:
         stack.timed("build", "build", "analyticsserver")
         # The seed's command, with three replicas and the monitoring profile.
-        stack.timed("up", "up", "--build", "--scale", "analyticsserver=3", "-d")
+        stack.timed("up", "up", "--build", "--scale", f"analyticsserver={replicas}", "-d")
         wait_for("the stack to be healthy", lambda: stack.healthy("nginx", 1))
         yield stack
     finally:
