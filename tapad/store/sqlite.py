@@ -105,6 +105,7 @@ class SQLiteStore:
         self._timeout = timeout
         self._commit_deadline = max(commit_deadline, timeout)
         self._synchronous = synchronous
+        self._wait_for_lock = f"PRAGMA busy_timeout = {int(timeout * 1000)}"
         self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="tapad-sqlite-write")
         self._read_thread = ThreadPoolExecutor(1, thread_name_prefix="tapad-sqlite-read")
         self._writer: sqlite3.Connection | None = None
@@ -243,7 +244,7 @@ class SQLiteStore:
             )
         except sqlite3.OperationalError as exc:
             raise StoreConfigError(f"cannot open {self.path}: {exc}") from None
-        conn.execute(f"PRAGMA busy_timeout = {int(self._timeout * 1000)}")
+        conn.execute(self._wait_for_lock)
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {self._synchronous.upper()}")
         return conn
@@ -292,13 +293,32 @@ class SQLiteStore:
         self, events: Sequence[Event], stop: threading.Event, committing: threading.Lock
     ) -> None:
         """One transaction; ``stop`` set (the write took too long) rolls it back.
-        ``committing`` is released when the statements are done, just before the COMMIT
-        (or when they fail): the event loop waits for that (see ``write``)."""
+        ``committing`` is released when the statements are done, just before the COMMIT,
+        when they fail, or when another process holds the write lock: the event loop
+        waits for that (see ``write``), but not for another process's commit."""
+        released = False
+
+        def go_on() -> None:  # the event loop stops waiting (once)
+            nonlocal released
+            if not released:
+                released = True
+                committing.release()
+
         try:
             conn = self._writer_conn()
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if not is_busy(exc):
+                    raise
+                go_on()
+                conn.execute(self._wait_for_lock)
+                conn.execute("BEGIN IMMEDIATE")
+            finally:
+                conn.execute(self._wait_for_lock)
         except BaseException:
-            committing.release()
+            go_on()
             raise
         try:
             try:
@@ -311,7 +331,7 @@ class SQLiteStore:
                     new_users = conn.total_changes - before
                     conn.execute(ADD_TO_HOUR, (hour, new_users, clicks, impressions))
             finally:
-                committing.release()
+                go_on()
             if stop.is_set():
                 raise sqlite3.OperationalError("interrupted: past the store timeout")
             try:
