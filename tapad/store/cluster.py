@@ -107,6 +107,7 @@ class ClusterStore:
         self._reload_map = False  # a master failed: it may have been replaced (failover)
         self._indexed: set[int] = set()  # hours this process already put in the index
         self._layout_checked = False
+        self._tag_slots: list[int] = []  # the slot of each shard's tag, once known
         self.in_doubt = InDoubt()
         self.fault: str | None = None  # set by an error inside EXEC: see StoreFault
 
@@ -180,6 +181,15 @@ class ClusterStore:
         assert self._owners is not None
         return list(dict.fromkeys(self._owners))
 
+    def _slot(self, hour: int, shard: int) -> int:
+        """The slot of an (hour, shard)'s keys: the shard's own with tags, else computed."""
+        if self.layout.tags is not None:
+            slots = self._tag_slots
+            if len(slots) != len(self.layout.tags):
+                slots[:] = [key_slot(tag.encode()) for tag in self.layout.tags]
+            return slots[shard]
+        return key_slot(self.layout.users_key(hour, shard).encode())
+
     def _choose_tags(self, shards: int) -> list[str]:
         """A hash tag per shard for a new store: shard i's in a slot the i-th master owns
         (round robin), so the shards are spread evenly over the masters of the day."""
@@ -239,8 +249,7 @@ class ClusterStore:
             self._indexed.update(new_hours)
         pending: dict[int, list[Part]] = {}
         for (hour, shard), part in parts.items():
-            slot = key_slot(layout.users_key(hour, shard).encode())
-            pending.setdefault(slot, []).append((hour, shard, part))
+            pending.setdefault(self._slot(hour, shard), []).append((hour, shard, part))
         loop = asyncio.get_running_loop()
         batch = _Outcome(loop.time() + self._deadline)
         sent = False
@@ -250,9 +259,12 @@ class ClusterStore:
                 by_node.setdefault(self._owner(slot), []).append((slot, items))
             # Connect to every master of this round before sending anything: a master that
             # is down fails the round with nothing of it sent anywhere.
-            links = await asyncio.gather(
-                *(self._node(addr).get() for addr in by_node), return_exceptions=True
-            )
+            ready = [self._node(addr).ready() for addr in by_node]
+            links: list[RedisLink | BaseException] = [k for k in ready if k is not None]
+            if len(links) < len(ready):  # a link to open (at start, after a failure)
+                links = await asyncio.gather(
+                    *(self._node(addr).get() for addr in by_node), return_exceptions=True
+                )
             down = [
                 (a, r) for a, r in zip(by_node, links, strict=True) if not isinstance(r, RedisLink)
             ]
@@ -267,12 +279,12 @@ class ClusterStore:
                     break
                 continue
             sent = True
-            results = await asyncio.gather(
-                *(
-                    self._write_node(addr, link, slots, batch)  # type: ignore[arg-type]
-                    for (addr, slots), link in zip(by_node.items(), links, strict=True)
-                ),
-                return_exceptions=True,
+            results = await self._write_nodes(
+                [
+                    (a, cast(RedisLink, k), s)
+                    for (a, s), k in zip(by_node.items(), links, strict=True)
+                ],
+                batch,
             )
             again: dict[int, list[Part]] = {}
             for result in results:
@@ -328,16 +340,42 @@ class ClusterStore:
             raise CommitUnknown(text)
         raise StoreError(text)
 
-    async def _write_node(
-        self, addr: Node, link: RedisLink, slots: list[tuple[int, list[Part]]], batch: _Outcome
-    ) -> dict[int, list[Part]]:
-        """Every slot of one master in one round trip: MULTI ... marker EXEC per slot.
+    async def _write_nodes(
+        self, nodes: list[tuple[Node, RedisLink, list[tuple[int, list[Part]]]]], batch: _Outcome
+    ) -> list[dict[int, list[Part]] | BaseException]:
+        """Every master's part sent at once (each in one write, no task per master), then
+        the replies read as they come; masters whose reply was lost are settled together.
+        One result per master sent: the slots to send again, or the exception it ended in."""
+        sent = []
+        results: list[dict[int, list[Part]] | BaseException] = []
+        for addr, link, slots in nodes:
+            try:
+                sent.append((addr, link, slots, *self._send(link, slots)))
+            except LinkClosed as exc:  # nothing sent on it
+                batch.failed.update(_pairs(slots))
+                results.append(exc)
+        lost = []
+        for addr, link, slots, reply, seq, spans, markers in sent:
+            try:
+                replies = await reply
+            except LinkLost:
+                lost.append(self._settle_lost(addr, link, slots, markers, seq, batch))
+                continue
+            try:
+                results.append(self._applied(replies, slots, spans, batch))
+            except (CommandError, StoreFault) as exc:
+                results.append(exc)
+        if lost:
+            results += await asyncio.gather(*lost, return_exceptions=True)
+        return results
 
-        Records the parts applied in ``batch`` as soon as they are known. Returns the slots
-        to send again: refused whole because the slot moved, or settled as not applied."""
+    def _send(
+        self, link: RedisLink, slots: list[tuple[int, list[Part]]]
+    ) -> tuple[asyncio.Future[list[Any]], int, list[tuple[int, int]], list[str]]:
+        """One master's slots in one request: MULTI ... marker EXEC per slot. LinkClosed
+        if the link failed before anything was sent."""
         layout = self.layout
-        link.seq += 1
-        seq = link.seq
+        seq = link.seq + 1
         commands: list[bytes] = []
         spans = []
         markers = []
@@ -353,18 +391,35 @@ class ClusterStore:
             commands.append(layout.marker_command(marker, seq, self._deadline))
             commands.append(EXEC)
             spans.append((begin, len(commands) - 1))
+        reply = link.request(b"".join(commands), len(commands))
+        link.seq = seq
+        return reply, seq, spans, markers
+
+    async def _settle_lost(
+        self,
+        addr: Node,
+        link: RedisLink,
+        slots: list[tuple[int, list[Part]]],
+        markers: list[str],
+        seq: int,
+        batch: _Outcome,
+    ) -> dict[int, list[Part]]:
+        self._reload_map = True
+        self.in_doubt.settling += 1
         try:
-            replies = await link.request(b"".join(commands), len(commands))
-        except LinkLost:
-            self._reload_map = True
-            self.in_doubt.settling += 1
-            try:
-                return await self._settle(addr, link, slots, markers, seq, batch)
-            finally:
-                self.in_doubt.settling -= 1
-        except LinkClosed as exc:
-            batch.failed.update(_pairs(slots))
-            raise exc
+            return await self._settle(addr, link, slots, markers, seq, batch)
+        finally:
+            self.in_doubt.settling -= 1
+
+    @staticmethod
+    def _applied(
+        replies: list[Any],
+        slots: list[tuple[int, list[Part]]],
+        spans: list[tuple[int, int]],
+        batch: _Outcome,
+    ) -> dict[int, list[Part]]:
+        """Record one master's parts applied in ``batch``. Returns the slots to send again
+        (refused whole because the slot moved); raises for a part that failed otherwise."""
         again: dict[int, list[Part]] = {}
         fault: BaseException | None = None
         for (slot, items), (begin, end) in zip(slots, spans, strict=True):
@@ -472,8 +527,8 @@ class ClusterStore:
                 by_node: dict[Node, list[tuple[int, int]]] = {}
                 for hour in hours:
                     for shard in range(layout.shards):
-                        slot = key_slot(layout.users_key(hour, shard).encode())
-                        by_node.setdefault(self._owner(slot), []).append((hour, shard))
+                        owner = self._owner(self._slot(hour, shard))
+                        by_node.setdefault(owner, []).append((hour, shard))
                 replies = await asyncio.gather(
                     *(self._read_node(addr, pairs) for addr, pairs in by_node.items())
                 )
