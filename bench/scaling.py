@@ -11,12 +11,14 @@ hash tags: how stores created before keep running), and on a single Redis in hll
 mode, it measures POST events/s with wrk (bench/wrk/mix.lua: 95% current hour,
 100,000 users), the events per group-commit batch (tapad's own /metrics), the Redis
 commands and transactions per batch (Redis's INFO commandstats) and the Redis CPU
-time per event (INFO cpu). The three exact-mode targets are measured in turn,
-``--rounds`` times, side by side, so that each round's cluster/single ratio of
-events/s compares runs made under the same load on a shared machine; the medians
-are reported. Then tapad's own CPU per 32-event batch written and per hour read, in
-process (CPU time: hardly moved by other load on the machine); then the bytes one
-hour's unique users take in Redis (MEMORY USAGE) in exact and in hll mode.
+time per event (INFO cpu), and the worker's own CPU per event (/proc). The three
+exact-mode targets are measured in turn, ``--rounds`` times, side by side, so that
+each round's cluster/single ratio of events/s compares runs made under the same load
+on a shared machine; the medians are reported, and the same ratio from the worker's
+CPU per event (the events/s it reaches where its core is the limit). Then tapad's
+own CPU per 32-event batch written and per hour read, in process (CPU time: hardly
+moved by other load on the machine); then the bytes one hour's unique users take in
+Redis (MEMORY USAGE) in exact and in hll mode.
 
 Everything runs on 127.0.0.1 in a temp folder and is stopped at the end.
 """
@@ -160,6 +162,12 @@ def redis_cpu(ports: list[int]) -> float:
     return total
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def metric(url: str, name: str) -> float:
     text = urllib.request.urlopen(f"{url}/metrics", timeout=5).read().decode()
     total = 0.0
@@ -181,6 +189,7 @@ def measure_worker(
     before_batches = metric(url, "tapad_batch_size_events_count")
     before_events = metric(url, "tapad_batch_size_events_sum")
     before_cpu = redis_cpu(ports)
+    before_tapad = process_cpu(server.pid)
     wrk = subprocess.run(
         pinned(
             "1",
@@ -207,6 +216,7 @@ def measure_worker(
     events = metric(url, "tapad_batch_size_events_sum") - before_events
     after_cmds = commandstats(ports)
     cpu = redis_cpu(ports) - before_cpu
+    tapad_cpu = process_cpu(server.pid) - before_tapad
     procs.stop(server)
     writes = sum(after_cmds.get(c, 0) - before_cmds.get(c, 0) for c in WRITE_COMMANDS)
     errors = sum(result[k] for k in ("connect", "read", "write", "status", "timeout"))
@@ -217,6 +227,9 @@ def measure_worker(
         "events_per_batch": events / batches if batches else 0,
         "commands_per_batch": writes / batches if batches else 0,
         "redis_cpu_us_per_event": cpu / events * 1e6 if events else 0,
+        # the worker's own CPU (HTTP, group commit, store) per event: what bounds its
+        # events/s when its core is the busy one, and hardly moved by other load
+        "tapad_cpu_us_per_event": tapad_cpu / events * 1e6 if events else 0,
         "transactions_per_batch": (after_cmds.get("exec", 0) - before_cmds.get("exec", 0))
         / max(batches, 1),
     }
@@ -337,6 +350,16 @@ def main() -> None:
                 results[f"{name} / redis, events/s"] = {
                     "median": statistics.median(ratios),
                     "rounds": [round(r, 2) for r in ratios],
+                }
+                # The same ratio from the worker's CPU per event (one Redis's over the
+                # cluster's): the events/s one worker can reach where its core is the limit.
+                cpu = [
+                    s["tapad_cpu_us_per_event"] / c["tapad_cpu_us_per_event"]
+                    for c, s in zip(runs[name], runs["redis"], strict=True)
+                ]
+                results[f"{name} / redis, by tapad CPU per event"] = {
+                    "median": statistics.median(cpu),
+                    "rounds": [round(r, 2) for r in cpu],
                 }
             results["redis hll"] = measure_worker(
                 procs,
