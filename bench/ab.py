@@ -17,11 +17,17 @@ shared machine requests/s move with whatever else runs; CPU per request (from
 server its ratio is the ratio bench/run.py reports. A server that waits for its disk
 (SQLite's fsync per commit) is not CPU-bound: compare its median requests/s (also printed),
 with more rounds, since those move with the machine's load.
+
+The servers run with ``PYTHONSAFEPATH=1`` (Python's ``-P``): ``python -m tapad`` started
+in a checkout otherwise puts the current folder first on ``sys.path``, ahead of
+``PYTHONPATH``, so ``before=env PYTHONPATH=/tmp/before python -m tapad ...`` run from the
+repository would import the repository's tapad, and compare the same code with itself.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shlex
 import shutil
@@ -50,6 +56,7 @@ def main() -> int:
     if missing:
         print(f"missing: {', '.join(missing)} (apt-get install -y wrk redis-server util-linux)")
         return 2
+    os.environ["PYTHONSAFEPATH"] = "1"  # PYTHONPATH wins over the current folder: see above
     workdir = Path(tempfile.mkdtemp(prefix="tapad-ab-"))
     procs = Processes(workdir)
     try:

@@ -36,6 +36,7 @@ class MeasuredStore:
         self._in_doubt = getattr(store, "in_doubt", None)
         self._settled = [metrics.in_doubt.labels(o) for o in IN_DOUBT_OUTCOMES]
         self._settled_seen = self._settled_counts()
+        self._changes_seen = getattr(self._in_doubt, "changes", None)
 
     @property
     def unique_mode(self) -> str:
@@ -78,7 +79,12 @@ class MeasuredStore:
         return tuple(getattr(in_doubt, outcome, 0) for outcome in IN_DOUBT_OUTCOMES)
 
     def _count_settled(self) -> None:
-        """Carry the store's in-doubt counts over to the metric (once per batch: cheap)."""
+        """Carry the store's in-doubt counts over to the metric (once per batch: cheap,
+        and one attribute compared when the store counts its changes, as Redis does)."""
+        changes = getattr(self._in_doubt, "changes", None)
+        if changes is not None and changes == self._changes_seen:
+            return
+        self._changes_seen = changes
         now = self._settled_counts()
         if now != self._settled_seen:
             for counter, was, count in zip(self._settled, self._settled_seen, now, strict=True):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
 from tapad.adapters import redis_py
@@ -157,10 +157,13 @@ class InDoubt:
     not_applied: int = 0
     unknown: int = 0
     settling: int = 0  # batches being settled right now (while > 0, the store is silent)
+    # settled() calls so far: one int to compare after every batch (not part of equality)
+    changes: int = field(default=0, compare=False, repr=False)
 
     def settled(self, name: str, outcome: str, events: int, waited: float) -> None:
         """Count one in-doubt batch (or cluster part) and log it in one line."""
         setattr(self, outcome, getattr(self, outcome) + 1)
+        self.changes += 1
         level = logging.WARNING if outcome == "unknown" else logging.INFO
         log.log(
             level,

@@ -31,6 +31,7 @@ from tapad.store.resp import CommandError, LinkClosed, LinkLost, RedisLink, Repl
 from tapad.store.url import StoreSettings
 
 log = logging.getLogger("tapad.store")
+READS_KEPT = 256  # packed reads kept (per hours asked together); past it, all are dropped
 
 
 class RedisStore:
@@ -56,6 +57,7 @@ class RedisStore:
         self._name = settings.redacted()
         self._node = NodeLink(endpoint_of(settings), self._timeout)
         self._layout_checked = False
+        self._reads: dict[tuple[int, ...], tuple[bytes, int]] = {}  # see _read_request
         self.in_doubt = InDoubt()
         self.fault: str | None = None  # set by an error inside EXEC: see StoreFault
 
@@ -74,6 +76,7 @@ class RedisStore:
                 if not self._layout_checked:
                     await self.layout.check(lambda cmds: link.request(b"".join(cmds), len(cmds)))
                     self._layout_checked = True
+                    self._reads.clear()  # made before the store's layout was known
             return link
         except FAILURES as exc:
             raise self._failed(exc) from None
@@ -124,7 +127,8 @@ class RedisStore:
             raise self._failed(exc) from None
         else:
             self._check_exec(result, len(events))
-        self.layout.expired(expire)
+        if expire:  # only with a retention, once per (hour, shard)
+            self.layout.expired(expire)
 
     async def _settle(
         self,
@@ -210,16 +214,29 @@ class RedisStore:
         link = self._node.ready()
         if link is None or not self._layout_checked:
             link = await self._ready()
-        shards = range(self.layout.shards)
-        commands = [MULTI, *self.layout.read_commands([(h, s) for h in hours for s in shards])]
-        commands.append(EXEC)
+        key = tuple(hours)
+        request = self._reads.get(key)
+        if request is None:
+            request = self._read_request(key)
         try:
-            replies = check_exec(await link.request(b"".join(commands), len(commands)))
+            replies = check_exec(await link.request(*request))
         except FAILURES as exc:
             raise self._failed(exc) from None
         per_hour = 2 * self.layout.shards
         sums = self.layout.sum_replies
         return [sums(replies[i * per_hour : (i + 1) * per_hour]) for i in range(len(hours))]
+
+    def _read_request(self, hours: tuple[int, ...]) -> tuple[bytes, int]:
+        """The packed MULTI/EXEC reading ``hours`` and its reply count, kept for the next
+        read of the same hours (nearly every read asks for the current hour alone)."""
+        shards = range(self.layout.shards)
+        commands = [MULTI, *self.layout.read_commands([(h, s) for h in hours for s in shards])]
+        commands.append(EXEC)
+        request = (b"".join(commands), len(commands))
+        if len(self._reads) >= READS_KEPT:
+            self._reads.clear()
+        self._reads[hours] = request
+        return request
 
     async def hours(self) -> list[int]:
         link = await self._ready()
