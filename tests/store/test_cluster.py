@@ -151,6 +151,22 @@ def test_a_store_laid_out_before_shard_tags_is_adopted_as_it_is(
     assert layout.split() == ["shards", "16", "unique", "exact", "retention", "0"]
 
 
+def test_a_layout_whose_tags_disagree_with_its_shards_is_refused(
+    redis_cluster: RedisClusterProcs, cluster_url: str
+) -> None:
+    """Tags for 2 shards in a layout of 3 (written by hand, or half by an older tapad): a
+    server cannot know where a user is counted, so it refuses to start, in one line."""
+    redis_cluster.nodes[0].cli(
+        "-c", "HSET", "tapad:layout", "shards", "3", "unique", "exact", "retention", "0"
+    )
+    redis_cluster.nodes[0].cli("-c", "HSET", "tapad:layout", "tags", "s0.0,s1.0")
+    refused = TapadServer(cluster_url).start(wait=False)
+    assert refused.wait(30) == 2
+    lines = refused.log.decode().strip().splitlines()
+    assert lines[-1].startswith("error: the store's layout is inconsistent: shards=3 but 2 tags")
+    assert "Traceback" not in refused.log.decode()
+
+
 def test_explicit_shards_on_a_new_store_are_spread_round_robin(
     redis_cluster: RedisClusterProcs, cluster_url: str
 ) -> None:
