@@ -9,11 +9,16 @@
   header on each one would.
 - ``aiohttp.http_exceptions.HttpProcessingError``: what aiohttp logs, with a traceback,
   for a request it could not parse.
+- ``web.BaseSite._server``: the event loop's server behind a site, for its listening
+  sockets: a stopping server takes the connections the kernel has already accepted for it
+  before it closes them (closing a listening socket resets those).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 
 import aiohttp.web_response
 from aiohttp import web
@@ -22,6 +27,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 LIBRARY = "aiohttp"
 CONNECTIONS = "_connections"  # web.Server: the open connections (handler -> transport)
 SERVER_SOFTWARE = "SERVER_SOFTWARE"  # aiohttp.web_response: the default Server header
+SITE_SERVER = "_server"  # web.BaseSite: the event loop's server (asyncio's or uvloop's)
 
 
 class AdmittingServer(web.Server):
@@ -53,3 +59,19 @@ def client_error_code(exc: BaseException | None) -> int | None:
         code = exc.code or 400
         return code if code < 500 else None
     return None
+
+
+def listening_sockets(site: web.BaseSite) -> list[socket.socket]:
+    """Non-blocking duplicates of ``site``'s listening sockets (none once it has stopped).
+
+    A duplicate keeps its socket listening until it is closed too: the caller closes them.
+    """
+    server = getattr(site, SITE_SERVER, None)
+    if server is None or not server.sockets:
+        return []
+    dups = []
+    for listening in server.sockets:
+        dup = socket.socket(fileno=os.dup(listening.fileno()))
+        dup.setblocking(False)
+        dups.append(dup)
+    return dups

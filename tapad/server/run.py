@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 
-from tapad.adapters.aiohttp import name_server
+from tapad.adapters.aiohttp import listening_sockets, name_server
 from tapad.server.app import TapadHandler
 from tapad.server.guard import BoundedServer, quiet_client_errors
 from tapad.server.measured_store import MeasuredStore
@@ -143,11 +144,52 @@ async def close_gently(
     connections are left to the client, which closes them after its keep-alive timeout.
     """
     handler.closing = True
-    await site.stop()
+    await stop_listening(site, server)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + min(KEEPALIVE_GRACE, limit)
     while server.open_connections() and loop.time() < deadline:
         await asyncio.sleep(0.05)
+
+
+async def stop_listening(site: web.BaseSite, server: BoundedServer) -> None:
+    """Refuse new connections from now on, and serve the ones the kernel already took.
+
+    The kernel completes a client's handshake before the server accepts the connection, and
+    the client (nginx) sends its request at once. Closing a listening socket resets every
+    connection still waiting to be accepted: a POST already sent there fails, and nginx
+    cannot resend it. So the waiting ones are accepted first, and again after the event
+    loop's server is closed, with nothing in between the last look and the close.
+    """
+    waiting: list[socket.socket] = []
+    listening = listening_sockets(site)
+    try:
+        waiting += _accept_all(listening)
+        await site.stop()
+    finally:
+        waiting += _accept_all(listening)
+        for sock in listening:
+            sock.close()  # the last reference: the port refuses connections from here on
+    loop = asyncio.get_running_loop()
+    for sock in waiting:
+        try:
+            await loop.connect_accepted_socket(server, sock)
+        except OSError:
+            sock.close()  # the client gave up meanwhile
+
+
+def _accept_all(listening: list[socket.socket]) -> list[socket.socket]:
+    accepted = []
+    for sock in listening:
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break  # closed under us, or out of descriptors: nothing more to take
+            conn.setblocking(False)
+            accepted.append(conn)
+    return accepted
 
 
 def assemble(store: Store, settings: ServeSettings) -> tuple[BoundedServer, TapadHandler]:

@@ -129,3 +129,28 @@ def test_a_malformed_request_is_logged_as_a_client_error() -> None:
     assert errors, changed("what it logs for a malformed request (nothing logged)")
     codes = [adapter.client_error_code(exc) for exc in errors]
     assert codes == [400], changed(f"the error it logs for a malformed request: {errors!r}")
+
+
+def test_a_site_s_listening_socket_can_be_taken_from_it() -> None:
+    async def main() -> None:
+        runner = web.ServerRunner(web.Server(hello), handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, LOOPBACK, 0)
+        await site.start()
+        try:
+            (listening,) = adapter.listening_sockets(site)
+            port = listening.getsockname()[1]
+            assert port == runner.addresses[0][1], changed(f"web.BaseSite.{adapter.SITE_SERVER}")
+            assert b"hello" in await ask(port)
+            await site.stop()
+            # The duplicate keeps the port listening: connections wait for an accept.
+            _, writer = await asyncio.open_connection(LOOPBACK, port)
+            accepted, _ = listening.accept()
+            accepted.close()
+            writer.close()
+            listening.close()
+            assert adapter.listening_sockets(site) == []  # stopped: nothing left to take
+        finally:
+            await runner.cleanup()
+
+    run(main)

@@ -2,19 +2,27 @@
 
 nginx keeps connections to each replica open and sends the next request on one whenever it
 likes; a POST that meets a connection the server is closing fails, and nginx cannot resend it
-(it may have been counted). So on SIGTERM the server refuses new connections at once, answers
-every request still arriving on its open connections with "Connection: close", and leaves
-idle ones for the client to close (up to 5 s).
+(it may have been counted). So on SIGTERM the server refuses new connections at once (but
+first serves those the kernel already accepted for it), answers every request still arriving
+on its open connections with "Connection: close", and leaves idle ones for the client to
+close (up to 5 s).
 """
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from tests.support import LOOPBACK, TapadServer
+import pytest
+import uvloop
+from aiohttp import web
+
+from tapad.server.run import ServeSettings, assemble, close_gently, store_for
+from tests.support import LOOPBACK, TapadServer, free_port
 
 POST = b"POST /analytics?timestamp=1764374400000&user=ada&click HTTP/1.1\r\nHost: t\r\n\r\n"
 
@@ -61,3 +69,53 @@ def test_a_request_on_an_idle_keepalive_connection_after_sigterm_is_answered(
         assert server.proc.wait(15) == 0
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(
+    "new_loop", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"]
+)
+def test_a_connection_not_yet_accepted_at_sigterm_is_answered_not_reset(
+    tmp_path: Path, new_loop: Callable[[], asyncio.AbstractEventLoop]
+) -> None:
+    """The kernel completes a client's handshake before the server accepts the connection,
+    and nginx sends its POST at once. If the server then stops listening, that connection
+    must still be served: closing a listening socket resets the ones waiting in it (nginx
+    logged "recv() failed (104: Connection reset by peer) while reading response header"
+    for a POST during a scale-down, and the client got a 502)."""
+    port = free_port()
+
+    async def scenario() -> bytes:
+        settings = ServeSettings(store_url=f"sqlite:///{tmp_path}/d.db", host=LOOPBACK, port=port)
+        store = store_for(settings)
+        await store.connect()
+        server, handler = assemble(store, settings)
+        runner = web.ServerRunner(server, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, LOOPBACK, port)
+        await site.start()
+        try:
+            # This loop does not run between the connect and the stop: the connection waits
+            # in the listening socket, accepted by the kernel only, when the server stops.
+            client = socket.create_connection((LOOPBACK, port), timeout=10)
+            client.sendall(POST)
+            await close_gently(site, server, handler, 10.0)  # returns once it is closed
+            with pytest.raises(ConnectionRefusedError):  # and new ones are refused
+                socket.create_connection((LOOPBACK, port), timeout=10)
+            try:
+                return read_response(client)
+            except ConnectionResetError:
+                return b"reset"
+            finally:
+                client.close()
+        finally:
+            await runner.cleanup()
+            await handler.committer.drain()
+            await store.close()
+
+    loop = new_loop()
+    try:
+        answer = loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    assert b"Connection: close" in answer
