@@ -165,6 +165,7 @@ async def stop_listening(site: web.BaseSite, server: BoundedServer) -> None:
     try:
         waiting += _accept_all(listening)
         await site.stop()
+        await asyncio.sleep(0)  # should the loop close its own descriptor a turn later
     finally:
         waiting += _accept_all(listening)
         for sock in listening:
