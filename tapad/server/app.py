@@ -14,7 +14,6 @@ from time import perf_counter
 
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
-from multidict import CIMultiDict
 
 from tapad.hourly import CONTENT_TYPES, render_text
 from tapad.server.dashboard import DASHBOARD_FILES, dashboard_file
@@ -33,8 +32,7 @@ RETRY_AFTER = "1"
 STORE_FAILED = "store unavailable: event not acknowledged, retry later"
 OUTCOME_UNKNOWN = "outcome unknown: the event may or may not be recorded; do not retry blindly"
 HEALTH_WINDOW = 5.0  # seconds a failed batch or read keeps /healthz at 503 (see Outage)
-# A CIMultiDict, which each Response copies as it is (a dict is converted on every GET).
-COUNTS_HEADERS = CIMultiDict({"Content-Type": "text/plain; charset=utf-8"})
+COUNTS_HEADERS = {"Content-Type": "text/plain; charset=utf-8"}
 
 
 def bad_request(exc: BadRequest) -> web.Response:
