@@ -107,7 +107,7 @@ class ClusterStore:
         self._reload_map = False  # a master failed: it may have been replaced (failover)
         self._indexed: set[int] = set()  # hours this process already put in the index
         self._layout_checked = False
-        self._tag_slots: list[int] = []  # the slot of each shard's tag, once known
+        self._tag_slots: list[int] | None = None  # the slot of each shard's tag (tagged layouts)
         self.in_doubt = InDoubt()
         self.fault: str | None = None  # set by an error inside EXEC: see StoreFault
 
@@ -172,6 +172,8 @@ class ClusterStore:
                 await self.layout.check(
                     lambda cmds: self._on_key(self.layout.layout_key, cmds), self._choose_tags
                 )
+                tags = self.layout.tags
+                self._tag_slots = None if tags is None else [key_slot(t.encode()) for t in tags]
                 self._layout_checked = True
         except FAILURES as exc:
             raise store_error(f"cluster {self._name}", exc) from None
@@ -183,11 +185,8 @@ class ClusterStore:
 
     def _slot(self, hour: int, shard: int) -> int:
         """The slot of an (hour, shard)'s keys: the shard's own with tags, else computed."""
-        if self.layout.tags is not None:
-            slots = self._tag_slots
-            if len(slots) != len(self.layout.tags):
-                slots[:] = [key_slot(tag.encode()) for tag in self.layout.tags]
-            return slots[shard]
+        if self._tag_slots is not None:
+            return self._tag_slots[shard]
         return key_slot(self.layout.users_key(hour, shard).encode())
 
     def _choose_tags(self, shards: int) -> list[str]:
