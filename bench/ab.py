@@ -34,12 +34,29 @@ import shutil
 import statistics
 import sys
 import tempfile
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cpu import measure
 from run import Processes, find_tool, free_port, redis_server_args, wait_for_port
+
+
+def store_calls(url: str) -> float | None:
+    """The batches plus coalesced reads a tapad server has sent to its store so far (from
+    its /metrics), or None for a server without them (the yardstick)."""
+    try:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return None
+    counts = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("tapad_store_duration_seconds_count") and 'op="ping"' not in line
+    ]
+    return sum(counts) if counts else None
 
 
 def main() -> int:
@@ -80,7 +97,13 @@ def main() -> int:
         rate: dict[str, list[float]] = {name: [] for name in servers}
         for n in range(args.rounds):
             for name, (pid, url) in servers.items():
+                calls = store_calls(url)
                 line = measure(pid, url, args.method, args.seconds)
+                after = store_calls(url)
+                requests = re.search(r"(\d+) requests", line)
+                if calls is not None and after is not None and after > calls and requests:
+                    # How many requests share one batch or read: what the store costs each.
+                    line += f"  {int(requests.group(1)) / (after - calls):4.1f} per store call"
                 us[name].append(float(re.search(r"CPU\s+([\d.]+) us", line).group(1)))
                 rate[name].append(float(line.split()[0]))
                 print(f"[{n + 1}] {args.method.upper():4} {name:12} {line}", flush=True)

@@ -74,7 +74,7 @@ def measure(pid: int, url: str, method: str, seconds: int) -> str:
         f"{requests / (data['duration_us'] / 1e6):8.0f} req/s  running {100 * running / wall:3.0f}%"
         f"  waiting for a CPU {100 * waiting / wall:3.0f}%"
         f"  idle {100 * max(0.0, wall - running - waiting) / wall:3.0f}%"
-        f"  CPU {1e6 * running / requests:5.1f} us/request"
+        f"  CPU {1e6 * running / requests:5.1f} us/request  {requests} requests"
     )
 
 

@@ -92,3 +92,6 @@ def test_ab_compares_servers_cpu_per_request() -> None:
     medians = [line for line in out.stdout.splitlines() if "median CPU" in line]
     assert [line.split()[0] for line in medians] == ["yardstick", "tapad"], out.stdout
     assert "x yardstick: 1.000" in medians[0]
+    # tapad's rounds say how many requests shared a store call; the yardstick has no store.
+    yard, tapad = (line for line in out.stdout.splitlines() if line.startswith("[1]"))
+    assert "per store call" not in yard and "per store call" in tapad, out.stdout
