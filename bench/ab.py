@@ -95,6 +95,8 @@ def main() -> int:
             measure(pid, url, args.method, 2)
         us: dict[str, list[float]] = {name: [] for name in servers}
         rate: dict[str, list[float]] = {name: [] for name in servers}
+        every: dict[str, list[float]] = {name: [] for name in servers}
+        p99: dict[str, list[float]] = {name: [] for name in servers}
         for n in range(args.rounds):
             for name, (pid, url) in servers.items():
                 calls = store_calls(url)
@@ -106,8 +108,11 @@ def main() -> int:
                     line += f"  {int(requests.group(1)) / (after - calls):4.1f} per store call"
                 us[name].append(float(re.search(r"CPU\s+([\d.]+) us", line).group(1)))
                 rate[name].append(float(line.split()[0]))
+                p99[name].append(float(re.search(r"p99\s+([\d.]+) ms", line).group(1)))
+                every[name].append(float(re.search(r"all threads\s+([\d.]+) us", line).group(1)))
                 print(f"[{n + 1}] {args.method.upper():4} {name:12} {line}", flush=True)
         base = statistics.median(us[specs[0][0]])
+        base_every = statistics.median(every[specs[0][0]])
         for name, values in us.items():
             median = statistics.median(values)
             ratio = base / median
@@ -115,6 +120,9 @@ def main() -> int:
             print(
                 f"{name:12} median CPU {median:5.1f} us/request, x {specs[0][0]}: {ratio:.3f}"
                 f"  (median req/s {statistics.median(rate[name]):7.0f}, x {rate_ratio:.3f})"
+                f"  all threads {statistics.median(every[name]):5.1f} us/request,"
+                f" x {base_every / statistics.median(every[name]):.3f}"
+                f"  p99 {statistics.median(p99[name]):5.2f} ms"
             )
     finally:
         procs.stop_all()

@@ -16,6 +16,7 @@ bench/run.py: servers on core 0, wrk and redis-server on core 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -43,8 +44,18 @@ def schedstat(pid: int) -> tuple[float, float]:
     return int(running) / 1e9, int(waiting) / 1e9
 
 
+def threads_running(pid: int) -> float:
+    """CPU seconds of every thread of ``pid`` (SQLite's write thread included)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a thread ended
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
 def measure(pid: int, url: str, method: str, seconds: int) -> str:
     run0, wait0 = schedstat(pid)
+    all0 = threads_running(pid)
     start = time.monotonic()
     out = subprocess.run(
         [
@@ -67,6 +78,7 @@ def measure(pid: int, url: str, method: str, seconds: int) -> str:
     ).stdout
     wall = time.monotonic() - start
     run1, wait1 = schedstat(pid)
+    all1 = threads_running(pid)
     data = json.loads(out.split("WRKJSON ", 1)[1])
     requests = data["requests"]
     running, waiting = run1 - run0, wait1 - wait0
@@ -74,7 +86,9 @@ def measure(pid: int, url: str, method: str, seconds: int) -> str:
         f"{requests / (data['duration_us'] / 1e6):8.0f} req/s  running {100 * running / wall:3.0f}%"
         f"  waiting for a CPU {100 * waiting / wall:3.0f}%"
         f"  idle {100 * max(0.0, wall - running - waiting) / wall:3.0f}%"
-        f"  CPU {1e6 * running / requests:5.1f} us/request  {requests} requests"
+        f"  CPU {1e6 * running / requests:5.1f} us/request"
+        f"  all threads {1e6 * (all1 - all0) / requests:5.1f} us/request"
+        f"  p99 {data['p99_us'] / 1000:5.2f} ms  {requests} requests"
     )
 
 

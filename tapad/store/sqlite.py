@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sqlite3
 import threading
@@ -79,6 +80,11 @@ RUN_READ_FROM = 8  # consecutive hours read with one range query instead of a lo
 # Ten times rarer, and each writes little more (a page changed many times is copied
 # once): docs/benchmarks.md, "SQLite's write path".
 WAL_PAGES = 10_000
+# Most of the copying is done beside the writer, by a thread of its own that checkpoints
+# what each CHECKPOINT_EVERY brought (PASSIVE: it never blocks a writer or a reader). The
+# writer's own checkpoint at WAL_PAGES is left only the frames committed since, and is
+# still the one that lets the WAL start over (docs/benchmarks.md, "As the hour fills").
+CHECKPOINT_EVERY = 0.05  # s
 HAND_OVER = 0.001  # s: the longest the event loop waits for the write thread's statements
 NO_EVENTS = HourCounts()
 
@@ -117,6 +123,7 @@ class SQLiteStore:
         self._clock = clock  # Unix time; tests and bench/retention.py move it
         self._sweep_every = sweep_every  # None: no sweeps of its own, the caller calls sweep()
         self._sweeper: asyncio.Task[None] | None = None
+        self._checkpointer: BackgroundCheckpoint | None = None
 
     # -- lifecycle -------------------------------------------------------
 
@@ -129,6 +136,8 @@ class SQLiteStore:
         if self.retention_hours is not None and self._sweep_every and self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
         await self._on(self._write_thread, self._writer_conn)
+        if self._checkpointer is None:
+            self._checkpointer = BackgroundCheckpoint(self._open)
         if self.retention_hours is not None:
             await self._on(self._write_thread, lambda: retention.prepare(self._writer_conn()))
 
@@ -138,6 +147,10 @@ class SQLiteStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
+        if self._checkpointer is not None:
+            stop = functools.partial(self._checkpointer.stop, self._timeout)
+            await asyncio.get_running_loop().run_in_executor(None, stop)
+            self._checkpointer = None
         if self._loop_reader is not None:
             self._loop_reader.close()
             self._loop_reader = None
@@ -436,6 +449,56 @@ class SQLiteStore:
             except StoreError as exc:  # the store is down for now: the next sweep tries again
                 log.warning("retention sweep failed: %s", exc)
             await asyncio.sleep(self._sweep_every or retention.SWEEP_EVERY)
+
+
+class BackgroundCheckpoint:
+    """Copies committed WAL frames into the database on a thread and connection of its own.
+
+    SQLite checkpoints inside the COMMIT that takes the WAL past its mark, and every batch
+    waits for it: with millions of users in the hour that copies thousands of pages to random
+    places in the file and syncs it, tens of milliseconds with no commit. PASSIVE checkpoints
+    here, each of what the last ``CHECKPOINT_EVERY`` brought, take that work off the write
+    path; a reader or the writer being busy only makes one end early."""
+
+    def __init__(self, open_connection: Callable[[], sqlite3.Connection]) -> None:
+        self._open = open_connection
+        self._stopping = threading.Event()
+        self.runs = 0  # checkpoints that copied frames (tests)
+        self._frames = self._copied = 0
+        self._thread = threading.Thread(
+            target=self._run, name="tapad-sqlite-checkpoint", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float) -> None:
+        """Stop, waiting at most ``timeout`` for a checkpoint under way (a stalled disk must
+        not hold up the shutdown: the thread is a daemon, and SQLite finishes or redoes an
+        interrupted checkpoint)."""
+        self._stopping.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("sqlite: a checkpoint still running after %gs; not waiting", timeout)
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        try:
+            while not self._stopping.wait(CHECKPOINT_EVERY):
+                try:
+                    if conn is None:
+                        conn = self._open()
+                        conn.execute("PRAGMA busy_timeout = 0")
+                    self._checkpoint(conn)
+                except (sqlite3.Error, StoreConfigError) as exc:  # the writer's own still runs
+                    log.debug("background checkpoint: %s", exc)
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        _, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if copied > self._copied or frames < self._frames:  # it copied, or the WAL started over
+            self.runs += 1
+        self._frames, self._copied = frames, copied
 
 
 class _InDoubt(Exception):
