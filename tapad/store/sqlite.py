@@ -8,8 +8,9 @@ primary key, much cheaper than handing it to a thread and back costs the event l
 the event loop itself, on a connection that never waits for a lock. In the rare
 moment SQLite answers "busy" (another process recovering the WAL, say) that read
 goes to the read thread instead, whose connection waits up to ``busy_timeout``
-like the writer's; so do listing the hours and pings. Several processes may open
-the same file; SQLite's file lock serialises their writers.
+like the writer's; so do listing the hours and pings. A third thread copies the WAL into
+the file (``BackgroundCheckpoint``), so that work is not done inside a batch's COMMIT.
+Several processes may open the same file; SQLite's file lock serialises their writers.
 
 A write's outcome is never guessed (see ``Store.write``). Waiting for the lock is bounded
 by ``busy_timeout`` (the store timeout): a batch that could not start was not applied
@@ -463,8 +464,6 @@ class BackgroundCheckpoint:
     def __init__(self, open_connection: Callable[[], sqlite3.Connection]) -> None:
         self._open = open_connection
         self._stopping = threading.Event()
-        self.runs = 0  # checkpoints that copied frames (tests)
-        self._frames = self._copied = 0
         self._thread = threading.Thread(
             target=self._run, name="tapad-sqlite-checkpoint", daemon=True
         )
@@ -487,18 +486,12 @@ class BackgroundCheckpoint:
                     if conn is None:
                         conn = self._open()
                         conn.execute("PRAGMA busy_timeout = 0")
-                    self._checkpoint(conn)
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 except (sqlite3.Error, StoreConfigError) as exc:  # the writer's own still runs
                     log.debug("background checkpoint: %s", exc)
         finally:
             if conn is not None:
                 conn.close()
-
-    def _checkpoint(self, conn: sqlite3.Connection) -> None:
-        _, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        if copied > self._copied or frames < self._frames:  # it copied, or the WAL started over
-            self.runs += 1
-        self._frames, self._copied = frames, copied
 
 
 class _InDoubt(Exception):
