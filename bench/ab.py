@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shlex
 import shutil
 import statistics
@@ -39,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cpu import measure
+from cpu import Sample, measure
 from run import Processes, find_tool, free_port, redis_server_args, wait_for_port
 
 
@@ -93,36 +92,32 @@ def main() -> int:
             servers[name] = (proc.pid, f"http://127.0.0.1:{port}")
         for pid, url in servers.values():  # warm up
             measure(pid, url, args.method, 2)
-        us: dict[str, list[float]] = {name: [] for name in servers}
-        rate: dict[str, list[float]] = {name: [] for name in servers}
-        every: dict[str, list[float]] = {name: [] for name in servers}
-        p99: dict[str, list[float]] = {name: [] for name in servers}
+        samples: dict[str, list[Sample]] = {name: [] for name in servers}
         for n in range(args.rounds):
             for name, (pid, url) in servers.items():
                 calls = store_calls(url)
-                line = measure(pid, url, args.method, args.seconds)
+                sample = measure(pid, url, args.method, args.seconds)
                 after = store_calls(url)
-                requests = re.search(r"(\d+) requests", line)
-                if calls is not None and after is not None and after > calls and requests:
+                samples[name].append(sample)
+                line = sample.line()
+                if calls is not None and after is not None and after > calls:
                     # How many requests share one batch or read: what the store costs each.
-                    line += f"  {int(requests.group(1)) / (after - calls):4.1f} per store call"
-                us[name].append(float(re.search(r"CPU\s+([\d.]+) us", line).group(1)))
-                rate[name].append(float(line.split()[0]))
-                p99[name].append(float(re.search(r"p99\s+([\d.]+) ms", line).group(1)))
-                every[name].append(float(re.search(r"all threads\s+([\d.]+) us", line).group(1)))
+                    line += f"  {sample.requests / (after - calls):4.1f} per store call"
                 print(f"[{n + 1}] {args.method.upper():4} {name:12} {line}", flush=True)
-        base = statistics.median(us[specs[0][0]])
-        base_every = statistics.median(every[specs[0][0]])
-        for name, values in us.items():
-            median = statistics.median(values)
-            ratio = base / median
-            rate_ratio = statistics.median(rate[name]) / statistics.median(rate[specs[0][0]])
+
+        def median(name: str, field: str) -> float:
+            return statistics.median(getattr(s, field) for s in samples[name])
+
+        first = specs[0][0]
+        for name in samples:
+            cpu, rate, every = (median(name, f) for f in ("cpu_us", "rps", "all_threads_us"))
             print(
-                f"{name:12} median CPU {median:5.1f} us/request, x {specs[0][0]}: {ratio:.3f}"
-                f"  (median req/s {statistics.median(rate[name]):7.0f}, x {rate_ratio:.3f})"
-                f"  all threads {statistics.median(every[name]):5.1f} us/request,"
-                f" x {base_every / statistics.median(every[name]):.3f}"
-                f"  p99 {statistics.median(p99[name]):5.2f} ms"
+                f"{name:12} median CPU {cpu:5.1f} us/request,"
+                f" x {first}: {median(first, 'cpu_us') / cpu:.3f}"
+                f"  (median req/s {rate:7.0f}, x {rate / median(first, 'rps'):.3f})"
+                f"  all threads {every:5.1f} us/request,"
+                f" x {median(first, 'all_threads_us') / every:.3f}"
+                f"  p99 {median(name, 'p99_ms'):5.2f} ms"
             )
     finally:
         procs.stop_all()

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -53,7 +54,29 @@ def threads_running(pid: int) -> float:
     return total / 1e9
 
 
-def measure(pid: int, url: str, method: str, seconds: int) -> str:
+@dataclass(frozen=True)
+class Sample:
+    """One server under one wrk run: what ``bench/ab.py`` takes medians of."""
+
+    rps: float
+    running: float  # fractions of the wall time: the event loop's thread on a CPU,
+    waiting: float  # runnable but waiting for one, and neither
+    idle: float
+    cpu_us: float  # the event loop's thread, per request
+    all_threads_us: float  # every thread of the server (SQLite's write thread too)
+    p99_ms: float
+    requests: int
+
+    def line(self) -> str:
+        return (
+            f"{self.rps:8.0f} req/s  running {100 * self.running:3.0f}%"
+            f"  waiting for a CPU {100 * self.waiting:3.0f}%  idle {100 * self.idle:3.0f}%"
+            f"  CPU {self.cpu_us:5.1f} us/request  all threads {self.all_threads_us:5.1f}"
+            f" us/request  p99 {self.p99_ms:5.2f} ms  {self.requests} requests"
+        )
+
+
+def measure(pid: int, url: str, method: str, seconds: int) -> Sample:
     run0, wait0 = schedstat(pid)
     all0 = threads_running(pid)
     start = time.monotonic()
@@ -82,13 +105,15 @@ def measure(pid: int, url: str, method: str, seconds: int) -> str:
     data = json.loads(out.split("WRKJSON ", 1)[1])
     requests = data["requests"]
     running, waiting = run1 - run0, wait1 - wait0
-    return (
-        f"{requests / (data['duration_us'] / 1e6):8.0f} req/s  running {100 * running / wall:3.0f}%"
-        f"  waiting for a CPU {100 * waiting / wall:3.0f}%"
-        f"  idle {100 * max(0.0, wall - running - waiting) / wall:3.0f}%"
-        f"  CPU {1e6 * running / requests:5.1f} us/request"
-        f"  all threads {1e6 * (all1 - all0) / requests:5.1f} us/request"
-        f"  p99 {data['p99_us'] / 1000:5.2f} ms  {requests} requests"
+    return Sample(
+        rps=requests / (data["duration_us"] / 1e6),
+        running=running / wall,
+        waiting=waiting / wall,
+        idle=max(0.0, wall - running - waiting) / wall,
+        cpu_us=1e6 * running / requests,
+        all_threads_us=1e6 * (all1 - all0) / requests,
+        p99_ms=data["p99_us"] / 1000,
+        requests=requests,
     )
 
 
@@ -159,7 +184,7 @@ def main() -> int:
         for n in range(args.rounds):
             for method in args.methods.split(","):
                 for name, (pid, url) in servers.items():
-                    line = measure(pid, url, method, args.seconds)
+                    line = measure(pid, url, method, args.seconds).line()
                     print(f"[{n + 1}] {method.upper():4} {name:12} {line}", flush=True)
     finally:
         procs.stop_all()

@@ -243,6 +243,11 @@ def old_layout(ports: list[int], prefix: str) -> str:
     return prefix
 
 
+def round_ratios(ratios: list[float]) -> dict[str, object]:
+    """Side-by-side ratios, one per round: their median, and each round's."""
+    return {"median": statistics.median(ratios), "rounds": [round(r, 2) for r in ratios]}
+
+
 def summarize(runs: list[dict[str, float]]) -> dict[str, object]:
     """Medians of each figure over the rounds, and every round's events/s."""
     out: dict[str, object] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
@@ -343,24 +348,15 @@ def main() -> None:
             for name in targets:
                 results[name] = summarize(runs[name])
             for name in (CLUSTER, CLUSTER_16):
-                ratios = [
-                    c["events_per_s"] / s["events_per_s"]
-                    for c, s in zip(runs[name], runs["redis"], strict=True)
-                ]
-                results[f"{name} / redis, events/s"] = {
-                    "median": statistics.median(ratios),
-                    "rounds": [round(r, 2) for r in ratios],
-                }
+                pairs = list(zip(runs[name], runs["redis"], strict=True))
+                results[f"{name} / redis, events/s"] = round_ratios(
+                    [c["events_per_s"] / s["events_per_s"] for c, s in pairs]
+                )
                 # The same ratio from the worker's CPU per event (one Redis's over the
                 # cluster's): the events/s one worker can reach where its core is the limit.
-                cpu = [
-                    s["tapad_cpu_us_per_event"] / c["tapad_cpu_us_per_event"]
-                    for c, s in zip(runs[name], runs["redis"], strict=True)
-                ]
-                results[f"{name} / redis, by tapad CPU per event"] = {
-                    "median": statistics.median(cpu),
-                    "rounds": [round(r, 2) for r in cpu],
-                }
+                results[f"{name} / redis, by tapad CPU per event"] = round_ratios(
+                    [s["tapad_cpu_us_per_event"] / c["tapad_cpu_us_per_event"] for c, s in pairs]
+                )
             results["redis hll"] = measure_worker(
                 procs,
                 f"{single_store}?prefix=hll:",

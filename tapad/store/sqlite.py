@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import sqlite3
 import threading
@@ -149,8 +148,7 @@ class SQLiteStore:
                 await self._sweeper
             self._sweeper = None
         if self._checkpointer is not None:
-            stop = functools.partial(self._checkpointer.stop, self._timeout)
-            await asyncio.get_running_loop().run_in_executor(None, stop)
+            await asyncio.to_thread(self._checkpointer.stop, self._timeout)
             self._checkpointer = None
         if self._loop_reader is not None:
             self._loop_reader.close()
