@@ -117,6 +117,8 @@ def main() -> int:
                 f"  (median req/s {rate:7.0f}, x {rate / median(first, 'rps'):.3f})"
                 f"  all threads {every:5.1f} us/request,"
                 f" x {median(first, 'all_threads_us') / every:.3f}"
+                f"  switches {median(name, 'switches'):5.3f}"
+                f"  I/O calls {median(name, 'syscalls'):5.2f} per request"
                 f"  p99 {median(name, 'p99_ms'):5.2f} ms"
             )
     finally:

@@ -7,7 +7,9 @@
 On a shared machine requests/s move with whatever else runs; the CPU a server
 spends per request moves much less. For each run it prints the rate, how the
 server's wall time split (running / waiting for a CPU / idle, from
-/proc/<pid>/schedstat) and its CPU time per request (utime + stime). A server at
+/proc/<pid>/schedstat), its CPU time per request (utime + stime), and its context
+switches and read/write-family system calls per request (/proc/<pid>/task/*/status,
+/proc/<pid>/io): where a second thread or a store's I/O costs the one core. A server at
 ~100% running is CPU-bound: its rate is 1 / CPU per request, and the ratio of two
 such servers' CPU per request is the ratio bench/run.py reports. Same pinning as
 bench/run.py: servers on core 0, wrk and redis-server on core 1.
@@ -54,6 +56,21 @@ def threads_running(pid: int) -> float:
     return total / 1e9
 
 
+def switches_and_syscalls(pid: int) -> tuple[int, int]:
+    """Context switches of every thread of ``pid`` (each costs the switch and a cold cache:
+    what a second thread on the server's one core costs), and the process's read- and
+    write-family system calls (``syscr`` + ``syscw``: sockets, pipes, pread, pwrite)."""
+    switches = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a thread ended
+            for line in (task / "status").read_text().splitlines():
+                name, _, value = line.partition(":")
+                if name.endswith("ctxt_switches"):  # voluntary and nonvoluntary
+                    switches += int(value)
+    io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    return switches, int(io["syscr"]) + int(io["syscw"])
+
+
 @dataclass(frozen=True)
 class Sample:
     """One server under one wrk run: what ``bench/ab.py`` takes medians of."""
@@ -64,6 +81,8 @@ class Sample:
     idle: float
     cpu_us: float  # the event loop's thread, per request
     all_threads_us: float  # every thread of the server (SQLite's write thread too)
+    switches: float  # context switches per request, every thread
+    syscalls: float  # read- and write-family system calls per request
     p99_ms: float
     requests: int
 
@@ -72,13 +91,15 @@ class Sample:
             f"{self.rps:8.0f} req/s  running {100 * self.running:3.0f}%"
             f"  waiting for a CPU {100 * self.waiting:3.0f}%  idle {100 * self.idle:3.0f}%"
             f"  CPU {self.cpu_us:5.1f} us/request  all threads {self.all_threads_us:5.1f}"
-            f" us/request  p99 {self.p99_ms:5.2f} ms  {self.requests} requests"
+            f" us/request  switches {self.switches:5.3f}  I/O calls {self.syscalls:5.2f}"
+            f"  p99 {self.p99_ms:5.2f} ms  {self.requests} requests"
         )
 
 
 def measure(pid: int, url: str, method: str, seconds: int) -> Sample:
     run0, wait0 = schedstat(pid)
     all0 = threads_running(pid)
+    switches0, syscalls0 = switches_and_syscalls(pid)
     start = time.monotonic()
     out = subprocess.run(
         [
@@ -102,6 +123,7 @@ def measure(pid: int, url: str, method: str, seconds: int) -> Sample:
     wall = time.monotonic() - start
     run1, wait1 = schedstat(pid)
     all1 = threads_running(pid)
+    switches1, syscalls1 = switches_and_syscalls(pid)
     data = json.loads(out.split("WRKJSON ", 1)[1])
     requests = data["requests"]
     running, waiting = run1 - run0, wait1 - wait0
@@ -112,6 +134,8 @@ def measure(pid: int, url: str, method: str, seconds: int) -> Sample:
         idle=max(0.0, wall - running - waiting) / wall,
         cpu_us=1e6 * running / requests,
         all_threads_us=1e6 * (all1 - all0) / requests,
+        switches=(switches1 - switches0) / requests,
+        syscalls=(syscalls1 - syscalls0) / requests,
         p99_ms=data["p99_us"] / 1000,
         requests=requests,
     )
