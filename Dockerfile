@@ -16,7 +16,7 @@ RUN python3 -m venv /opt/tapad
 COPY requirements.lock /src/
 RUN /opt/tapad/bin/pip install ${TAPAD_PIP_INDEX_URL:+--index-url "$TAPAD_PIP_INDEX_URL"} \
         --require-hashes --no-deps --only-binary :all: -r /src/requirements.lock
-COPY pyproject.toml README.md /src/
+COPY pyproject.toml README.md LICENSE /src/
 COPY tapad /src/tapad
 RUN /opt/tapad/bin/pip install ${TAPAD_PIP_INDEX_URL:+--index-url "$TAPAD_PIP_INDEX_URL"} \
         --no-deps /src
