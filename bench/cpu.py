@@ -18,7 +18,6 @@ bench/run.py: servers on core 0, wrk and redis-server on core 1.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
@@ -26,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,13 +47,19 @@ def schedstat(pid: int) -> tuple[float, float]:
     return int(running) / 1e9, int(waiting) / 1e9
 
 
+def each_thread(pid: int, name: str) -> Iterator[str]:
+    """The /proc file ``name`` of every thread of ``pid``, but those that ended meanwhile."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            text = (task / name).read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        yield text
+
+
 def threads_running(pid: int) -> float:
     """CPU seconds of every thread of ``pid`` (SQLite's write thread included)."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a thread ended
-            total += int((task / "schedstat").read_text().split()[0])
-    return total / 1e9
+    return sum(int(stat.split()[0]) for stat in each_thread(pid, "schedstat")) / 1e9
 
 
 def switches_and_syscalls(pid: int) -> tuple[int, int]:
@@ -61,12 +67,11 @@ def switches_and_syscalls(pid: int) -> tuple[int, int]:
     what a second thread on the server's one core costs), and the process's read- and
     write-family system calls (``syscr`` + ``syscw``: sockets, pipes, pread, pwrite)."""
     switches = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a thread ended
-            for line in (task / "status").read_text().splitlines():
-                name, _, value = line.partition(":")
-                if name.endswith("ctxt_switches"):  # voluntary and nonvoluntary
-                    switches += int(value)
+    for status in each_thread(pid, "status"):
+        for line in status.splitlines():
+            name, _, value = line.partition(":")
+            if name.endswith("ctxt_switches"):  # voluntary and nonvoluntary
+                switches += int(value)
     io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
     return switches, int(io["syscr"]) + int(io["syscw"])
 

@@ -95,3 +95,6 @@ def test_ab_compares_servers_cpu_per_request() -> None:
     # tapad's rounds say how many requests shared a store call; the yardstick has no store.
     yard, tapad = (line for line in out.stdout.splitlines() if line.startswith("[1]"))
     assert "per store call" not in yard and "per store call" in tapad, out.stdout
+    # Every request costs a server at least a receive and a send (wrk does not pipeline).
+    io_calls = [float(line.split("I/O calls")[1].split()[0]) for line in medians]
+    assert all(calls >= 1.0 for calls in io_calls), out.stdout
