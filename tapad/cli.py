@@ -302,7 +302,7 @@ def tally(
     as_json: JsonOption = False,
 ) -> None:
     """Read the store directly: users, clicks and impressions per hour; check a ledger."""
-    from tapad.tally import TallyError, run_tally
+    from tapad.commands.tally import TallyError, run_tally
 
     try:
         code = run_tally(store, hour, ledger, as_json)
@@ -342,7 +342,7 @@ def export(
     ] = None,
 ) -> None:
     """Read the store directly and write every hour of a range, as GET /analytics/hours does."""
-    from tapad.export import ExportError, run_export
+    from tapad.commands.export import ExportError, run_export
 
     try:
         summary = run_export(store, from_hour, to_hour, fmt.value, out)

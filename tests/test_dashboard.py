@@ -21,7 +21,7 @@ from typing import TypeVar
 
 import pytest
 
-from tapad.hours import MS_PER_HOUR, current_hour
+from tapad.buckets import MS_PER_HOUR, current_hour
 from tests.support import TapadServer, http
 
 selenium = pytest.importorskip("selenium", reason="pip install -e '.[test]'")

@@ -16,8 +16,8 @@ from tapad import cli
 from tapad.server.run import ServeSettings
 from tapad.settings import BY_NAME, SETTINGS, default, markdown_table
 from tapad.store import open_store
-from tapad.store.cluster import ClusterStore
-from tapad.store.redis import RedisStore
+from tapad.store.redis.cluster import ClusterStore
+from tapad.store.redis.node import RedisStore
 from tapad.store.sqlite import SQLiteStore
 
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -1,6 +1,6 @@
 """The redis-py pieces tapad relies on, in one place.
 
-tapad talks RESP itself on the hot path (``tapad.store.resp``) and only borrows two
+tapad talks RESP itself on the hot path (``tapad.store.redis.protocol``) and only borrows two
 things from redis-py: its reading of a ``redis://`` / ``rediss://`` / ``unix://`` URL
 into connection settings (so every URL redis-py users know works the same here) and
 its cluster key-slot function. Neither is documented API, so both are named here and

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tapad.hours import format_hour, parse_hour
+from tapad.buckets import format_hour, parse_hour
 
 FORMAT = "tapad-ledger/1"
 

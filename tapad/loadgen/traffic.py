@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from yarl import URL
 
-from tapad.hours import MS_PER_HOUR
+from tapad.buckets import MS_PER_HOUR
 
 
 @dataclass(frozen=True)

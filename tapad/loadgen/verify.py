@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tapad.hours import format_hour
+from tapad.buckets import format_hour
 from tapad.loadgen.ledger import Ledger
 
 MALFORMED = "malformed answer"

@@ -15,7 +15,7 @@ from time import perf_counter
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
-from tapad.hourly import CONTENT_TYPES, render_text
+from tapad.hour_rows import CONTENT_TYPES, render_text
 from tapad.server.dashboard import DASHBOARD_FILES, dashboard_file
 from tapad.server.metrics import CONTENT_TYPE, Metrics
 from tapad.server.outage import Outage

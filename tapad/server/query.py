@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote_plus
 
-from tapad.hourly import FORMATS, MAX_HOURS
-from tapad.hours import MAX_TIMESTAMP_MS, MS_PER_HOUR, hour_of
+from tapad.buckets import MAX_TIMESTAMP_MS, MS_PER_HOUR, hour_of
+from tapad.hour_rows import FORMATS, MAX_HOURS
 from tapad.store.base import Event
 
 MAX_USER_CHARS = 256

@@ -70,7 +70,7 @@ def open_store(
             retention_hours=retention_hours,
         )
     if settings.scheme == "redis+cluster":
-        from tapad.store.cluster import ClusterStore
+        from tapad.store.redis.cluster import ClusterStore
 
         return ClusterStore(
             settings,
@@ -80,7 +80,7 @@ def open_store(
             unique=unique,
             retention_hours=retention_hours,
         )
-    from tapad.store.redis import RedisStore
+    from tapad.store.redis.node import RedisStore
 
     return RedisStore(
         settings,

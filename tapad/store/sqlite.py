@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from tapad import settings
-from tapad.hours import oldest_kept_hour
+from tapad.buckets import oldest_kept_hour
 from tapad.store import sqlite_retention as retention
 from tapad.store.base import (
     CommitUnknown,

@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from tapad.hours import hour_start_ms
+from tapad.buckets import hour_start_ms
 from tapad.loadgen.ledger import load_ledger
 from tests.support import LOOPBACK, free_port, http
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tapad.hours import parse_hour
+from tapad.buckets import parse_hour
 from tapad.loadgen.ledger import Ledger, LedgerError, load_ledger, save_ledger
 from tapad.loadgen.verify import BELOW_LEDGER, MALFORMED, Verifier, parse_answer
 

@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tapad.hours import MS_PER_HOUR, current_hour
+from tapad.buckets import MS_PER_HOUR, current_hour
 from tapad.loadgen.ledger import Tally, load_ledger, save_ledger
 from tests.loadgen.cli import assert_one_line_error, assert_plain, tapad
 from tests.loadgen.scripted import ScriptedServer

@@ -4,7 +4,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tapad.hours import MS_PER_HOUR
+from tapad.buckets import MS_PER_HOUR
 from tapad.loadgen.traffic import Mix, Traffic
 
 NOW = 1_795_000_000_000 + 1_234_567  # some moment well inside an hour

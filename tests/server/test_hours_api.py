@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tapad.hours import MS_PER_HOUR, format_hour
+from tapad.buckets import MS_PER_HOUR, format_hour
 from tests.support import InProcessTapad, RedisServer, http
 
 BASE_BLOCK = 20_000  # hour 2,000,000 and on: 2198, far from "now" and from test_http's hours

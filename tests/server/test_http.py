@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tapad.hours import MS_PER_HOUR
+from tapad.buckets import MS_PER_HOUR
 from tests.support import LOOPBACK, InProcessTapad, RedisServer, TapadServer, http, parse_counts
 
 BASE_BLOCK = 10_000  # hour 1,000,000: 2084, far from "now"

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from tapad.hours import MAX_TIMESTAMP_MS, MS_PER_HOUR
+from tapad.buckets import MAX_TIMESTAMP_MS, MS_PER_HOUR
 from tapad.server.query import BadRequest, parse_get, parse_post
 from tapad.store.base import Event
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tapad.hours import MAX_TIMESTAMP_MS
+from tapad.buckets import MAX_TIMESTAMP_MS
 from tapad.server import query as q
 
 ANY_CHAR = st.characters(codec=None, categories=None)

@@ -9,7 +9,7 @@ from urllib.parse import quote, quote_plus
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from tapad.hours import MAX_TIMESTAMP_MS, MS_PER_HOUR
+from tapad.buckets import MAX_TIMESTAMP_MS, MS_PER_HOUR
 from tapad.server.query import MAX_USER_CHARS, BadRequest, parse_get, parse_post, split_query
 
 # Any code point, lone surrogates included: aiohttp hands over the raw path decoded with

@@ -1,5 +1,5 @@
 """A batch whose reply is lost after sending is settled before anyone is answered
-(tapad/store/link.py): applied (return), not applied (sent again), or still out of reach
+(tapad/store/redis/link.py): applied (return), not applied (sent again), or still out of reach
 at the commit deadline (CommitUnknown). A batch never sent fails at once (StoreError).
 
 Each test runs its own redis-server, since it gets paused or cut off.
@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from tapad.store import CommitUnknown, Event, HourCounts, StoreError, open_store
-from tapad.store.link import InDoubt
-from tapad.store.redis import RedisStore
+from tapad.store.redis.link import InDoubt
+from tapad.store.redis.node import RedisStore
 from tests.store.proxy import Proxy
 from tests.support import LOOPBACK, RedisServer
 

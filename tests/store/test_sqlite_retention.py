@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tapad.hours import MS_PER_HOUR, current_hour
+from tapad.buckets import MS_PER_HOUR, current_hour
 from tapad.store.base import Event, HourCounts
 from tapad.store.sqlite import SQLiteStore
 from tapad.store.sqlite_retention import DELETE_ROWS

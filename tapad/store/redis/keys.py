@@ -18,7 +18,7 @@ batch lands in one slot and is applied atomically there. Two schemes:
 unique-users mode, retention, and the tags if any) is written once to ``tapad:layout``; a
 server with other values refuses to start rather than silently disagree. With a retention
 of R hours, both keys of an hour expire R hours after the hour ends (EXPIREAT, sent once per
-(hour, shard) by each process). Commit markers (see ``tapad.store.link``) are short-lived
+(hour, shard) by each process). Commit markers (see ``tapad.store.redis.link``) are short-lived
 keys next to the data they vouch for.
 """
 
@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from tapad.store.base import Event, HourCounts, StoreConfigError, aggregate
-from tapad.store.resp import pack
+from tapad.store.redis.protocol import pack
 
 UNIQUE_MODES = ("exact", "hll")
 MULTI = pack(("MULTI",))

@@ -1,4 +1,4 @@
-"""The Redis store's pipelined link (tapad/store/resp.py), against a real redis-server.
+"""The Redis store's pipelined link (tapad/store/redis/protocol.py), against a real redis-server.
 
 Batches and coalesced reads share one connection and get their replies first in,
 first out. What must hold: many requests in flight at once each get their own
@@ -15,7 +15,7 @@ import asyncio
 import pytest
 
 from tapad.store import Event, HourCounts, StoreError, StoreFault, open_store
-from tapad.store.redis import RedisStore
+from tapad.store.redis.node import RedisStore
 from tests.support import RedisServer
 
 run = asyncio.run

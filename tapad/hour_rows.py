@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Final
 
-from tapad.hours import format_hours, hour_start_ms
+from tapad.buckets import format_hours, hour_start_ms
 from tapad.store.base import HourCounts
 
 MAX_HOURS: Final = 744  # one request covers at most 31 days

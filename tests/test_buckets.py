@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tapad.hours import MAX_TIMESTAMP_MS, format_hour, format_hours, hour_of, parse_hour
+from tapad.buckets import MAX_TIMESTAMP_MS, format_hour, format_hours, hour_of, parse_hour
 
 
 def ms(text: str) -> int:

@@ -25,7 +25,14 @@ from urllib.parse import unquote, urlsplit
 
 from tapad.adapters import redis_py
 from tapad.store.base import StoreConfigError, StoreError
-from tapad.store.resp import CommandError, Endpoint, LinkClosed, RedisLink, ReplyError, pack
+from tapad.store.redis.protocol import (
+    CommandError,
+    Endpoint,
+    LinkClosed,
+    RedisLink,
+    ReplyError,
+    pack,
+)
 from tapad.store.url import StoreSettings
 
 log = logging.getLogger("tapad.store")

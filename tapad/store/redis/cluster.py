@@ -52,8 +52,8 @@ from tapad.store.base import (
     StoreError,
     StoreFault,
 )
-from tapad.store.layout import EXEC, MULTI, KeyLayout
-from tapad.store.link import (
+from tapad.store.redis.keys import EXEC, MULTI, KeyLayout
+from tapad.store.redis.link import (
     FAILURES,
     InDoubt,
     NodeLink,
@@ -62,7 +62,14 @@ from tapad.store.link import (
     kill_and_read,
     store_error,
 )
-from tapad.store.resp import CommandError, Endpoint, LinkClosed, LinkLost, RedisLink, ReplyError
+from tapad.store.redis.protocol import (
+    CommandError,
+    Endpoint,
+    LinkClosed,
+    LinkLost,
+    RedisLink,
+    ReplyError,
+)
 from tapad.store.url import StoreSettings
 
 log = logging.getLogger("tapad.store")

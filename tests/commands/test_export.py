@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tapad.hours import MS_PER_HOUR, current_hour, format_hour
+from tapad.buckets import MS_PER_HOUR, current_hour, format_hour
 from tests.support import InProcessTapad, http
 
 HOUR = 2_100_000  # 2209-07-27T00: far from now and from the other tests' hours

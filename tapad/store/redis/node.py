@@ -25,9 +25,9 @@ from tapad.store.base import (
     StoreError,
     StoreFault,
 )
-from tapad.store.layout import EXEC, MULTI, KeyLayout
-from tapad.store.link import FAILURES, InDoubt, NodeLink, endpoint_of, settle, store_error
-from tapad.store.resp import CommandError, LinkClosed, LinkLost, RedisLink, ReplyError
+from tapad.store.redis.keys import EXEC, MULTI, KeyLayout
+from tapad.store.redis.link import FAILURES, InDoubt, NodeLink, endpoint_of, settle, store_error
+from tapad.store.redis.protocol import CommandError, LinkClosed, LinkLost, RedisLink, ReplyError
 from tapad.store.url import StoreSettings
 
 log = logging.getLogger("tapad.store")

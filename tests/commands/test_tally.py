@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tapad.hours import MS_PER_HOUR, current_hour, format_hour, parse_hour
+from tapad.buckets import MS_PER_HOUR, current_hour, format_hour, parse_hour
+from tapad.commands.tally import HourRow, compare, unknown_outcomes
 from tapad.loadgen.ledger import Ledger, load_ledger, save_ledger
 from tapad.store import Event, HourCounts, open_store
-from tapad.tally import HourRow, compare, unknown_outcomes
 from tests.loadgen.cli import assert_one_line_error, assert_plain, tapad
 from tests.support import InProcessTapad, RedisServer, TapadServer, free_port, http, wait_until
 

@@ -13,7 +13,7 @@ before it.
 The link opens its own connection (TCP, TLS, unix socket; AUTH and SELECT in the
 same first round trip) and learns how the server knows it (``CLIENT INFO``: its id
 and address), so a committer whose reply got lost can later make sure this very
-connection can execute nothing more (``CLIENT KILL``, see ``tapad.store.link``).
+connection can execute nothing more (``CLIENT KILL``, see ``tapad.store.redis.link``).
 A link that fails or times out is closed (every request waiting on it fails) and
 the store opens a new one for the next call: a half-read reply stream is never reused.
 

@@ -1,6 +1,6 @@
 """``tapad export``: a range of hours straight from the store, as ``GET /analytics/hours`` gives it.
 
-The rows and their text come from ``tapad.hourly``, the very code the server answers with,
+The rows and their text come from ``tapad.hour_rows``, the very code the server answers with,
 so a file exported here and a range asked over HTTP are the same bytes. A range longer than
 one request may ask for is read in chunks of that size (one store round trip each) and
 written as it comes, with a progress bar when standard error is a terminal.
@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
-from tapad.hourly import MAX_HOURS, render
-from tapad.hours import current_hour, format_hour, parse_hour
+from tapad.buckets import current_hour, format_hour, parse_hour
+from tapad.hour_rows import MAX_HOURS, render
 from tapad.store import (
     HourCounts,
     Store,

@@ -16,8 +16,8 @@ import pytest
 from tapad.adapters.redis_py import key_slot
 from tapad.server.writer import GroupCommitter
 from tapad.store import Event, PartialWrite, StoreError, open_store
-from tapad.store.cluster import ClusterStore
-from tapad.store.layout import KeyLayout
+from tapad.store.redis.cluster import ClusterStore
+from tapad.store.redis.keys import KeyLayout
 from tests.support import (
     RedisClusterProcs,
     RedisServer,

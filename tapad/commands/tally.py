@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tapad.hours import format_hour, parse_hour
+from tapad.buckets import format_hour, parse_hour
 from tapad.loadgen.ledger import HourEntry, Ledger
 from tapad.loadgen.verify import HLL_TOLERANCE
 from tapad.store import (

@@ -1,0 +1,1 @@
+"""Commands that read or change a store directly, without a server: ``tally``, ``export``."""
