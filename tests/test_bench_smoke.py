@@ -1,7 +1,7 @@
 """CI's smoke run of the benchmark: ``python bench/run.py --quick`` works end to end.
 
 It checks that the one command starts every target, measures it and writes its
-table, not how fast anything is (the targets live in docs/benchmarks.md, measured
+table, not how fast anything is (the targets live in docs/performance.md, measured
 by a full run, never in a timed test). wrk is the one tool the benchmark cannot
 do without: without it this test is skipped, and says how to install it.
 redis-server and nginx are installed by scripts/test; should one be missing, the
