@@ -49,7 +49,7 @@ def test_quick_benchmark_run_writes_a_table(tmp_path: Path) -> None:
             assert row["runs"], f"{target} {method} not measured"
             assert all(run["requests"] > 0 for run in row["runs"])
     assert rows[("yardstick", "POST")]["runs"], "the yardstick must always run"
-    # issue 14's other targets: the hour filling up, and the cluster against one Redis
+    # the other targets: the hour filling up, and the cluster against one Redis
     if shutil.which("redis-server") is not None:
         stores = {step["store"] for step in data["growth"]["steps"]}
         assert stores == {"sqlite", "redis", "redis-hll"}, data["growth"]
