@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Micro-benchmarks behind the hot-path changes in docs/benchmarks.md.
+"""Micro-benchmarks behind the hot-path changes in docs/performance.md.
 
     python bench/micro.py
 

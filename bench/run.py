@@ -6,7 +6,7 @@
 
 After the main table it runs bench/growth.py (the hour filled to 10 thousand, 1
 million and 10 million users; ``--growth-sizes``) and bench/scaling.py (one worker on
-a 3-master cluster against one Redis), and checks every target of issue 14 in one
+a 3-master cluster against one Redis), and checks every target (docs/performance.md) in one
 list: ``--no-growth`` and ``--no-scaling`` leave them out.
 
 Absolute requests per second depend on the machine and on whatever else runs on
@@ -71,7 +71,7 @@ HINTS = {
 
 METHODS = ("POST", "GET")
 
-# The targets of issue 14, in the benchmark, never in timed tests.
+# The targets (docs/performance.md), in the benchmark, never in timed tests.
 GOALS = {
     # (target, method): minimum req/s as a ratio to the yardstick
     ("tapad-redis", "POST"): 0.90,

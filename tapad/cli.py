@@ -126,7 +126,7 @@ def serve(
         pass
 
 
-# -- load tools: usernames, loadgen, tally (issue 4) -----------------------------
+# -- load tools: usernames, loadgen, tally ---------------------------------------
 
 usernames_app = typer.Typer(
     help="User names for load tests: fetch them from the web or generate them offline.",

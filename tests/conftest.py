@@ -47,7 +47,7 @@ def tapad_server(store_url: str) -> Iterator[InProcessTapad]:
 
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory):
-    """A real three-master Redis Cluster for the session (issue 3)."""
+    """A real three-master Redis Cluster for the session."""
     from tests.support import RedisClusterProcs
 
     cluster = RedisClusterProcs(tmp_path_factory.mktemp("cluster"))

@@ -233,7 +233,7 @@ def parse_counts(body: str) -> dict[str, int]:
     return {name: int(value) for name, value in (line.split(",") for line in lines[:3])}
 
 
-# -- scale out (issue 3): a real Redis Cluster and a real nginx ------------------------
+# -- scale out: a real Redis Cluster and a real nginx ------------------------------------
 
 
 def free_cluster_port() -> int:

@@ -1,7 +1,7 @@
 """CI's smoke run of the benchmark: ``python bench/run.py --quick`` works end to end.
 
 It checks that the one command starts every target, measures it and writes its
-table, not how fast anything is (the targets live in docs/benchmarks.md, measured
+table, not how fast anything is (the targets live in docs/performance.md, measured
 by a full run, never in a timed test). wrk is the one tool the benchmark cannot
 do without: without it this test is skipped, and says how to install it.
 redis-server and nginx are installed by scripts/test; should one be missing, the
@@ -49,7 +49,7 @@ def test_quick_benchmark_run_writes_a_table(tmp_path: Path) -> None:
             assert row["runs"], f"{target} {method} not measured"
             assert all(run["requests"] > 0 for run in row["runs"])
     assert rows[("yardstick", "POST")]["runs"], "the yardstick must always run"
-    # issue 14's other targets: the hour filling up, and the cluster against one Redis
+    # the other targets: the hour filling up, and the cluster against one Redis
     if shutil.which("redis-server") is not None:
         stores = {step["store"] for step in data["growth"]["steps"]}
         assert stores == {"sqlite", "redis", "redis-hll"}, data["growth"]

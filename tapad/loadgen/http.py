@@ -1,7 +1,7 @@
 """A lean HTTP/1.1 client for the load generator: one keep-alive connection per worker.
 
 Profiled against the yardstick (py-spy), ``tapad loadgen post`` on aiohttp's client
-spent most of its CPU in the client itself (docs/benchmarks.md, "Figures behind the
+spent most of its CPU in the client itself (docs/performance.md, "Figures behind the
 code"): request and response objects, header multidicts, the connector's pool, a stream
 reader per answer. The tool was measuring itself more than the server. A loadgen worker sends
 one request at a time on a connection of its own, so it needs little: write a

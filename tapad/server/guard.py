@@ -1,7 +1,7 @@
 """Defences at the HTTP edge: bounded connections, idle timeout, header limits, quiet 400s.
 
 Memory per connection is small (a few KB with a partly sent request; measured in
-docs/benchmarks.md), but an attacker can open many; ``max_connections`` makes the bound
+docs/performance.md), but an attacker can open many; ``max_connections`` makes the bound
 explicit instead of leaving it to the file-descriptor limit: past it a new connection is
 closed at once. A connection that sends no complete request (slowloris) or sits idle is
 closed after ``IDLE_TIMEOUT``, longer than nginx's upstream keep-alive (deploy/nginx.conf)

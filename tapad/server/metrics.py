@@ -157,7 +157,7 @@ class Metrics:
         With one process the request is tallied in a plain list and folded into the
         histogram when /metrics is scraped, so every scrape is still exact; observe()
         costs several times as much (a lock per value it touches; figures in
-        docs/benchmarks.md). With workers any
+        docs/performance.md). With workers any
         worker may answer the scrape, so each request goes to the shared files at once.
         """
         tally = self._tally

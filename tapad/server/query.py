@@ -147,7 +147,7 @@ def parse_hours_query(query: str) -> tuple[int, int, str]:
 # -- the hot path's shortcut -----------------------------------------------------------
 # Nearly every request is plain: no escapes, each parameter once, valid values. These take
 # it in one pass without building the parameter dict (a fraction of parse_post's time under
-# load; docs/benchmarks.md has the figures). They answer only when the full parser above
+# load; docs/performance.md has the figures). They answer only when the full parser above
 # would give the very same result, and return None for everything else - which the full
 # parser then accepts or refuses with its exact message. tests/server/test_query_fastpath.py
 # checks the two agree.

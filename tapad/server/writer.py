@@ -16,7 +16,7 @@ Before taking a batch the committer yields to the event loop once, so requests
 whose bytes are already in the socket buffers are parsed and join it: one more
 poll, cheap when idle, and under load much larger batches. Every batch costs the
 event loop a round trip (a send, a receive, a wake-up), so fewer batches cut CPU per
-POST (measured with ``bench/ab.py``; the figures are in docs/benchmarks.md).
+POST (measured with ``bench/ab.py``; the figures are in docs/performance.md).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Like datasette, one thread owns the write connection; every batch becomes one
 transaction on it, so group commit turns many POSTs into one fsync. WAL lets reads
 run beside the writer and see every committed batch. An hour's read is one row by
 primary key, much cheaper than handing it to a thread and back costs the event loop
-(a work queue, a wake-up of the loop, two futures; figures in docs/benchmarks.md): so it runs on
+(a work queue, a wake-up of the loop, two futures; figures in docs/performance.md): so it runs on
 the event loop itself, on a connection that never waits for a lock. In the rare
 moment SQLite answers "busy" (another process recovering the WAL, say) that read
 goes to the read thread instead, whose connection waits up to ``busy_timeout``
@@ -78,12 +78,12 @@ RUN_READ_FROM = 8  # consecutive hours read with one range query instead of a lo
 # checkpoint runs inside the COMMIT that crosses it, so that batch and the one queued
 # behind it wait for it: every 45 batches with 1000 pages, a p99 made of checkpoints.
 # Ten times rarer, and each writes little more (a page changed many times is copied
-# once): docs/benchmarks.md, "SQLite's write path".
+# once): docs/performance.md, "Figures behind the code".
 WAL_PAGES = 10_000
 # Most of the copying is done beside the writer, by a thread of its own that checkpoints
 # what each CHECKPOINT_EVERY brought (PASSIVE: it never blocks a writer or a reader). The
 # writer's own checkpoint at WAL_PAGES is left only the frames committed since, and is
-# still the one that lets the WAL start over (docs/benchmarks.md, "As the hour fills").
+# still the one that lets the WAL start over (docs/performance.md, "Figures behind the code").
 CHECKPOINT_EVERY = 0.05  # s
 HAND_OVER = 0.001  # s: the longest the event loop waits for the write thread's statements
 NO_EVENTS = HourCounts()
@@ -175,7 +175,7 @@ class SQLiteStore:
         # The event loop waits here, the GIL let go, until the thread is through its
         # statements (or HAND_OVER): with the server on one core the thread would otherwise
         # wait for the GIL until the loop ran out of work, and its fsync would start that
-        # much later (docs/benchmarks.md, "SQLite's write path").
+        # much later (docs/performance.md, "Figures behind the code").
         committing.acquire(timeout=HAND_OVER)
         timers: list[asyncio.TimerHandle] = []
         timers.append(loop.call_later(self._timeout, self._past_timeout, job, stop, ended, timers))

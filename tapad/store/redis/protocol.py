@@ -3,7 +3,7 @@
 Profiling tapad on Redis under load showed redis-py's asyncio pipeline costing more
 Python per MULTI/EXEC batch and per coalesced read than the HTTP layer spends on a
 whole batch of requests (command stack, per-command callbacks, retry and pool
-machinery; figures in docs/benchmarks.md). The hot path needs far less: write
+machinery; figures in docs/performance.md). The hot path needs far less: write
 commands already packed (``hiredis.pack_command``, in C) and hand back the replies
 (``hiredis.Reader``, in C), in order. So the group committer and the coalesced reads
 share one connection: requests are written back to back and replies are matched to
