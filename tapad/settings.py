@@ -99,6 +99,14 @@ SETTINGS: tuple[Setting, ...] = (
         default_text="the store's; else `exact`",
     ),
     Setting(
+        "dedup_hours",
+        48,
+        "Remember event ids until their hour is this many hours past its end (never longer "
+        "than the hour is kept): a retry with the same id within it is counted once.",
+        "TAPAD_DEDUP_HOURS",
+        min=1,
+    ),
+    Setting(
         "retention_hours",
         None,
         "Keep each hour this many hours after it ends, then remove it (a GET then answers "

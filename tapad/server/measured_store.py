@@ -11,7 +11,7 @@ from time import perf_counter
 from typing import TypeVar
 
 from tapad.server.metrics import IN_DOUBT_OUTCOMES, Metrics
-from tapad.store.base import Event, HourCounts, Store, StoreConfigError, StoreError
+from tapad.store.base import Duplicates, Event, HourCounts, Store, StoreConfigError, StoreError
 
 T = TypeVar("T")
 OPS = ("write", "read", "ping")
@@ -60,10 +60,10 @@ class MeasuredStore:
     async def connect(self) -> None:
         await self._store.connect()
 
-    async def write(self, events: Sequence[Event]) -> None:
+    async def write(self, events: Sequence[Event]) -> Duplicates:
         start = perf_counter()
         try:
-            await self._store.write(events)
+            return await self._store.write(events)
         except (StoreError, StoreConfigError):  # as in _measure
             self._write_error()
             raise

@@ -92,6 +92,28 @@ def parse_user(params: dict[str, list[str]]) -> str:
     return user
 
 
+MAX_ID_CHARS = 128
+
+
+def check_id(event_id: str) -> str:
+    """An event id: 1 to 128 characters without control characters (a UUID is typical)."""
+    if not 1 <= len(event_id) <= MAX_ID_CHARS:
+        raise BadRequest(f"id: must be 1 to {MAX_ID_CHARS} characters, got {len(event_id)}")
+    if not event_id.isprintable():
+        if any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in event_id):
+            raise BadRequest("id: must not contain control characters")
+        if any("\ud800" <= ch <= "\udfff" for ch in event_id):
+            raise BadRequest("id: not valid UTF-8")
+    return event_id
+
+
+def parse_id(params: dict[str, list[str]]) -> str | None:
+    """The optional event id of a single POST (or the pixel)."""
+    if "id" not in params:
+        return None
+    return check_id(_only(params, "id", "an event id"))
+
+
 def parse_kind(params: dict[str, list[str]]) -> bool:
     """True for a click, False for an impression."""
     named: list[bool] = []
@@ -114,7 +136,7 @@ def parse_post(query: str) -> Event:
     if event is not None:
         return event
     params = split_query(query)
-    return Event(parse_timestamp(params), parse_user(params), parse_kind(params))
+    return Event(parse_timestamp(params), parse_user(params), parse_kind(params), parse_id(params))
 
 
 def parse_get(query: str) -> int:
@@ -179,7 +201,7 @@ def _fast_post(query: str) -> Event | None:
             if click is not None:
                 return None
             click = name == "click"
-        elif name == "event":
+        elif name == "event" or name == "id":  # the full parser checks these
             return None
     if ts is None or click is None or user is None:
         return None
@@ -195,7 +217,7 @@ def _event(ts: str, user: str, click: bool) -> Event | None:
     ms = int(ts)
     if ms > MAX_TIMESTAMP_MS:
         return None
-    return _new_event(Event, (ms // MS_PER_HOUR, user, click))
+    return _new_event(Event, (ms // MS_PER_HOUR, user, click, None))
 
 
 def _fast_get(query: str) -> int | None:

@@ -40,6 +40,7 @@ def open_store(
     unique: str | None = None,
     retention_hours: int | None = None,
     commit_deadline: float | None = None,
+    dedup_hours: int | None = None,
 ) -> Store:
     """Open the store a URL names. Raises StoreConfigError with one line for a bad URL.
 
@@ -68,6 +69,7 @@ def open_store(
             synchronous=settings.options.get("synchronous", "full"),
             commit_deadline=commit_deadline,
             retention_hours=retention_hours,
+            dedup_hours=dedup_hours or _settings.default("dedup_hours"),
         )
     if settings.scheme == "redis+cluster":
         from tapad.store.redis.cluster import ClusterStore
@@ -79,6 +81,7 @@ def open_store(
             shards=shards,
             unique=unique,
             retention_hours=retention_hours,
+            dedup_hours=dedup_hours,
         )
     from tapad.store.redis.node import RedisStore
 
@@ -89,4 +92,5 @@ def open_store(
         shards=shards,
         unique=unique,
         retention_hours=retention_hours,
+        dedup_hours=dedup_hours,
     )

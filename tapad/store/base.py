@@ -17,6 +17,11 @@ class Event(NamedTuple):
     hour: int
     user: str
     click: bool  # False means an impression
+    id: str | None = None  # an event id: counted once per (hour, user, id)
+
+
+Duplicates = frozenset[int]  # positions in a batch of events whose id was already recorded
+NO_DUPLICATES: Duplicates = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,10 +95,12 @@ class Store(Protocol):
     async def connect(self) -> None:
         """Check the store at start: StoreConfigError is fatal, StoreError means not yet."""
 
-    async def write(self, events: Sequence[Event]) -> None:
+    async def write(self, events: Sequence[Event]) -> Duplicates:
         """Apply all events or none, exactly once.
 
-        Returns: applied. StoreError: known not applied, and never will be (HTTP 503, safe
+        Returns: applied; the positions of the events not counted because their ``id`` was
+        already recorded for that hour and user (earlier, or earlier in this batch).
+        StoreError: known not applied, and never will be (HTTP 503, safe
         to retry). CommitUnknown: may or may not have been applied (HTTP 504). PartialWrite
         (cluster): some parts applied, the others known not applied.
         """
@@ -120,7 +127,7 @@ def aggregate(
     Without ``shard_of`` every event is in shard 0, as on SQLite and an unsharded Redis.
     """
     parts: dict[tuple[int, int], tuple[set[str], int, int]] = {}
-    for hour, user, click in events:
+    for hour, user, click, _ in events:
         key = (hour, shard_of(user) if shard_of is not None else 0)
         entry = parts.get(key)
         if entry is None:

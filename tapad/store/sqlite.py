@@ -38,7 +38,9 @@ from tapad import settings
 from tapad.buckets import oldest_kept_hour
 from tapad.store import sqlite_retention as retention
 from tapad.store.base import (
+    NO_DUPLICATES,
     CommitUnknown,
+    Duplicates,
     Event,
     HourCounts,
     StoreConfigError,
@@ -61,7 +63,14 @@ CREATE TABLE IF NOT EXISTS hour_users (
     user TEXT NOT NULL,
     PRIMARY KEY (hour, user)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS hour_ids (
+    hour INTEGER NOT NULL,
+    user TEXT NOT NULL,
+    id TEXT NOT NULL,
+    PRIMARY KEY (hour, user, id)
+) WITHOUT ROWID;
 """
+REMEMBER_ID = "INSERT OR IGNORE INTO hour_ids (hour, user, id) VALUES (?, ?, ?)"
 
 ADD_TO_HOUR = """
 INSERT INTO hours (hour, unique_users, clicks, impressions) VALUES (?, ?, ?, ?)
@@ -100,6 +109,7 @@ class SQLiteStore:
         synchronous: str = "full",
         commit_deadline: float = settings.default("commit_deadline"),
         retention_hours: int | None = None,
+        dedup_hours: int = settings.default("dedup_hours"),
         clock: Callable[[], float] = time.time,
         sweep_every: float | None = retention.SWEEP_EVERY,
     ) -> None:
@@ -120,6 +130,7 @@ class SQLiteStore:
         if retention_hours is not None and retention_hours < 1:
             raise StoreConfigError("retention must be at least 1 hour")
         self.retention_hours = retention_hours  # None: keep every hour
+        self.dedup_hours = dedup_hours  # ids are forgotten this long after their hour ends
         self._clock = clock  # Unix time; tests and bench/retention.py move it
         self._sweep_every = sweep_every  # None: no sweeps of its own, the caller calls sweep()
         self._sweeper: asyncio.Task[None] | None = None
@@ -133,7 +144,7 @@ class SQLiteStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreConfigError(f"cannot create {self.path.parent}: {exc.strerror}") from None
-        if self.retention_hours is not None and self._sweep_every and self._sweeper is None:
+        if self._sweep_every and self._sweeper is None:  # ids expire; hours with a retention
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
         await self._on(self._write_thread, self._writer_conn)
         if self._checkpointer is None:
@@ -162,14 +173,17 @@ class SQLiteStore:
 
     # -- the interface ---------------------------------------------------
 
-    async def write(self, events: Sequence[Event]) -> None:
+    async def write(self, events: Sequence[Event]) -> Duplicates:
         loop = asyncio.get_running_loop()
+        duplicates: list[Duplicates] = []  # the thread's finding, once applied
         stop = threading.Event()  # set: roll back instead of committing
         committing = threading.Lock()
         committing.acquire()  # released by the thread once its SQL is done
         ended: Ended = loop.create_future()  # the thread's outcome, or a timer's
         try:
-            job = self._write_thread.submit(self._write_job, events, stop, committing, loop, ended)
+            job = self._write_thread.submit(
+                self._write_job, events, stop, committing, loop, ended, duplicates
+            )
         except RuntimeError as exc:  # pool shut down
             raise StoreError(f"sqlite: {exc}") from exc
         # The event loop waits here, the GIL let go, until the thread is through its
@@ -185,7 +199,7 @@ class SQLiteStore:
             for timer in timers:
                 timer.cancel()
         if error is None:
-            return
+            return duplicates[0] if duplicates else NO_DUPLICATES
         if isinstance(error, _InDoubt):
             raise CommitUnknown(f"sqlite: COMMIT failed: {error}") from error
         if isinstance(error, sqlite3.Error):  # busy, interrupted: rolled back
@@ -288,13 +302,14 @@ class SQLiteStore:
         committing: threading.Lock,
         loop: asyncio.AbstractEventLoop,
         ended: Ended,
+        duplicates: list[Duplicates],
     ) -> None:
         """On the write thread: write the batch, then hand its outcome to the event loop with
         one ``call_soon_threadsafe``. (``asyncio.wrap_future`` and ``asyncio.wait`` took
         three passes of the loop to bring it to the committer, each queued behind the
         requests that had arrived meanwhile.)"""
         try:
-            self._write_batch(events, stop, committing)
+            duplicates.append(self._write_batch(events, stop, committing))
             error: Exception | None = None
         except Exception as exc:  # raised by write() on the event loop
             error = exc
@@ -303,7 +318,7 @@ class SQLiteStore:
 
     def _write_batch(
         self, events: Sequence[Event], stop: threading.Event, committing: threading.Lock
-    ) -> None:
+    ) -> Duplicates:
         """One transaction; ``stop`` set (the write took too long) rolls it back.
         ``committing`` is released when the statements are done, just before the COMMIT,
         when they fail, or when another process holds the write lock: the event loop
@@ -334,6 +349,9 @@ class SQLiteStore:
             raise
         try:
             try:
+                duplicates = remember_ids(conn, events)
+                if duplicates:
+                    events = [e for i, e in enumerate(events) if i not in duplicates]
                 for (hour, _), (users, clicks, impressions) in aggregate(events).items():
                     before = conn.total_changes
                     conn.executemany(
@@ -355,6 +373,7 @@ class SQLiteStore:
                 if not (is_busy(exc) or is_interrupted(exc)):
                     raise _InDoubt(str(exc)) from exc
                 raise
+            return duplicates
         except BaseException:
             if conn.in_transaction:
                 try:
@@ -419,12 +438,20 @@ class SQLiteStore:
         return [c if h >= oldest else HourCounts() for h, c in zip(hours, counts, strict=True)]
 
     async def sweep(self) -> int:
-        """Remove every hour past its retention, step by step on the writer thread, then
-        give the freed pages back. Returns the rows removed."""
-        assert self.retention_hours is not None
+        """Forget ids past ``dedup_hours``, remove every hour past its retention, step by
+        step on the writer thread, then give the freed pages back. Returns the rows removed."""
+        oldest_id = oldest_kept_hour(self.dedup_hours, self._clock())
+        if self.retention_hours is not None:
+            oldest_id = max(oldest_id, oldest_kept_hour(self.retention_hours, self._clock()))
+        removed = 0
+        while step := await self._on(
+            self._write_thread, lambda: retention.forget_ids(self._writer_conn(), oldest_id)
+        ):
+            removed += step
+        if self.retention_hours is None:
+            return removed
         await self._on(self._write_thread, lambda: retention.prepare(self._writer_conn()))
         oldest = oldest_kept_hour(self.retention_hours, self._clock())
-        removed = 0
         while step := await self._on(
             self._write_thread, lambda: retention.delete_chunk(self._writer_conn(), oldest)
         ):
@@ -440,11 +467,7 @@ class SQLiteStore:
             try:
                 removed = await self.sweep()
                 if removed:
-                    log.info(
-                        "retention: removed %d rows of hours past %d h",
-                        removed,
-                        self.retention_hours,
-                    )
+                    log.info("sweep: removed %d rows of ids or hours past their time", removed)
             except StoreError as exc:  # the store is down for now: the next sweep tries again
                 log.warning("retention sweep failed: %s", exc)
             await asyncio.sleep(self._sweep_every or retention.SWEEP_EVERY)
@@ -510,6 +533,22 @@ def is_interrupted(exc: sqlite3.OperationalError) -> bool:
     if code is not None:
         return code & 0xFF == sqlite3.SQLITE_INTERRUPT
     return "interrupted" in str(exc)
+
+
+def remember_ids(conn: sqlite3.Connection, events: Sequence[Event]) -> Duplicates:
+    """Record the ids of a batch in its transaction; the positions of those already there.
+
+    An event without an id costs one attribute test; one with an id, one insert into
+    ``hour_ids``, whose primary key says whether the (hour, user, id) was seen before.
+    """
+    duplicates: set[int] = set()
+    for position, event in enumerate(events):
+        if (
+            event.id is not None
+            and not conn.execute(REMEMBER_ID, (event.hour, event.user, event.id)).rowcount
+        ):
+            duplicates.add(position)
+    return frozenset(duplicates) if duplicates else NO_DUPLICATES
 
 
 def consecutive_runs(hours: Sequence[int]) -> list[tuple[int, int]]:

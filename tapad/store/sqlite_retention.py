@@ -61,6 +61,23 @@ def delete_chunk(conn: sqlite3.Connection, oldest_kept: int) -> int:
     return removed
 
 
+def forget_ids(conn: sqlite3.Connection, oldest_kept: int) -> int:
+    """Remove up to ``DELETE_ROWS`` remembered ids of hours before ``oldest_kept``."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        removed = conn.execute(
+            "DELETE FROM hour_ids WHERE (hour, user, id) IN "
+            "(SELECT hour, user, id FROM hour_ids WHERE hour < ? LIMIT ?)",
+            (oldest_kept, DELETE_ROWS),
+        ).rowcount
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return int(removed)
+
+
 def vacuum_chunk(conn: sqlite3.Connection) -> int:
     """Hand up to ``VACUUM_PAGES`` free pages back to the file system; return how many."""
     (before,) = conn.execute("PRAGMA freelist_count").fetchone()

@@ -44,7 +44,9 @@ from typing import Any, cast
 from tapad import settings as defaults
 from tapad.adapters.redis_py import key_slot
 from tapad.store.base import (
+    NO_DUPLICATES,
     CommitUnknown,
+    Duplicates,
     Event,
     HourCounts,
     PartialWrite,
@@ -53,6 +55,7 @@ from tapad.store.base import (
     StoreFault,
 )
 from tapad.store.redis.keys import EXEC, MULTI, KeyLayout
+from tapad.store.redis.keys import Part as KeyPart
 from tapad.store.redis.link import (
     FAILURES,
     InDoubt,
@@ -80,7 +83,7 @@ SLOTS = 16384
 REDIRECTS = ("MOVED ", "ASK ", "TRYAGAIN ", "CLUSTERDOWN ")
 
 Node = tuple[str, int]
-Part = tuple[int, int, tuple[set[str], int, int]]  # hour, shard, (users, clicks, imps)
+Part = tuple[int, int, KeyPart]  # hour, shard, (users, clicks, imps, events with ids)
 
 
 class ClusterStore:
@@ -95,12 +98,18 @@ class ClusterStore:
         shards: int | None = None,
         unique: str | None = None,
         retention_hours: int | None = None,
+        dedup_hours: int | None = None,
     ) -> None:
         if not settings.hosts:
             raise StoreConfigError(f"store URL {settings.redacted()!r} names no cluster node")
-        self.layout = KeyLayout(
-            settings.prefix, shards, unique, default_shards=0, retention_hours=retention_hours
-        )  # 0: as many shards as masters, once the slot map says how many (new stores only)
+        self.layout = KeyLayout(  # shards 0: one per master, once the slot map says how many
+            settings.prefix,
+            shards,
+            unique,
+            default_shards=0,
+            retention_hours=retention_hours,
+            dedup_hours=dedup_hours or defaults.default("dedup_hours"),
+        )
         self._timeout = timeout if timeout is not None else defaults.default("store_timeout")
         self._deadline = (
             commit_deadline if commit_deadline is not None else defaults.default("commit_deadline")
@@ -234,8 +243,9 @@ class ClusterStore:
     async def connect(self) -> None:
         await self.ping()
 
-    async def write(self, events: Sequence[Event]) -> None:
-        """Every master's part at once. Returns if every part is applied; StoreError if
+    async def write(self, events: Sequence[Event]) -> Duplicates:
+        """Every master's part at once. Returns if every part is applied (the positions of
+        the events whose ids were known: see ``Store.write``); StoreError if
         none is and none is in doubt; PartialWrite (each part applied, in doubt, or not)
         or CommitUnknown (every part in doubt) otherwise."""
         if self.fault is not None:
@@ -309,6 +319,7 @@ class ClusterStore:
             pending = again
         layout.expired(sorted(batch.applied))
         self._answer(batch)
+        return frozenset(batch.duplicates) if batch.duplicates else NO_DUPLICATES
 
     async def _next_round(self, batch: _Outcome) -> bool:
         """Reload the slot map for another round of sends, if the deadline leaves time."""
@@ -432,6 +443,7 @@ class ClusterStore:
             result = replies[end]
             if isinstance(result, list):
                 batch.applied.update((h, s) for h, s, _ in items)
+                batch.duplicates.update(KeyLayout.duplicates(result))
                 errors = [r for r in result if isinstance(r, ReplyError)]
                 if errors:  # applied, but a command failed (e.g. a wrong key type)
                     batch.applied.difference_update((h, s) for h, s, _ in items)
@@ -589,6 +601,7 @@ class _Outcome:
         self.applied: set[tuple[int, int]] = set()
         self.unknown: set[tuple[int, int]] = set()
         self.failed: set[tuple[int, int]] = set()  # known not applied
+        self.duplicates: set[int] = set()  # positions of events whose id was known
         self.error: BaseException | None = None
 
     def fail(self, exc: BaseException) -> None:

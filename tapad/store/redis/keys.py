@@ -27,12 +27,42 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from tapad.store.base import Event, HourCounts, StoreConfigError, aggregate
 from tapad.store.redis.protocol import pack
 
 UNIQUE_MODES = ("exact", "hll")
+# One (hour, shard)'s events that carry ids, applied inside the batch's MULTI/EXEC: an
+# event is counted only if its id is new for its hour and user (SADD answers 1). KEYS: the
+# users, the counts and the ids of the (hour, shard), one slot; ARGV: when the ids expire,
+# "SADD" or "PFADD" for the users, then (position in the batch, user, c|i, id) per event.
+# Returns the positions of the duplicates. EVAL, not EVALSHA: a NOSCRIPT inside EXEC would
+# fail alone while the rest of the transaction applied; Redis caches the script anyway.
+COUNT_NEW_IDS = """
+local dups, users, clicks, imps = {}, {}, 0, 0
+for i = 3, #ARGV, 4 do
+  local user = ARGV[i + 1]
+  if redis.call('SADD', KEYS[3], #user .. ':' .. user .. ARGV[i + 3]) == 1 then
+    users[#users + 1] = user
+    if ARGV[i + 2] == 'c' then clicks = clicks + 1 else imps = imps + 1 end
+  else
+    dups[#dups + 1] = tonumber(ARGV[i])
+  end
+end
+for i = 1, #users, 1000 do
+  redis.call(ARGV[2], KEYS[1], unpack(users, i, math.min(i + 999, #users)))
+end
+if clicks > 0 then redis.call('HINCRBY', KEYS[2], 'c', clicks) end
+if imps > 0 then redis.call('HINCRBY', KEYS[2], 'i', imps) end
+redis.call('EXPIREAT', KEYS[3], ARGV[1])
+return dups
+"""
+# (position in the batch, user, click, id) of an event that carries an id
+Tagged = tuple[int, str, bool, str]
+# One (hour, shard)'s part of a batch: users and counts of the events without ids, and
+# the events with ids (counted by COUNT_NEW_IDS).
+Part = tuple[set[str], int, int, list[Tagged]]
 MULTI = pack(("MULTI",))
 EXEC = pack(("EXEC",))
 MARKER_MARGIN = 60  # seconds a commit marker outlives the commit deadline
@@ -48,6 +78,7 @@ class KeyLayout:
         unique: str | None,
         default_shards: int,
         retention_hours: int | None = None,
+        dedup_hours: int = 48,
     ) -> None:
         """Check the asked-for values here, once for the single and the cluster store."""
         if unique is not None and unique not in UNIQUE_MODES:
@@ -68,6 +99,7 @@ class KeyLayout:
         self.tags: list[str] | None = None
         self.unique = unique or "exact"
         self.retention = retention_hours or 0  # hours kept after an hour ends; 0: for ever
+        self.dedup_hours = dedup_hours  # hours an hour's ids are kept after it ends
         self.hours_key = f"{prefix}hours"
         self.layout_key = f"{prefix}layout"
         self._expiring: set[tuple[int, int]] = set()  # (hour, shard) whose EXPIREAT was sent
@@ -93,9 +125,29 @@ class KeyLayout:
             return f"{self.prefix}{{{self.tags[shard]}}}:{hour}:n"
         return f"{self.prefix}{{{hour}.{shard}}}:n"
 
-    def split(self, events: Sequence[Event]) -> dict[tuple[int, int], tuple[set[str], int, int]]:
-        """Fold a batch per (hour, shard): users, clicks, impressions."""
-        return aggregate(events, self.shard_of if self.shards > 1 else None)
+    def ids_key(self, hour: int, shard: int) -> str:
+        if self.tags is not None:
+            return f"{self.prefix}{{{self.tags[shard]}}}:{hour}:d"
+        return f"{self.prefix}{{{hour}.{shard}}}:d"
+
+    def split(self, events: Sequence[Event]) -> dict[tuple[int, int], Part]:
+        """Fold a batch per (hour, shard): users, clicks, impressions of the events without
+        ids; the events with ids, each with its position, to be counted if new."""
+        shard_of = self.shard_of if self.shards > 1 else None
+        tagged = [(i, e) for i, e in enumerate(events) if e.id is not None]
+        if tagged:
+            events = [e for e in events if e.id is None]
+        parts: dict[tuple[int, int], Part] = {
+            key: (users, clicks, imps, []) for key, (users, clicks, imps) in
+            aggregate(events, shard_of).items()
+        }  # fmt: skip
+        for position, (hour, user, click, event_id) in tagged:
+            key = (hour, shard_of(user) if shard_of is not None else 0)
+            part = parts.get(key)
+            if part is None:
+                part = parts[key] = (set(), 0, 0, [])
+            part[3].append((position, user, click, cast(str, event_id)))
+        return parts
 
     def deadline(self, hour: int) -> int:
         """Unix time at which an hour's keys expire: ``retention`` hours after it ends."""
@@ -144,17 +196,44 @@ class KeyLayout:
         return HourCounts(users, clicks, imps)
 
     def write_commands(
-        self, hour: int, shard: int, users: set[str], clicks: int, impressions: int
+        self,
+        hour: int,
+        shard: int,
+        users: set[str],
+        clicks: int,
+        impressions: int,
+        tagged: Sequence[Tagged] = (),
     ) -> list[bytes]:
-        """One (hour, shard) part of a batch: add its users, count its clicks and impressions."""
+        """One (hour, shard) part of a batch: add its users, count its clicks and impressions;
+        the events with ids through COUNT_NEW_IDS (whose reply, a list, names duplicates)."""
         add = "PFADD" if self.unique == "hll" else "SADD"
-        commands = [pack((add, self.users_key(hour, shard), *users))]
+        commands = []
+        if users:
+            commands.append(pack((add, self.users_key(hour, shard), *users)))
         counts = self.counts_key(hour, shard)
         if clicks:
             commands.append(pack(("HINCRBY", counts, "c", clicks)))
         if impressions:
             commands.append(pack(("HINCRBY", counts, "i", impressions)))
+        if tagged:
+            args: list[object] = [self.ids_deadline(hour), add]
+            for position, user, click, event_id in tagged:
+                args += (position, user, "c" if click else "i", event_id)
+            keys = (self.users_key(hour, shard), counts, self.ids_key(hour, shard))
+            commands.append(pack(("EVAL", COUNT_NEW_IDS, 3, *keys, *args)))
         return commands
+
+    def ids_deadline(self, hour: int) -> int:
+        """Unix time at which an hour's ids are forgotten: ``dedup_hours`` after it ends,
+        or when the hour itself goes, if sooner."""
+        deadline = (hour + 1 + self.dedup_hours) * 3600
+        return min(deadline, self.deadline(hour)) if self.retention else deadline
+
+    @staticmethod
+    def duplicates(replies: Sequence[Any]) -> set[int]:
+        """The duplicates' positions in a batch, from its EXEC's replies: COUNT_NEW_IDS is
+        the only command of a write whose reply is a list."""
+        return {p for reply in replies if isinstance(reply, list) for p in reply}
 
     def read_commands(self, pairs: Sequence[tuple[int, int]]) -> list[bytes]:
         """A (count, HMGET) command pair for each (hour, shard)."""

@@ -18,7 +18,9 @@ from typing import Any
 
 from tapad import settings as defaults
 from tapad.store.base import (
+    NO_DUPLICATES,
     CommitUnknown,
+    Duplicates,
     Event,
     HourCounts,
     StoreConfigError,
@@ -46,9 +48,15 @@ class RedisStore:
         shards: int | None = None,
         unique: str | None = None,
         retention_hours: int | None = None,
+        dedup_hours: int | None = None,
     ) -> None:
         self.layout = KeyLayout(
-            settings.prefix, shards, unique, default_shards=1, retention_hours=retention_hours
+            settings.prefix,
+            shards,
+            unique,
+            default_shards=1,
+            retention_hours=retention_hours,
+            dedup_hours=dedup_hours or defaults.default("dedup_hours"),
         )
         self._timeout = timeout if timeout is not None else defaults.default("store_timeout")
         self._deadline = (
@@ -101,7 +109,7 @@ class RedisStore:
 
     # -- writes ------------------------------------------------------------------------
 
-    async def write(self, events: Sequence[Event]) -> None:
+    async def write(self, events: Sequence[Event]) -> Duplicates:
         """One MULTI/EXEC per batch, packed in C and sent in one write."""
         if self.fault is not None:  # refused before sending: nothing of it is applied
             raise StoreError(self.fault)
@@ -120,15 +128,16 @@ class RedisStore:
         except LinkLost:
             self.in_doubt.settling += 1
             try:
-                await self._settle(link, marker, seq, events, body, replies)
+                duplicates = await self._settle(link, marker, seq, events, body, replies)
             finally:
                 self.in_doubt.settling -= 1
         except LinkClosed as exc:  # not sent
             raise self._failed(exc) from None
         else:
-            self._check_exec(result, len(events))
+            duplicates = self._check_exec(result, len(events))
         if expire:  # only with a retention, once per (hour, shard)
             self.layout.expired(expire)
+        return duplicates
 
     async def _settle(
         self,
@@ -138,9 +147,10 @@ class RedisStore:
         events: Sequence[Event],
         body: bytes,
         replies: int,
-    ) -> None:
+    ) -> Duplicates:
         """The reply to batch ``seq`` of ``old`` was lost: find out whether it was applied,
-        sending it again if it was not, until the commit deadline."""
+        sending it again if it was not, until the commit deadline. (Applied, its reply is
+        gone: which of its ids were duplicates is not known, and none are reported.)"""
         loop = asyncio.get_running_loop()
         start = loop.time()
         deadline = start + self._deadline
@@ -153,7 +163,7 @@ class RedisStore:
                 raise CommitUnknown(f"redis {self._name}: no answer within the commit deadline")
             if found[0]:
                 self.in_doubt.settled(self._name, "applied", len(events), waited)
-                return
+                return NO_DUPLICATES
             self.in_doubt.settled(self._name, "not_applied", len(events), waited)
             link = self._node.ready()  # the link settle() just used: send the batch again
             if link is None:
@@ -169,12 +179,11 @@ class RedisStore:
                 continue
             except LinkClosed:
                 raise StoreError(f"redis {self._name}: batch not applied") from None
-            self._check_exec(result, len(events))
-            return
+            return self._check_exec(result, len(events))
 
-    def _check_exec(self, replies: list[Any], events: int) -> None:
+    def _check_exec(self, replies: list[Any], events: int) -> Duplicates:
         try:
-            check_exec(replies)
+            duplicates = self.layout.duplicates(check_exec(replies))
         except ExecError as exc:
             self.fault = f"store misconfigured: {exc}"
             log.error(
@@ -187,6 +196,7 @@ class RedisStore:
             raise StoreFault(f"redis {self._name}: batch applied in part: {exc}") from None
         except CommandError as exc:
             raise store_error(self._name, exc) from None
+        return frozenset(duplicates) if duplicates else NO_DUPLICATES
 
     def _write_request(self, events: Sequence[Event]) -> tuple[bytes, int, list[tuple[int, int]]]:
         """The commands of a batch between MULTI and the marker, their count, and the
