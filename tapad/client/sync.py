@@ -1,0 +1,330 @@
+"""``Client``: events buffered in the caller's thread, delivered by one background thread.
+
+The caller's cost is a check, a stamp and an append under a lock; the sender thread
+takes up to ``batch_size`` events (or what ``flush_interval`` gathered), posts them as
+one batch and retries it with the same ids until it is acknowledged, refused, or
+``retry_for`` has passed. Batches go one at a time, in order, so events settle in the
+order they were given and ``flush()`` only has to wait for a count.
+
+What analytics-python and posthog-python users lost, and what this does instead:
+events pending at exit are flushed by an ``atexit`` hook (not merely a joined thread);
+after ``fork()`` the child gets its own lock, queue and sender (``os.register_at_fork``)
+rather than a dead thread; a full queue blocks ``max_block`` seconds and then raises
+instead of dropping; ``flush()`` takes a timeout.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import sys
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from types import TracebackType
+
+import httpx
+
+from tapad.client.delivery import (
+    Answer,
+    ErrorHandler,
+    Stats,
+    one_line,
+    parse_ack,
+    refused,
+    report,
+    retry_delay,
+)
+from tapad.client.errors import DeliveryError, FlushTimeout, QueueFull
+from tapad.client.events import (
+    Event,
+    IdMaker,
+    check_id,
+    check_timestamp,
+    check_user,
+    encode,
+    now_ms,
+)
+
+log = logging.getLogger("tapad.client")
+
+_LIVE: weakref.WeakSet[Client] = weakref.WeakSet()  # clients a forked child must reset
+
+
+class Client:
+    """Send click and impression events to a tapad server from any number of threads.
+
+    ``with Client(url) as tapad: tapad.click("alice")``; leaving the block (or
+    ``close()``) flushes. See the package's documentation for each argument.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        write_token: str | None = None,
+        *,
+        batch_size: int = 500,
+        flush_interval: float = 0.5,
+        max_queue: int = 100_000,
+        max_block: float = 5.0,
+        retry_for: float = 300.0,
+        timeout: float = 10.0,
+        exit_timeout: float = 10.0,
+        on_error: ErrorHandler | None = None,
+    ) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"url: must start with http:// or https://, got {url!r}")
+        if not 1 <= batch_size <= 10_000:
+            raise ValueError("batch_size: must be 1 to 10000 (the server's batch limit)")
+        self.endpoint = url.rstrip("/") + "/analytics/batch"
+        self._headers = {"Content-Type": "application/json"}
+        if write_token:
+            self._headers["Authorization"] = f"Bearer {write_token}"
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.max_queue = max_queue
+        self.max_block = max_block
+        self.retry_for = retry_for
+        self.timeout = timeout
+        self.exit_timeout = exit_timeout
+        self.on_error = on_error
+        self._fresh_state()
+        _LIVE.add(self)
+        ref = weakref.ref(self)
+        atexit.register(_flush_at_exit, ref)
+
+    def _fresh_state(self) -> None:
+        """Everything a process owns alone: made at start and again in a forked child."""
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)  # the sender waits on it
+        self._settled_cv = threading.Condition(self._lock)  # callers and flush() wait on it
+        self._queue: deque[Event] = deque()
+        self._oldest = 0.0  # monotonic time the oldest queued event was given
+        self._given = 0  # events taken so far
+        self._settled = 0  # of those, acknowledged or refused (in order)
+        self._flush_until = 0  # send at once while _settled is below this
+        self._stats = Stats()
+        self._refused_total = 0
+        self._closing = False
+        self._abandon = threading.Event()  # close() gave up: stop retrying
+        self._thread: threading.Thread | None = None
+        self._ids = IdMaker()
+
+    # -- the caller's side -----------------------------------------------------------
+
+    def click(self, user: str, *, timestamp: int | None = None, id: str | None = None) -> None:
+        """Queue a click; raises ValueError for an event the server would refuse."""
+        self._add(user, "click", timestamp, id)
+
+    def impression(self, user: str, *, timestamp: int | None = None, id: str | None = None) -> None:
+        """Queue an impression; raises ValueError for an event the server would refuse."""
+        self._add(user, "impression", timestamp, id)
+
+    def _add(self, user: str, kind: str, timestamp: int | None, event_id: str | None) -> None:
+        event = Event(
+            now_ms() if timestamp is None else check_timestamp(timestamp),
+            check_user(user),
+            kind,
+            self._ids() if event_id is None else check_id(event_id),
+        )
+        with self._lock:
+            if self._closing:
+                raise RuntimeError("tapad client is closed")
+            if self._given - self._settled >= self.max_queue:
+                self._wait_for_room()
+            queue = self._queue
+            queue.append(event)
+            self._given += 1
+            self._stats.queued += 1
+            if len(queue) == 1:
+                self._oldest = time.monotonic()
+                if self._thread is None:
+                    self._start()
+                self._work.notify()
+            elif len(queue) >= self.batch_size:
+                self._work.notify()
+
+    def _wait_for_room(self) -> None:
+        deadline = time.monotonic() + self.max_block
+        while self._given - self._settled >= self.max_queue:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise QueueFull(
+                    f"{self.max_queue} events already waiting for the server "
+                    f"after {self.max_block:g}s"
+                )
+            self._settled_cv.wait(left)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Return once every event given so far is acknowledged or refused.
+
+        Raises FlushTimeout (saying how many are neither) when ``timeout`` runs out.
+        """
+        with self._lock:
+            target = self._given
+            self._flush_until = max(self._flush_until, target)
+            self._work.notify()
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while self._settled < target:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise FlushTimeout(target - self._settled, timeout or 0.0)
+                self._settled_cv.wait(left)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush (for at most ``timeout`` seconds, if given), then stop the sender."""
+        try:
+            self.flush(timeout)
+        finally:
+            with self._lock:
+                self._closing = True
+                self._work.notify()
+            self._abandon.set()
+            if self._thread is not None:
+                self._thread.join(1.0)  # a daemon: one stuck in a request is left
+            _LIVE.discard(self)
+
+    def stats(self) -> dict[str, int]:
+        """Counts of events: queued, sent, acknowledged, duplicates, retried, refused."""
+        with self._lock:
+            return self._stats.as_dict()
+
+    @property
+    def pending(self) -> int:
+        """Events given and neither acknowledged nor refused yet."""
+        with self._lock:
+            return self._given - self._settled
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+        if exc_type is None and self._refused_total:
+            n = self._refused_total
+            raise DeliveryError(None, "refused by the server (see on_error and the log)", n)
+
+    # -- the sender thread -------------------------------------------------------------
+
+    def _start(self) -> None:
+        self._thread = threading.Thread(target=self._send_forever, name="tapad-client", daemon=True)
+        self._thread.start()
+
+    def _send_forever(self) -> None:
+        with httpx.Client(timeout=self.timeout) as http:
+            while True:
+                batch = self._next_batch()
+                if batch is None:
+                    return
+                self._deliver(http, batch)
+
+    def _next_batch(self) -> list[Event] | None:
+        """Wait for a full batch, ``flush_interval`` since the oldest event, a flush or
+        close; None when closing with nothing left."""
+        with self._lock:
+            queue = self._queue
+            while True:
+                if queue:
+                    waited = time.monotonic() - self._oldest
+                    if (
+                        len(queue) >= self.batch_size
+                        or waited >= self.flush_interval
+                        or self._settled < self._flush_until
+                        or self._closing
+                    ):
+                        break
+                    self._work.wait(self.flush_interval - waited)
+                elif self._closing:
+                    return None
+                else:
+                    self._work.wait()
+            batch = [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
+            if queue:
+                self._oldest = time.monotonic()
+            self._stats.sent += len(batch)
+            return batch
+
+    def _deliver(self, http: httpx.Client, batch: list[Event]) -> None:
+        body = encode(batch)
+        first = time.monotonic()
+        retries = 0
+        while True:
+            answer = self._post(http, body)
+            if answer.acknowledged:
+                accepted, duplicates = parse_ack(answer.text, len(batch))
+                self._settle(len(batch), acknowledged=accepted, duplicates=duplicates)
+                return
+            if answer.retryable:
+                delay = retry_delay(retries, answer.retry_after)
+                spent = time.monotonic() - first
+                if spent + delay > self.retry_for or self._abandon.is_set():
+                    self._refuse(refused(answer, len(batch), gave_up_after=spent))
+                    return
+                retries += 1
+                with self._lock:
+                    self._stats.retried += len(batch)
+                if self._abandon.wait(delay):
+                    self._refuse(refused(answer, len(batch), gave_up_after=spent))
+                    return
+                continue
+            self._refuse(refused(answer, len(batch)))
+            return
+
+    def _post(self, http: httpx.Client, body: bytes) -> Answer:
+        try:
+            response = http.post(self.endpoint, content=body, headers=self._headers)
+        except httpx.HTTPError as exc:  # timeouts, refused and broken connections
+            return Answer(None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+        return Answer(
+            response.status_code,
+            response.text if response.status_code == 200 else one_line(response.text),
+            response.headers.get("Retry-After"),
+        )
+
+    def _settle(self, events: int, *, acknowledged: int = 0, duplicates: int = 0) -> None:
+        with self._lock:
+            self._settled += events
+            self._stats.acknowledged += acknowledged
+            self._stats.duplicates += duplicates
+            self._settled_cv.notify_all()
+
+    def _refuse(self, error: DeliveryError) -> None:
+        with self._lock:
+            self._stats.refused += error.events
+            self._refused_total += error.events
+        report(error, self.on_error)
+        self._settle(error.events)
+
+    def _after_fork_in_child(self) -> None:
+        self._fresh_state()
+        mp_util = sys.modules.get("multiprocessing.util")
+        if mp_util is not None:  # multiprocessing's children end in os._exit: no atexit
+            mp_util.Finalize(self, _flush_at_exit, args=(weakref.ref(self),), exitpriority=10)
+
+
+def _flush_at_exit(ref: Callable[[], Client | None]) -> None:
+    """Deliver what is pending at interpreter exit, for at most ``exit_timeout`` seconds."""
+    client = ref()
+    if client is None or client._closing or client.pending == 0:
+        return
+    try:
+        client.close(client.exit_timeout)
+    except FlushTimeout as exc:
+        log.warning("tapad.client: %s at exit; they are lost", exc)
+        print(f"tapad.client: {exc} at exit; they are lost", file=sys.stderr)
+
+
+def _reset_in_child() -> None:
+    for client in list(_LIVE):
+        client._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_reset_in_child)
