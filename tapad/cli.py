@@ -98,6 +98,7 @@ def serve(
     retention_hours: Annotated[int | None, serve_option("retention_hours")] = default(
         "retention_hours"
     ),
+    dedup_hours: Annotated[int, serve_option("dedup_hours")] = default("dedup_hours"),
 ) -> None:
     """Run the HTTP server."""
     from tapad.server.run import ServeSettings, StartupError, configure_logging
@@ -117,6 +118,7 @@ def serve(
         shards=shards,
         unique=unique.value if unique is not None else None,
         retention_hours=retention_hours,
+        dedup_hours=dedup_hours,
     )
     try:
         run(settings)
