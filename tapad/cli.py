@@ -98,6 +98,7 @@ def serve(
     retention_hours: Annotated[int | None, serve_option("retention_hours")] = default(
         "retention_hours"
     ),
+    allow_eviction: Annotated[bool, serve_option("allow_eviction")] = default("allow_eviction"),
 ) -> None:
     """Run the HTTP server."""
     from tapad.server.run import ServeSettings, StartupError, configure_logging
@@ -117,6 +118,7 @@ def serve(
         shards=shards,
         unique=unique.value if unique is not None else None,
         retention_hours=retention_hours,
+        allow_eviction=allow_eviction,
     )
     try:
         run(settings)

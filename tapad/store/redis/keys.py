@@ -35,6 +35,7 @@ from tapad.store.redis.protocol import pack
 UNIQUE_MODES = ("exact", "hll")
 MULTI = pack(("MULTI",))
 EXEC = pack(("EXEC",))
+DISCARD = pack(("DISCARD",))
 MARKER_MARGIN = 60  # seconds a commit marker outlives the commit deadline
 
 
