@@ -95,6 +95,10 @@ NO_EVENTS = HourCounts()
 # known not applied (503); any other COMMIT failure (an I/O error while the WAL is synced)
 # may have left a commit behind (504).
 ROLLED_BACK = (sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN)
+# Free space below which the write probe says the disk is still full: a failed batch leaves
+# WAL frames behind past the last commit, space a tiny probe write fits in while the next
+# batch (and the checkpoint, which must grow the file) would fail again.
+PROBE_MIN_FREE = 1 << 20  # bytes
 PROBE = (
     "CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, at REAL NOT NULL)",
     "INSERT OR REPLACE INTO write_probe (id, at) VALUES (1, ?)",
@@ -254,7 +258,10 @@ class SQLiteStore:
     async def probe_write(self) -> None:
         """One tiny committed write to a table of its own (a transaction rolled back would
         never reach the disk, and a full disk shows only when the WAL must grow), on the
-        write thread, within the store timeout."""
+        write thread, within the store timeout; first, at least ``PROBE_MIN_FREE`` free."""
+        free = self.condition().disk_free_bytes
+        if free is not None and free < PROBE_MIN_FREE:
+            raise StoreError(f"sqlite: the disk is full ({free} bytes free)")
         try:
             async with asyncio.timeout(self._timeout):
                 await self._on(self._write_thread, self._probe_on_thread)
