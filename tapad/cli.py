@@ -99,6 +99,7 @@ def serve(
         "retention_hours"
     ),
     dedup_hours: Annotated[int, serve_option("dedup_hours")] = default("dedup_hours"),
+    allow_eviction: Annotated[bool, serve_option("allow_eviction")] = default("allow_eviction"),
 ) -> None:
     """Run the HTTP server."""
     from tapad.server.run import ServeSettings, StartupError, configure_logging
@@ -119,6 +120,7 @@ def serve(
         unique=unique.value if unique is not None else None,
         retention_hours=retention_hours,
         dedup_hours=dedup_hours,
+        allow_eviction=allow_eviction,
     )
     try:
         run(settings)

@@ -115,6 +115,12 @@ SETTINGS: tuple[Setting, ...] = (
         min=1,
         default_text="the store's; else for ever",
     ),
+    Setting(
+        "allow_eviction",
+        False,
+        "Serve on a Redis whose maxmemory-policy may evict keys (acknowledged events can "
+        "then be lost): a warning instead of refusing to start.",
+    ),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

@@ -31,7 +31,9 @@ TEXT = "text/plain"
 RETRY_AFTER = "1"
 STORE_FAILED = "store unavailable: event not acknowledged, retry later"
 OUTCOME_UNKNOWN = "outcome unknown: the event may or may not be recorded; do not retry blindly"
-HEALTH_WINDOW = 5.0  # seconds a failed batch or read keeps /healthz at 503 (see Outage)
+HEALTH_WINDOW = 5.0  # seconds a failed read keeps /healthz at 503 (see Outage)
+EVICTING = "store evicting events"
+NOT_PERSISTENT = "ok (store without persistence: a restart loses all)"
 COUNTS_HEADERS = {"Content-Type": "text/plain; charset=utf-8"}
 
 
@@ -89,6 +91,7 @@ class TapadHandler:
             writes=False,
             on_unforeseen=self.metrics.store_errors.labels("ping").inc,
         )
+        self._probing = False  # a write probe under way (see _writes_failing)
         self._last_counts: HourCounts | None = None
         self._last_body = b""
         # Set on SIGTERM (run.py: close_gently): every answer then says "Connection: close".
@@ -185,17 +188,44 @@ class TapadHandler:
         problem = await self.problem()
         if problem is not None:
             return unavailable(problem)
-        return web.Response(text="ok\n", content_type=TEXT)
+        ok = "ok" if self.store.condition().persistent else NOT_PERSISTENT
+        return web.Response(text=f"{ok}\n", content_type=TEXT)
 
     async def problem(self) -> str | None:
         """What is wrong, in a few words for /healthz; the details are in the log."""
         writes = self.committer.outage
         if writes.fault:  # holds until a batch succeeds: PING may well work meanwhile
             return writes.failing(HEALTH_WINDOW)
+        if self.store.condition().evicting:  # the store's own check said so (guard.py)
+            return EVICTING
         try:
             await self.store.ping()
         except Exception as exc:  # a StoreError, or one nobody foresaw
             self.pings.failed(1, exc)
             return "store unavailable"
         self.pings.succeeded()
-        return writes.failing(HEALTH_WINDOW) or self.reader.outage.failing(HEALTH_WINDOW)
+        return await self._writes_failing() or self.reader.outage.failing(HEALTH_WINDOW)
+
+    async def _writes_failing(self) -> str | None:
+        """The words of the last failed batch, until a write succeeds again. A store can
+        answer PING and still refuse every write (a full disk, a Redis out of memory), and a
+        server that a load balancer stopped sending POSTs to would never see a batch succeed:
+        so while no batch is under way, /healthz asks the store for a write probe."""
+        writes = self.committer.outage
+        failure = writes.last_failure
+        if failure is None:
+            return None
+        if self.committer.pending or self._probing:  # a batch (or a probe) will tell
+            return failure[1]
+        self._probing = True
+        try:
+            await self.store.probe_write()
+        except Exception as exc:  # a StoreError, or one nobody foresaw: still failing
+            log.debug("write probe failed: %s", exc)
+            return failure[1]
+        finally:
+            self._probing = False
+        if writes.last_failure is failure:  # no batch failed meanwhile
+            writes.succeeded()
+            return None
+        return writes.failing(float("inf"))

@@ -11,7 +11,15 @@ from time import perf_counter
 from typing import TypeVar
 
 from tapad.server.metrics import IN_DOUBT_OUTCOMES, Metrics
-from tapad.store.base import Duplicates, Event, HourCounts, Store, StoreConfigError, StoreError
+from tapad.store.base import (
+    Duplicates,
+    Event,
+    HourCounts,
+    Store,
+    StoreCondition,
+    StoreConfigError,
+    StoreError,
+)
 
 T = TypeVar("T")
 OPS = ("write", "read", "ping")
@@ -110,6 +118,12 @@ class MeasuredStore:
 
     async def ping(self) -> None:
         await self._measure("ping", self._store.ping())
+
+    async def probe_write(self) -> None:
+        await self._store.probe_write()
+
+    def condition(self) -> StoreCondition:
+        return self._store.condition()
 
     async def close(self) -> None:
         await self._store.close()

@@ -31,11 +31,30 @@ from prometheus_client import (
 
 from tapad.adapters.prometheus import add_observations, use_multiprocess_values
 from tapad.server.metrics_folder import multiprocess_dir
+from tapad.store.base import StoreCondition
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 METHODS = frozenset({"GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"})
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 IN_DOUBT_OUTCOMES = ("applied", "not_applied", "unknown")  # a store's ``in_doubt`` counts
+# What a store's own checks found (StoreCondition), set at each scrape: every worker checks
+# the same store, so the value set last is the store's (a gauge appears once its store
+# has a value: a Redis has no disk to report, SQLite no evictions).
+CONDITION_GAUGES = {
+    "evicting": (
+        "tapad_store_evicting",
+        "1 while the store may be throwing acknowledged events away (a Redis evicting keys, "
+        "or with a maxmemory-policy other than noeviction); /healthz answers 503.",
+    ),
+    "evicted_keys": (
+        "tapad_store_evicted_keys",
+        "Keys the Redis store says it evicted (INFO evicted_keys, summed over masters).",
+    ),
+    "disk_free_bytes": (
+        "tapad_store_disk_free_bytes",
+        "Free bytes of the file system under the SQLite file; a full disk refuses writes (503).",
+    ),
+}
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
@@ -140,6 +159,8 @@ class Metrics:
         # Read at each scrape so the gauge is exact here even while a batch hangs; the
         # committer also sets it once per batch, which is what other workers' scrapes see.
         self.pending_source: Callable[[], int] | None = None
+        self.condition_source: Callable[[], StoreCondition] | None = None
+        self._condition_gauges: dict[str, Gauge] = {}
         direct = self.multiprocess
         self.batch_sizes = Tally(self.batch_size, BATCH_BUCKETS, direct)
         self.store_timings = {
@@ -208,10 +229,24 @@ class Metrics:
             self._request_children[(method, status)] = child
         return child
 
+    def _show_condition(self, condition: StoreCondition) -> None:
+        for field, (name, doc) in CONDITION_GAUGES.items():
+            value = getattr(condition, field)
+            if value is None:
+                continue
+            gauge = self._condition_gauges.get(field)
+            if gauge is None:
+                gauge = self._condition_gauges[field] = Gauge(
+                    name, doc, multiprocess_mode="mostrecent", registry=self.registry
+                )
+            gauge.set(float(value))
+
     def render(self) -> bytes:
         """The text a scrape gets: this process's numbers, or every worker's."""
         if self.pending_source is not None:
             self.pending.set(self.pending_source())
+        if self.condition_source is not None:
+            self._show_condition(self.condition_source())
         self._fold_tally()
         directory = multiprocess_dir()
         if directory is None:

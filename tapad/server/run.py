@@ -22,6 +22,7 @@ from tapad.server.reader import CoalescingReader
 from tapad.server.writer import GroupCommitter
 from tapad.settings import default
 from tapad.store import Store, StoreConfigError, StoreError, open_store, redact
+from tapad.store.base import CHECK_EVERY
 
 log = logging.getLogger("tapad.server")
 SERVER_NAME = "tapad"  # the Server header: no versions for an attacker to look up
@@ -50,6 +51,8 @@ class ServeSettings:
     unique: str | None = default("unique")
     retention_hours: int | None = default("retention_hours")
     dedup_hours: int = default("dedup_hours")
+    allow_eviction: bool = default("allow_eviction")
+    store_check_every: float = CHECK_EVERY  # not a setting: tests check more often
     reuse_port: bool = False  # not a setting: set for the worker processes
 
 
@@ -67,6 +70,8 @@ def store_for(settings: ServeSettings) -> Store:
         unique=settings.unique,
         retention_hours=settings.retention_hours,
         dedup_hours=settings.dedup_hours,
+        allow_eviction=settings.allow_eviction,
+        check_every=settings.store_check_every,
     )
 
 
@@ -205,6 +210,7 @@ def assemble(store: Store, settings: ServeSettings) -> tuple[BoundedServer, Tapa
     )
     committer.start()
     metrics.pending_source = lambda: committer.pending
+    metrics.condition_source = measured.condition
     reads = Outage(
         "reads",
         "hours",

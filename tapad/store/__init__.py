@@ -41,6 +41,8 @@ def open_store(
     retention_hours: int | None = None,
     commit_deadline: float | None = None,
     dedup_hours: int | None = None,
+    allow_eviction: bool = False,
+    check_every: float | None = None,
 ) -> Store:
     """Open the store a URL names. Raises StoreConfigError with one line for a bad URL.
 
@@ -48,6 +50,9 @@ def open_store(
     defaults for a new store); given explicitly, a store set up otherwise is refused.
     ``timeout`` and ``commit_deadline`` left as None take the defaults of tapad.settings.
     Call ``await store.connect()`` before relying on ``store.unique_mode``.
+    ``check_every`` (Redis): seconds between checks that the store keeps what it is given
+    (tapad/store/redis/guard.py), None for none (tools that only read); an evicting
+    Redis is refused at ``connect`` unless ``allow_eviction``.
     """
     if timeout is None:
         timeout = _settings.default("store_timeout")
@@ -82,6 +87,8 @@ def open_store(
             unique=unique,
             retention_hours=retention_hours,
             dedup_hours=dedup_hours,
+            allow_eviction=allow_eviction,
+            check_every=check_every,
         )
     from tapad.store.redis.node import RedisStore
 
@@ -93,4 +100,6 @@ def open_store(
         unique=unique,
         retention_hours=retention_hours,
         dedup_hours=dedup_hours,
+        allow_eviction=allow_eviction,
+        check_every=check_every,
     )

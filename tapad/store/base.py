@@ -83,6 +83,25 @@ class PartialWrite(StoreError):
         return bool(self._unknown) and (event.hour, self._shard_of(event.user)) in self._unknown
 
 
+CHECK_EVERY = 30.0  # seconds between a store's own checks of how it keeps events
+
+
+@dataclass(frozen=True, slots=True)
+class StoreCondition:
+    """What a store's own checks last found about its keeping of acknowledged events.
+
+    Read by /healthz and each /metrics scrape, so it never does I/O on the store: Redis
+    stores keep it from a background check of ``INFO`` (tapad/store/redis/guard.py),
+    SQLite reads the free space of its file system."""
+
+    # The store may throw acknowledged events away (a Redis evicting keys, or whose
+    # maxmemory-policy lets it) and tapad was not started to accept that.
+    evicting: bool = False
+    evicted_keys: int | None = None  # keys the store says it evicted (Redis's counter)
+    persistent: bool = True  # False: a restart of the store loses everything it holds
+    disk_free_bytes: int | None = None  # free space under the store's file (SQLite)
+
+
 class StoreConfigError(Exception):
     """The store refuses this configuration (bad URL, mismatched layout); retrying won't help."""
 
@@ -115,6 +134,14 @@ class Store(Protocol):
         """Every hour that has data, newest first."""
 
     async def ping(self) -> None: ...
+
+    async def probe_write(self) -> None:
+        """Find out whether the store takes writes now, recording nothing that counts:
+        StoreError if not. /healthz calls it while writes are failing and no batch is
+        under way, so that a server no POST reaches can say it is healthy again."""
+
+    def condition(self) -> StoreCondition:
+        """What the store's own checks last found (cheap, no store round trip)."""
 
     async def close(self) -> None: ...
 

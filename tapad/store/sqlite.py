@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -43,6 +44,7 @@ from tapad.store.base import (
     Duplicates,
     Event,
     HourCounts,
+    StoreCondition,
     StoreConfigError,
     StoreError,
     aggregate,
@@ -96,6 +98,20 @@ WAL_PAGES = 10_000
 CHECKPOINT_EVERY = 0.05  # s
 HAND_OVER = 0.001  # s: the longest the event loop waits for the write thread's statements
 NO_EVENTS = HourCounts()
+# Failures that SQLite answers by rolling the transaction back, never by leaving a commit
+# for a later recovery to find: the disk is full (the WAL could not grow), the file or its
+# file system is read-only, the journal cannot be opened. A batch that met one of them is
+# known not applied (503); any other COMMIT failure (an I/O error while the WAL is synced)
+# may have left a commit behind (504).
+ROLLED_BACK = (sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN)
+# Free space below which the write probe says the disk is still full: a failed batch leaves
+# WAL frames behind past the last commit, space a tiny probe write fits in while the next
+# batch (and the checkpoint, which must grow the file) would fail again.
+PROBE_MIN_FREE = 1 << 20  # bytes
+PROBE = (
+    "CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, at REAL NOT NULL)",
+    "INSERT OR REPLACE INTO write_probe (id, at) VALUES (1, ?)",
+)
 
 
 class SQLiteStore:
@@ -253,6 +269,40 @@ class SQLiteStore:
     async def ping(self) -> None:
         await self._on(self._read_thread, lambda: self._reader_conn().execute("SELECT 1"))
 
+    async def probe_write(self) -> None:
+        """One tiny committed write to a table of its own (a transaction rolled back would
+        never reach the disk, and a full disk shows only when the WAL must grow), on the
+        write thread, within the store timeout; first, at least ``PROBE_MIN_FREE`` free."""
+        free = self.condition().disk_free_bytes
+        if free is not None and free < PROBE_MIN_FREE:
+            raise StoreError(f"sqlite: the disk is full ({free} bytes free)")
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._on(self._write_thread, self._probe_on_thread)
+        except TimeoutError:
+            raise StoreError("sqlite: the write probe timed out") from None
+
+    def _probe_on_thread(self) -> None:
+        conn = self._writer_conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(PROBE[0])
+            conn.execute(PROBE[1], (time.time(),))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+
+    def condition(self) -> StoreCondition:
+        """The free space of the database's file system, for /metrics (one statvfs)."""
+        try:
+            fs = os.statvfs(self.path.parent)
+        except OSError:
+            return StoreCondition()
+        return StoreCondition(disk_free_bytes=fs.f_bavail * fs.f_frsize)
+
     # -- on the threads --------------------------------------------------
 
     async def _on(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: object) -> T:
@@ -367,10 +417,10 @@ class SQLiteStore:
             try:
                 conn.execute("COMMIT")
             except sqlite3.OperationalError as exc:
-                # Busy or interrupted, the COMMIT did not happen. Any other failure (an I/O
-                # error while the WAL was written or synced) may have left a commit that a
-                # later recovery finds.
-                if not (is_busy(exc) or is_interrupted(exc)):
+                # Busy, interrupted, or one of ROLLED_BACK: the COMMIT did not happen. Any
+                # other failure (an I/O error while the WAL was written or synced) may have
+                # left a commit that a later recovery finds.
+                if not (is_busy(exc) or is_interrupted(exc) or rolled_back(exc)):
                     raise _InDoubt(str(exc)) from exc
                 raise
             return duplicates
@@ -549,6 +599,11 @@ def remember_ids(conn: sqlite3.Connection, events: Sequence[Event]) -> Duplicate
         ):
             duplicates.add(position)
     return frozenset(duplicates) if duplicates else NO_DUPLICATES
+
+
+def rolled_back(exc: sqlite3.Error) -> bool:
+    """A failure SQLite answers by rolling the transaction back (see ``ROLLED_BACK``)."""
+    return exc.sqlite_errorcode & 0xFF in ROLLED_BACK
 
 
 def consecutive_runs(hours: Sequence[int]) -> list[tuple[int, int]]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tapad import settings
-from tests.reliability.tools import Traffic
+from tests.reliability.tools import TS, Answer, Traffic
 from tests.support import TapadServer
 
 STORE_TIMEOUT = settings.default("store_timeout")
@@ -156,3 +156,78 @@ def test_disk_stalled_while_committing(frozen_fs: Path) -> None:
         traffic.stop()
         srv.stop()
     check_every_answer(traffic, db)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 32 MiB ext4 file system of its own, on a loop device, with no blocks kept for
+    root: the test fills it to the last block."""
+    tools = ("mkfs.ext4", "mount", "umount")
+    if missing := [tool for tool in tools if shutil.which(tool) is None]:
+        pytest.skip(f"needs {', '.join(missing)}")
+    image, mnt = tmp_path / "small.img", tmp_path / "small"
+    mnt.mkdir()
+    with image.open("wb") as f:
+        f.truncate(32 << 20)
+    subprocess.run(
+        ["mkfs.ext4", "-q", "-F", "-m", "0", str(image)], check=True, capture_output=True
+    )
+    mounted = subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a loop device here: {mounted.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def fill_disk(mnt: Path) -> Path:
+    """Take every free block of ``mnt`` with one file (dd stops at ENOSPC)."""
+    filler = mnt / "filler"
+    subprocess.run(
+        ["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True, check=False
+    )
+    return filler
+
+
+def test_disk_full_answers_503_until_space_comes_back(small_fs: Path) -> None:
+    """SQLITE_FULL rolls the batch back: 503 (never 504); /healthz holds 503 while the disk
+    stays full, even with no POST arriving; space freed, writes succeed without a restart."""
+    from tests.support import http, wait_until
+
+    db = small_fs / "tapad.db"
+    srv = TapadServer(f"sqlite:///{db}").start()
+    traffic = Traffic(srv.url, concurrency=8, limit=200_000, timeout=30).start()
+    try:
+        traffic.wait_for(lambda t: len(t.acknowledged) >= 200)
+        mark = len(traffic.answers)
+        filler = fill_disk(small_fs)
+        traffic.wait_for(lambda t: 503 in {a.status for a in list(t.answers)[mark:]}, timeout=60)
+        traffic.stop()
+        # Idle and still full: /healthz stays 503 (the write probe fails), past any window.
+        answers = []
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            answers.append(http("GET", f"{srv.url}/healthz")[::2])
+            time.sleep(0.2)
+        assert set(answers) == {(503, "store refusing writes\n")}, set(answers)
+        filler.unlink()
+        wait_until(lambda: http("GET", f"{srv.url}/healthz")[0] == 200, what="/healthz 200")
+        status = http("POST", f"{srv.url}/analytics?timestamp={TS}&user=after&click")[0]
+        assert status == 200
+        traffic.answers.append(Answer(status, 0.0, user="after"))  # checked with the rest
+        traffic.acknowledged.add("after")
+    finally:
+        traffic.stop()
+        srv.stop()
+    statuses = check_every_answer(traffic, db)
+    assert statuses.get(503), statuses
+    assert not statuses.get(504), f"a full disk answered 504 (outcome unknown): {statuses}"
+    assert "after" in stored_users(db)
+    log = srv.log.decode()
+    assert "database or disk is full" in log and "answered 503" in log, log
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        conn.close()

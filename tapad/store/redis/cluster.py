@@ -50,11 +50,13 @@ from tapad.store.base import (
     Event,
     HourCounts,
     PartialWrite,
+    StoreCondition,
     StoreConfigError,
     StoreError,
     StoreFault,
 )
-from tapad.store.redis.keys import EXEC, MULTI, KeyLayout
+from tapad.store.redis.guard import Guard, NodeReader, NodeReport
+from tapad.store.redis.keys import DISCARD, EXEC, MULTI, KeyLayout
 from tapad.store.redis.keys import Part as KeyPart
 from tapad.store.redis.link import (
     FAILURES,
@@ -72,6 +74,7 @@ from tapad.store.redis.protocol import (
     LinkLost,
     RedisLink,
     ReplyError,
+    pack,
 )
 from tapad.store.url import StoreSettings
 
@@ -99,7 +102,11 @@ class ClusterStore:
         unique: str | None = None,
         retention_hours: int | None = None,
         dedup_hours: int | None = None,
+        allow_eviction: bool = False,
+        check_every: float | None = None,
     ) -> None:
+        """``check_every``: seconds between two checks that every master keeps what it is
+        given (guard.py), the first one in ``connect``; None (tools that only read): none."""
         if not settings.hosts:
             raise StoreConfigError(f"store URL {settings.redacted()!r} names no cluster node")
         self.layout = KeyLayout(  # shards 0: one per master, once the slot map says how many
@@ -126,6 +133,8 @@ class ClusterStore:
         self._tag_slots: list[int] | None = None  # the slot of each shard's tag (tagged layouts)
         self.in_doubt = InDoubt()
         self.fault: str | None = None  # set by an error inside EXEC: see StoreFault
+        self._guard = None if check_every is None else Guard(allow_eviction, check_every)
+        self._checkers: dict[Node, NodeReader] = {}
 
     @property
     def unique_mode(self) -> str:
@@ -241,7 +250,57 @@ class ClusterStore:
     # -- writes ----------------------------------------------------------------------------
 
     async def connect(self) -> None:
-        await self.ping()
+        try:
+            await self.ping()
+            if self._guard is not None:
+                await self._guard.first(self._reports)
+        finally:
+            if self._guard is not None:
+                self._guard.watch(self._reports)
+
+    async def _reports(self) -> dict[str, NodeReport]:
+        """Every master's report, read at once."""
+        await self._ready()
+        masters = self._masters()
+        for addr in masters:
+            node = self._node(addr)
+            checker = self._checkers.get(addr)
+            if checker is None or checker.node is not node:
+                self._checkers[addr] = NodeReader(node, self._timeout)
+        try:
+            reports = await asyncio.gather(*(self._checkers[a].read() for a in masters))
+        except FAILURES as exc:
+            raise self._failed(exc) from None
+        return {f"{host}:{port}": r for (host, port), r in zip(masters, reports, strict=True)}
+
+    def condition(self) -> StoreCondition:
+        return StoreCondition() if self._guard is None else self._guard.condition
+
+    async def probe_write(self) -> None:
+        """On every master, a SET queued in a MULTI and discarded (see RedisStore's): a
+        master out of memory refuses it while queueing, and nothing is written."""
+        if self.fault is not None:
+            raise StoreError(self.fault)
+        await self._ready()
+        assert self._owners is not None
+        owners = self._owners
+        probes = []
+        for addr in self._masters():
+            n = 0
+            while owners[key_slot(f"probe.{n}".encode())] != addr:
+                n += 1  # a master with a third of the slots: 3 tries on average
+            key = f"{self.layout.prefix}{{probe.{n}}}"
+            probes.append(self._probe_on(addr, b"".join((MULTI, pack(("SET", key, "1")), DISCARD))))
+        try:
+            await asyncio.gather(*probes)
+        except FAILURES as exc:
+            raise self._failed(exc) from None
+
+    async def _probe_on(self, addr: Node, probe: bytes) -> None:
+        link = await self._node(addr).get()
+        for reply in await link.request(probe, 3):
+            if isinstance(reply, ReplyError):
+                raise CommandError(str(reply))
 
     async def write(self, events: Sequence[Event]) -> Duplicates:
         """Every master's part at once. Returns if every part is applied (the positions of
@@ -588,6 +647,8 @@ class ClusterStore:
             raise StoreError(self.fault)
 
     async def close(self) -> None:
+        if self._guard is not None:
+            await self._guard.stop()
         for node in self._nodes.values():
             node.close()
         self._nodes.clear()

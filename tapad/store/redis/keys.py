@@ -65,6 +65,7 @@ Tagged = tuple[int, str, bool, str]
 Part = tuple[set[str], int, int, list[Tagged]]
 MULTI = pack(("MULTI",))
 EXEC = pack(("EXEC",))
+DISCARD = pack(("DISCARD",))
 MARKER_MARGIN = 60  # seconds a commit marker outlives the commit deadline
 
 

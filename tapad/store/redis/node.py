@@ -23,13 +23,22 @@ from tapad.store.base import (
     Duplicates,
     Event,
     HourCounts,
+    StoreCondition,
     StoreConfigError,
     StoreError,
     StoreFault,
 )
-from tapad.store.redis.keys import EXEC, MULTI, KeyLayout
+from tapad.store.redis.guard import Guard, NodeReader, NodeReport
+from tapad.store.redis.keys import DISCARD, EXEC, MULTI, KeyLayout
 from tapad.store.redis.link import FAILURES, InDoubt, NodeLink, endpoint_of, settle, store_error
-from tapad.store.redis.protocol import CommandError, LinkClosed, LinkLost, RedisLink, ReplyError
+from tapad.store.redis.protocol import (
+    CommandError,
+    LinkClosed,
+    LinkLost,
+    RedisLink,
+    ReplyError,
+    pack,
+)
 from tapad.store.url import StoreSettings
 
 log = logging.getLogger("tapad.store")
@@ -49,7 +58,11 @@ class RedisStore:
         unique: str | None = None,
         retention_hours: int | None = None,
         dedup_hours: int | None = None,
+        allow_eviction: bool = False,
+        check_every: float | None = None,
     ) -> None:
+        """``check_every``: seconds between two checks that the Redis keeps what it is
+        given (guard.py), the first one in ``connect``; None (tools that only read): none."""
         self.layout = KeyLayout(
             settings.prefix,
             shards,
@@ -63,7 +76,12 @@ class RedisStore:
             commit_deadline if commit_deadline is not None else defaults.default("commit_deadline")
         )
         self._name = settings.redacted()
-        self._node = NodeLink(endpoint_of(settings), self._timeout)
+        endpoint = endpoint_of(settings)
+        self._node = NodeLink(endpoint, self._timeout)
+        self._where = endpoint.path or f"{endpoint.host}:{endpoint.port}"
+        self._guard = None if check_every is None else Guard(allow_eviction, check_every)
+        self._checker = NodeReader(self._node, self._timeout)
+        self._probe = b"".join((MULTI, pack(("SET", f"{settings.prefix}probe", "1")), DISCARD))
         self._layout_checked = False
         self._reads: dict[tuple[int, ...], tuple[bytes, int]] = {}  # see _read_request
         self.in_doubt = InDoubt()
@@ -96,7 +114,36 @@ class RedisStore:
         return store_error(self._name, exc)
 
     async def connect(self) -> None:
-        await self.ping()
+        try:
+            await self.ping()
+            if self._guard is not None:
+                await self._guard.first(self._reports)
+        finally:
+            if self._guard is not None:
+                self._guard.watch(self._reports)
+
+    async def _reports(self) -> dict[str, NodeReport]:
+        try:
+            return {self._where: await self._checker.read()}
+        except FAILURES as exc:
+            raise store_error(self._name, exc) from None
+
+    def condition(self) -> StoreCondition:
+        return StoreCondition() if self._guard is None else self._guard.condition
+
+    async def probe_write(self) -> None:
+        """A SET queued in a MULTI and discarded: Redis refuses it while queueing if it
+        would refuse a batch (out of memory, read-only replica), and nothing is written."""
+        if self.fault is not None:
+            raise StoreError(self.fault)
+        link = await self._ready()
+        try:
+            replies = await link.request(self._probe, 3)
+        except FAILURES as exc:
+            raise self._failed(exc) from None
+        for reply in replies:
+            if isinstance(reply, ReplyError):
+                raise store_error(self._name, CommandError(str(reply)))
 
     async def ping(self) -> None:
         link = await self._ready()
@@ -259,6 +306,8 @@ class RedisStore:
         return self.layout.kept_hours(raw)
 
     async def close(self) -> None:
+        if self._guard is not None:
+            await self._guard.stop()
         self._node.close()
 
 

@@ -592,3 +592,23 @@ def test_an_error_inside_exec_on_one_master_is_a_store_fault(
     assert {s: n for s, n in held.items() if s != bad} == dict(good)  # every 200 stored
     assert held[bad] == sum(1 for u in users if SHARD_OF(u) == bad)  # counted, user not added
     assert not any(redis_cluster.keys_per_node(hour_keys(HOUR + 1)))  # refused unsent
+
+
+def test_one_master_switched_to_eviction_makes_healthz_503(redis_cluster, cluster_url) -> None:
+    """Every master is checked, not only the one the URL names first."""
+    from tests.support import InProcessTapad
+
+    last = redis_cluster.masters()[-1]
+    server = InProcessTapad(cluster_url, store_check_every=0.2).start()
+    try:
+        assert http("GET", f"{server.url}/healthz")[0] == 200
+        last.cli("CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
+        wait_until(
+            lambda: http("GET", f"{server.url}/healthz")[::2] == (503, "store evicting events\n"),
+            what="/healthz 503 for one evicting master",
+        )
+        last.cli("CONFIG", "SET", "maxmemory-policy", "noeviction")
+        wait_until(lambda: http("GET", f"{server.url}/healthz")[0] == 200, what="/healthz 200")
+    finally:
+        last.cli("CONFIG", "SET", "maxmemory-policy", "noeviction")
+        server.stop()
