@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
 from tapad.hour_rows import CONTENT_TYPES, render_text
+from tapad.server.batch import BatchRefused, body_kind, parse_events, read_body
 from tapad.server.dashboard import DASHBOARD_FILES, dashboard_file
 from tapad.server.metrics import CONTENT_TYPE, Metrics
 from tapad.server.outage import Outage
@@ -31,6 +32,11 @@ TEXT = "text/plain"
 RETRY_AFTER = "1"
 STORE_FAILED = "store unavailable: event not acknowledged, retry later"
 OUTCOME_UNKNOWN = "outcome unknown: the event may or may not be recorded; do not retry blindly"
+BATCH_FAILED = "store unavailable: no event of the batch recorded, retry later"
+BATCH_UNKNOWN = (
+    "outcome unknown: some or all events of the batch may be recorded; retry only with ids"
+)
+JSON_HEADERS = {"Content-Type": "application/json"}
 HEALTH_WINDOW = 5.0  # seconds a failed batch or read keeps /healthz at 503 (see Outage)
 COUNTS_HEADERS = {"Content-Type": "text/plain; charset=utf-8"}
 
@@ -62,6 +68,23 @@ def outcome_unknown() -> web.Response:
 def part_failed(partial: PartialWrite, event: Event) -> web.Response:
     """A cluster batch applied in part, and not this event's part: in doubt, or not."""
     return outcome_unknown() if partial.in_doubt(event) else unavailable(STORE_FAILED)
+
+
+def batch_outcome(partial: PartialWrite, events: list[Event]) -> web.Response:
+    """A cluster batch applied in part: 200 if all of these events' parts were committed,
+    503 if none was and none is in doubt, else 504 (this batch applied in part, or may be)."""
+    committed = sum(map(partial.committed, events))
+    if committed == len(events):
+        return accepted(committed)
+    if committed or any(map(partial.in_doubt, events)):
+        return web.Response(status=504, text=f"{BATCH_UNKNOWN}\n", content_type=TEXT)
+    return unavailable(BATCH_FAILED)
+
+
+def accepted(count: int) -> web.Response:
+    return web.Response(
+        body=f'{{"accepted": {count}, "duplicates": 0}}'.encode(), headers=JSON_HEADERS
+    )
 
 
 def counts_body(unique_users: int, clicks: int, impressions: int) -> str:
@@ -147,6 +170,8 @@ class TapadHandler:
 
     async def handle(self, request: BaseRequest, path: str, method: str) -> web.StreamResponse:
         """Everything but POST and GET on /analytics."""
+        if path == "/analytics/batch":
+            return await self.batch(request, method)
         if path == "/analytics/hours":
             return await self.hours(request, method)
         if path in DASHBOARD_FILES:
@@ -160,6 +185,35 @@ class TapadHandler:
         if path == "/metrics":
             return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
         return web.Response(status=404, text=f"not found: {path[:100]}\n", content_type=TEXT)
+
+    async def batch(self, request: BaseRequest, method: str) -> web.Response:
+        """``POST /analytics/batch``: every event of the body committed, or none of it.
+
+        The events go to the group commit as one unit (``submit_all``): one waiter for the
+        request, one transaction per store (per master on a cluster).
+        """
+        if method != "POST":
+            return not_allowed(method, "POST")
+        headers = request.headers
+        try:
+            ndjson, gzip = body_kind(headers.get("Content-Type"), headers.get("Content-Encoding"))
+            body = await read_body(request, gzip)
+            events = parse_events(body, ndjson)
+            partial = await self.committer.submit_all(events)
+        except BatchRefused as exc:
+            response = web.Response(status=exc.status, text=f"{exc}\n", content_type=TEXT)
+            if exc.close:
+                response.force_close()
+            return response
+        except Overloaded:
+            return unavailable("overloaded: too many events waiting, retry later")
+        except CommitUnknown:
+            return web.Response(status=504, text=f"{BATCH_UNKNOWN}\n", content_type=TEXT)
+        except StoreError:
+            return unavailable(BATCH_FAILED)
+        if partial is None:
+            return accepted(len(events))
+        return batch_outcome(partial, events)
 
     async def hours(self, request: BaseRequest, method: str) -> web.Response:
         """``GET /analytics/hours``: a range of hours through the coalesced read path."""

@@ -195,7 +195,7 @@ def _event(ts: str, user: str, click: bool) -> Event | None:
     ms = int(ts)
     if ms > MAX_TIMESTAMP_MS:
         return None
-    return _new_event(Event, (ms // MS_PER_HOUR, user, click))
+    return _new_event(Event, (ms // MS_PER_HOUR, user, click, None))
 
 
 def _fast_get(query: str) -> int | None:

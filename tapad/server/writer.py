@@ -1,6 +1,7 @@
 """Group commit: many POSTs, one store transaction, and no timer.
 
-A POST appends its event to the open batch and waits for that batch's outcome.
+A POST appends its event to the open batch and waits for that batch's outcome; a
+``POST /analytics/batch`` appends all its events at once and waits the same way, once.
 One committer task writes batches one after another; whatever arrives while a
 batch is being committed forms the next one (up to ``max_batch`` events). Under
 light load a batch holds one event and commits at once; under heavy load batches
@@ -133,6 +134,34 @@ class GroupCommitter:
         waiter: Waiter = self._loop.create_future()
         batch.waiters.append(waiter)
         self._pending += 1
+        return waiter
+
+    def submit_all(self, events: list[Event]) -> Waiter:
+        """Queue a request's events as one unit (``POST /analytics/batch``); one future for
+        them all, resolving as ``submit``'s does (the caller asks a PartialWrite about each).
+
+        They go into a single batch, so on one SQLite file or one Redis they are committed in
+        one transaction, never split over two: into the open batch if they fit under
+        ``max_batch``, else into a new one (a request of more than ``max_batch`` events
+        gets a batch of its own). Refused whole (Overloaded) if they would take the queue
+        past ``max_pending``, unless nothing is waiting: a request larger than the limit
+        still gets through an idle server.
+        """
+        count = len(events)
+        pending = self._pending
+        if pending and pending + count > self._max_pending:
+            raise Overloaded(f"{pending} events already waiting")
+        batches = self._batches
+        if batches and len(batches[-1].events) + count <= self._max_batch:
+            batch = batches[-1]
+        else:
+            batch = _Batch()
+            batches.append(batch)
+            self._wakeup.set()
+        batch.events.extend(events)
+        waiter: Waiter = self._loop.create_future()
+        batch.waiters.append(waiter)
+        self._pending = pending + count
         return waiter
 
     async def _commit_forever(self) -> None:

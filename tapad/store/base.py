@@ -17,6 +17,9 @@ class Event(NamedTuple):
     hour: int
     user: str
     click: bool  # False means an impression
+    # The client's name for the event (docs: "Event ids"), or None. Last and defaulted, so
+    # Event(hour, user, click) still makes an event without one.
+    id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +123,7 @@ def aggregate(
     Without ``shard_of`` every event is in shard 0, as on SQLite and an unsharded Redis.
     """
     parts: dict[tuple[int, int], tuple[set[str], int, int]] = {}
-    for hour, user, click in events:
+    for hour, user, click, _ in events:
         key = (hour, shard_of(user) if shard_of is not None else 0)
         entry = parts.get(key)
         if entry is None:
