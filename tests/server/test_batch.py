@@ -7,11 +7,12 @@ the test's own, stopped or paused (SIGSTOP) past the commit deadline.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import itertools
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -20,7 +21,9 @@ import pytest
 from tapad.buckets import MS_PER_HOUR
 from tapad.server.app import batch_outcome
 from tapad.server.batch import MAX_BODY, MAX_EVENTS
+from tapad.server.writer import GroupCommitter, Overloaded
 from tapad.store.base import Event, PartialWrite
+from tapad.store.sqlite import SQLiteStore
 from tests.support import InProcessTapad, Nginx, RedisServer, parse_counts, wait_until
 
 NDJSON = "application/x-ndjson"
@@ -406,3 +409,65 @@ def test_a_batch_through_nginx(tmp_path: Path, sqlite_url: str) -> None:
     finally:
         proxy.stop()
         srv.stop()
+
+
+# -- the group commit: one request, one transaction --------------------------------------
+
+
+class RecordingStore(SQLiteStore):
+    """A real SQLite store that keeps the size of every transaction it commits."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(str(path), synchronous="normal")
+        self.writes: list[list[Event]] = []
+
+    async def write(self, events: Sequence[Event]) -> None:
+        self.writes.append(list(events))
+        await super().write(events)
+
+
+async def test_a_request_is_never_split_over_two_transactions(tmp_path: Path) -> None:
+    store = RecordingStore(tmp_path / "tapad.db")
+    await store.connect()
+    committer = GroupCommitter(store, max_batch=100)
+    committer.start()
+    try:
+        first = [Event(1, f"a{i}", True) for i in range(60)]
+        second = [Event(1, f"b{i}", True) for i in range(60)]  # does not fit beside first
+        large = [Event(1, f"c{i}", False) for i in range(250)]  # more than max_batch
+        waiters = [
+            committer.submit(Event(1, "single", True)),
+            committer.submit_all(first),
+            committer.submit_all(second),
+            committer.submit(Event(1, "joins the second", True)),
+            committer.submit_all(large),
+            committer.submit(Event(1, "after the large one", True)),
+        ]
+        assert await asyncio.gather(*waiters) == [None] * 6  # one waiter per request
+        sizes = [len(w) for w in store.writes]
+        assert sizes == [61, 61, 250, 1], sizes
+        assert store.writes[2] == large  # a batch of its own
+        assert (await store.read(1)).unique_users == 373
+    finally:
+        await committer.drain()
+        await store.close()
+
+
+async def test_a_request_refused_as_overloaded_takes_nothing_with_it(tmp_path: Path) -> None:
+    store = RecordingStore(tmp_path / "tapad.db")
+    await store.connect()
+    committer = GroupCommitter(store, max_batch=100, max_pending=50)
+    committer.start()
+    try:
+        queued = committer.submit_all([Event(1, f"a{i}", True) for i in range(30)])
+        with pytest.raises(Overloaded):
+            committer.submit_all([Event(1, f"b{i}", True) for i in range(21)])
+        assert committer.pending == 30
+        await queued
+        alone = committer.submit_all([Event(1, f"c{i}", True) for i in range(80)])  # idle: ok
+        await alone
+        assert [len(w) for w in store.writes] == [30, 80]
+        assert (await store.read(1)).clicks == 110
+    finally:
+        await committer.drain()
+        await store.close()
