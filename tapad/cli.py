@@ -246,6 +246,13 @@ def loadgen_post(
     seed: SeedOption = None,
     as_json: JsonOption = False,
     processes: ProcessesOption = 1,
+    batch: Annotated[
+        int,
+        typer.Option(
+            help="Events per request, sent as NDJSON to /analytics/batch (-n then counts "
+            "batches); 0: one POST per event.",
+        ),
+    ] = 0,
 ) -> None:
     """Send POSTs and record what the server acknowledged in a ledger."""
     from tapad.loadgen.command import LoadOptions, run_post
@@ -253,7 +260,7 @@ def loadgen_post(
 
     options = LoadOptions(
         url, requests, concurrency, Mix(old_ratio, old_hours, click_ratio), rate, retries,
-        timeout, seed, as_json, processes,
+        timeout, seed, as_json, processes, batch,
     )  # fmt: skip
     _load(run_post, options, users, ledger)
 

@@ -22,6 +22,8 @@ from tapad.loadgen.traffic import Mix
 from tapad.loadgen.verify import BELOW_LEDGER, HLL_TOLERANCE
 
 DEFAULT_USERS = 10_000  # generated names when --users is not given
+BATCH_TYPE = "application/x-ndjson"
+MAX_BATCH = 10_000  # events in one POST /analytics/batch (docs: the contract)
 INTERRUPTED = 130
 
 
@@ -41,6 +43,7 @@ class LoadOptions:
     seed: int | None = None
     json: bool = False
     processes: int = 1
+    batch: int = 0  # POST: events per request, to /analytics/batch (0: single POSTs)
 
 
 def analytics_url(url: str) -> str:
@@ -134,8 +137,10 @@ def _job(options: LoadOptions, base: str, method: str, **fields: Any) -> Job:
         rate=options.rate,
         retries=options.retries,
         timeout=options.timeout,
+        content_type=BATCH_TYPE if method == "POST" and options.batch else None,
     )
-    return Job(method, base, config, options.mix, options.seed, **fields)
+    batch = options.batch if method == "POST" else 0
+    return Job(method, base, config, options.mix, options.seed, batch=batch, **fields)
 
 
 def _finish(
@@ -156,6 +161,8 @@ def _finish(
 def run_post(options: LoadOptions, users_path: Path | None, ledger_path: Path | None) -> int:
     """Send POSTs; add what was acknowledged to the ledger. Exit code: 1 if any failed."""
     _check_mix(options.mix)
+    if not 0 <= options.batch <= MAX_BATCH:
+        raise LoadgenError(f"--batch must be between 1 and {MAX_BATCH} events, got {options.batch}")
     base = analytics_url(options.url)
     users = load_users(users_path)
     previous = None

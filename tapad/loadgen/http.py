@@ -59,10 +59,19 @@ class Endpoint:
         self.path = url.raw_path or "/"
         self._tail = f" HTTP/1.1\r\nHost: {host}\r\nUser-Agent: tapad-loadgen\r\n".encode()
 
-    def request_bytes(self, method: str, target: str) -> bytes:
+    def request_bytes(
+        self, method: str, target: str, body: bytes | None = None, content_type: str = ""
+    ) -> bytes:
         """``target`` is the path and query, already percent-encoded."""
+        head = method.encode() + b" " + target.encode() + self._tail
+        if body is not None:
+            return (
+                head
+                + f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
         length = b"Content-Length: 0\r\n\r\n" if method == "POST" else b"\r\n"
-        return method.encode() + b" " + target.encode() + self._tail + length
+        return head + length
 
 
 class Connection:
@@ -72,7 +81,9 @@ class Connection:
         self.endpoint = endpoint
         self._wire: _Wire | None = None
 
-    async def request(self, method: str, target: str) -> Answer:
+    async def request(
+        self, method: str, target: str, body: bytes | None = None, content_type: str = ""
+    ) -> Answer:
         wire = self._wire
         if wire is None or wire.transport is None or wire.transport.is_closing():
             try:
@@ -80,7 +91,9 @@ class Connection:
             except OSError as exc:
                 raise NotSent(exc.errno, exc.strerror or str(exc)) from exc
         try:
-            answer = await wire.send(self.endpoint.request_bytes(method, target))
+            answer = await wire.send(
+                self.endpoint.request_bytes(method, target, body, content_type)
+            )
         except BaseException:
             self.close()  # cancelled (timed out) or broken: the stream's state is unknown
             raise

@@ -10,7 +10,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from tapad.loadgen.ledger import Ledger
-from tapad.loadgen.runner import LoadConfig, Outcome, run_load
+from tapad.loadgen.runner import LoadConfig, MakeRequest, OnAnswer, OnUnknown, Outcome, run_load
 from tapad.loadgen.traffic import Mix, Traffic
 from tapad.loadgen.verify import Verifier
 
@@ -26,6 +26,7 @@ class Job:
     record: bool = False  # POST: keep a ledger of what was acknowledged
     verify: Ledger | None = None  # GET: answers must not fall below this
     tolerance: float = 0.0  # GET: share unique users may fall below (hll)
+    batch: int = 0  # POST: events per request to /analytics/batch (0: single POSTs)
 
 
 @dataclass
@@ -60,19 +61,40 @@ async def run_job(job: Job, outcome: Outcome, stop: asyncio.Event | None = None)
     traffic = Traffic(job.base, job.users or ["-"], job.mix, seed=job.seed)
     result = JobResult(outcome)
     if job.method == "POST":
-        make = traffic.post
         users, record = traffic.users, result.ledger.record
-
         record_unknown = result.ledger.record_unknown
+        make: MakeRequest = traffic.post
+        on_answer: OnAnswer
+        on_unknown: OnUnknown
 
-        def on_answer(token: tuple[int, int, bool], body: bytes) -> str | None:
-            hour, index, click = token
-            record(hour, users[index], click)
-            return None
+        if job.batch:
+            size = job.batch
 
-        def on_unknown(token: tuple[int, int, bool]) -> None:
-            hour, index, click = token
-            record_unknown(hour, users[index], click)
+            def make_batch() -> tuple[str, list[tuple[int, int, bool]], bytes]:
+                return traffic.post_batch(size)
+
+            def on_batch(tokens: list[tuple[int, int, bool]], body: bytes) -> str | None:
+                for hour, index, click in tokens:  # a 200 acknowledges every event
+                    record(hour, users[index], click)
+                return None
+
+            def on_batch_unknown(tokens: list[tuple[int, int, bool]]) -> None:
+                for hour, index, click in tokens:
+                    record_unknown(hour, users[index], click)
+
+            make, on_answer, on_unknown = make_batch, on_batch, on_batch_unknown
+        else:
+
+            def on_single(token: tuple[int, int, bool], body: bytes) -> str | None:
+                hour, index, click = token
+                record(hour, users[index], click)
+                return None
+
+            def on_single_unknown(token: tuple[int, int, bool]) -> None:
+                hour, index, click = token
+                record_unknown(hour, users[index], click)
+
+            on_answer, on_unknown = on_single, on_single_unknown
 
         def ignore(token: object, body: bytes) -> None:
             return None

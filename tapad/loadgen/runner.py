@@ -40,6 +40,8 @@ class LoadConfig:
     retries: int = 5  # extra attempts after a 503 or a connection that was never made
     timeout: float = 10.0  # seconds for one attempt
     backoff: float = 0.05  # first retry delay; doubles per attempt
+    # A body for each request (batches): ``make`` then returns (target, token, body).
+    content_type: str | None = None
 
 
 @dataclass
@@ -70,7 +72,8 @@ class Outcome:
         return max(end - self.started, 1e-9) if self.started else 0.0
 
 
-MakeRequest = Callable[[], tuple[str, Any]]  # (path and query, token for on_answer)
+# (path and query, token for on_answer), and the body when the config has a content type
+MakeRequest = Callable[[], tuple[str, Any] | tuple[str, Any, bytes]]
 # Called with the token of a 200 answer and its body: None if fine, else a failure label.
 OnAnswer = Callable[[Any, bytes], str | None]
 # Called with the token of a POST whose outcome is unknown.
@@ -144,6 +147,8 @@ class _Runner:
         clock = time.perf_counter
         in_flight, timed_out = self.in_flight, self.timed_out
         changes = method == "POST"  # a POST whose outcome is unknown is never retried
+        content_type = config.content_type
+        payload: bytes | None = None
         while not self.stop:
             index = self.next
             if index >= total:
@@ -155,7 +160,10 @@ class _Runner:
                     await asyncio.sleep(delay)
                     if self.stop:  # interrupted while waiting for its slot: never sent
                         return
-            target, token = self.make()
+            if content_type is None:
+                target, token = self.make()  # type: ignore[misc]
+            else:
+                target, token, payload = self.make()  # type: ignore[misc]
             began = clock()
             attempt = 0
             while True:
@@ -166,7 +174,7 @@ class _Runner:
                 sent = True
                 in_flight[wid] = loop.time()
                 try:
-                    answer = await request(method, target)
+                    answer = await request(method, target, payload, content_type or "")
                     status, body, retry_after = answer.status, answer.body, answer.retry_after
                 except asyncio.CancelledError:
                     if not timed_out[wid]:

@@ -7,6 +7,7 @@ few ``random()`` calls and one f-string shows up in the throughput.
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from dataclasses import dataclass
@@ -58,6 +59,8 @@ class Traffic:
         self._path = URL(base).raw_path or "/"  # requests are its path and a query
         self.users = users
         self.quoted = [quote(user, safe="") for user in users]
+        self._batch_path = self._path.rstrip("/") + "/batch"
+        self._json_users: list[str] | None = None  # made on the first batch
         self.mix = mix
         now = int(time.time() * 1000) if now_ms is None else now_ms
         self.current_hour = now // MS_PER_HOUR
@@ -81,6 +84,24 @@ class Traffic:
         kind = "click" if click else "impression"
         target = f"{self._path}?timestamp={ts}&user={self.quoted[index]}&{kind}"
         return target, (ts // MS_PER_HOUR, index, click)
+
+    def post_batch(self, count: int) -> tuple[str, list[tuple[int, int, bool]], bytes]:
+        """One ``POST /analytics/batch`` of ``count`` events (NDJSON), with the same mix as
+        ``post``: its path, what each event records, and the body."""
+        if self._json_users is None:
+            self._json_users = [json.dumps(user) for user in self.users]
+        names = self._json_users
+        rand, ratio, size = self._random, self.mix.click_ratio, len(self.users)
+        tokens = []
+        lines = []
+        for _ in range(count):
+            ts = self._timestamp()
+            index = int(rand() * size)
+            click = rand() < ratio
+            kind = "click" if click else "impression"
+            lines.append(f'{{"timestamp":{ts},"user":{names[index]},"event":"{kind}"}}\n')
+            tokens.append((ts // MS_PER_HOUR, index, click))
+        return self._batch_path, tokens, "".join(lines).encode()
 
     def get(self) -> tuple[str, int]:
         """One GET's path and query, and the hour it asks about."""

@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
 from tapad.hour_rows import CONTENT_TYPES, render_text
+from tapad.server.batch import BatchRefused, body_kind, parse_events, read_body
 from tapad.server.dashboard import DASHBOARD_FILES, dashboard_file
 from tapad.server.metrics import CONTENT_TYPE, Metrics
 from tapad.server.outage import Outage
@@ -34,7 +35,13 @@ OUTCOME_UNKNOWN = "outcome unknown: the event may or may not be recorded; do not
 HEALTH_WINDOW = 5.0  # seconds a failed read keeps /healthz at 503 (see Outage)
 EVICTING = "store evicting events"
 NOT_PERSISTENT = "ok (store without persistence: a restart loses all)"
+BATCH_FAILED = "store unavailable: no event of the batch recorded, retry later"
+BATCH_UNKNOWN = (
+    "outcome unknown: some or all events of the batch may be recorded; retry only with ids"
+)
+JSON_HEADERS = {"Content-Type": "application/json"}
 COUNTS_HEADERS = {"Content-Type": "text/plain; charset=utf-8"}
+DUPLICATE = {"Tapad-Duplicate": "1"}  # the event's id was already recorded: not counted again
 
 
 def bad_request(exc: BadRequest) -> web.Response:
@@ -64,6 +71,25 @@ def outcome_unknown() -> web.Response:
 def part_failed(partial: PartialWrite, event: Event) -> web.Response:
     """A cluster batch applied in part, and not this event's part: in doubt, or not."""
     return outcome_unknown() if partial.in_doubt(event) else unavailable(STORE_FAILED)
+
+
+def batch_outcome(partial: PartialWrite, events: list[Event]) -> web.Response:
+    """A cluster batch applied in part: 200 if all of these events' parts were committed,
+    503 if none was and none is in doubt, else 504 (this batch applied in part, or may be)."""
+    committed = sum(map(partial.committed, events))
+    if committed == len(events):  # which of them were duplicates went with the lost parts
+        return accepted(committed, 0)
+    if committed or any(map(partial.in_doubt, events)):
+        return web.Response(status=504, text=f"{BATCH_UNKNOWN}\n", content_type=TEXT)
+    return unavailable(BATCH_FAILED)
+
+
+def accepted(count: int, duplicates: int) -> web.Response:
+    """A committed batch: its events newly counted, and those whose id was known."""
+    return web.Response(
+        body=f'{{"accepted": {count - duplicates}, "duplicates": {duplicates}}}'.encode(),
+        headers=JSON_HEADERS,
+    )
 
 
 def counts_body(unique_users: int, clicks: int, impressions: int) -> str:
@@ -111,11 +137,15 @@ class TapadHandler:
         if path == "/analytics" and method == "POST":
             try:
                 event = parse_post(query)
-                partial = await self.committer.submit(event)
-                if partial is None or partial.committed(event):
+                outcome = await self.committer.submit(event)
+                if outcome is None:
+                    response = web.Response()
+                elif isinstance(outcome, int):  # its id was known: not counted again
+                    response = web.Response(headers=DUPLICATE)
+                elif outcome.committed(event):
                     response = web.Response()
                 else:
-                    response = part_failed(partial, event)
+                    response = part_failed(outcome, event)
             except BadRequest as exc:
                 response = bad_request(exc)
             except Overloaded:
@@ -150,6 +180,8 @@ class TapadHandler:
 
     async def handle(self, request: BaseRequest, path: str, method: str) -> web.StreamResponse:
         """Everything but POST and GET on /analytics."""
+        if path == "/analytics/batch":
+            return await self.batch(request, method)
         if path == "/analytics/hours":
             return await self.hours(request, method)
         if path in DASHBOARD_FILES:
@@ -163,6 +195,37 @@ class TapadHandler:
         if path == "/metrics":
             return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
         return web.Response(status=404, text=f"not found: {path[:100]}\n", content_type=TEXT)
+
+    async def batch(self, request: BaseRequest, method: str) -> web.Response:
+        """``POST /analytics/batch``: every event of the body committed, or none of it.
+
+        The events go to the group commit as one unit (``submit_all``): one waiter for the
+        request, one transaction per store (per master on a cluster).
+        """
+        if method != "POST":
+            return not_allowed(method, "POST")
+        headers = request.headers
+        try:
+            ndjson, gzip = body_kind(headers.get("Content-Type"), headers.get("Content-Encoding"))
+            body = await read_body(request, gzip)
+            events = parse_events(body, ndjson)
+            outcome = await self.committer.submit_all(events)
+        except BatchRefused as exc:
+            response = web.Response(status=exc.status, text=f"{exc}\n", content_type=TEXT)
+            if exc.close:
+                response.force_close()
+            return response
+        except Overloaded:
+            return unavailable("overloaded: too many events waiting, retry later")
+        except CommitUnknown:
+            return web.Response(status=504, text=f"{BATCH_UNKNOWN}\n", content_type=TEXT)
+        except StoreError:
+            return unavailable(BATCH_FAILED)
+        if outcome is None:
+            return accepted(len(events), 0)
+        if isinstance(outcome, int):
+            return accepted(len(events), outcome)
+        return batch_outcome(outcome, events)
 
     async def hours(self, request: BaseRequest, method: str) -> web.Response:
         """``GET /analytics/hours``: a range of hours through the coalesced read path."""

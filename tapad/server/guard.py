@@ -7,7 +7,7 @@ closed at once. A connection that sends no complete request (slowloris) or sits 
 closed after ``IDLE_TIMEOUT``, longer than nginx's upstream keep-alive (deploy/nginx.conf)
 so nginx, not tapad, closes its idle upstream connections. Request lines and header fields
 are capped (a 100 KB URL gets a 400), pipelined requests are queued at most 32 deep and
-bodies are read in bounded chunks by aiohttp itself.
+bodies are read in bounded chunks by aiohttp itself and inflated (gzip) by tapad, with a cap.
 
 aiohttp logs every malformed request with a traceback at ERROR; a client can send
 those at will, so they are counted and dropped from the log instead.
@@ -40,6 +40,9 @@ class BoundedServer(AdmittingServer):
         kwargs.setdefault("keepalive_timeout", IDLE_TIMEOUT)
         kwargs.setdefault("max_line_size", MAX_LINE_SIZE)
         kwargs.setdefault("max_field_size", MAX_FIELD_SIZE)
+        # Request bodies are inflated by tapad itself, with a cap on the output
+        # (tapad/server/batch.py): aiohttp's own decompression bounds only each step.
+        kwargs.setdefault("auto_decompress", False)
         super().__init__(handler, **kwargs)
         self.max_connections = max_connections
         self.on_refuse = on_refuse

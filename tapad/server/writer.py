@@ -1,6 +1,7 @@
 """Group commit: many POSTs, one store transaction, and no timer.
 
-A POST appends its event to the open batch and waits for that batch's outcome.
+A POST appends its event to the open batch and waits for that batch's outcome; a
+``POST /analytics/batch`` appends all its events at once and waits the same way, once.
 One committer task writes batches one after another; whatever arrives while a
 batch is being committed forms the next one (up to ``max_batch`` events). Under
 light load a batch holds one event and commits at once; under heavy load batches
@@ -39,7 +40,10 @@ from tapad.store.base import (
 if TYPE_CHECKING:
     from tapad.server.metrics import Metrics
 
-Outcome = PartialWrite | None
+# What a POST's future resolves to: None (every event of it counted), an int (how many of
+# its events were not counted because their id was known), or a PartialWrite (a cluster
+# batch applied in part).
+Outcome = PartialWrite | int | None
 Waiter = asyncio.Future[Outcome]
 
 
@@ -54,11 +58,21 @@ class InDoubt(CommitUnknown):
 
 
 class _Batch:
-    __slots__ = ("events", "waiters")
+    __slots__ = ("events", "starts", "waiters")
 
     def __init__(self) -> None:
         self.events: list[Event] = []
         self.waiters: list[Waiter] = []
+        self.starts: list[int] = []  # where each waiter's events begin in ``events``
+
+
+def answer_duplicates(batch: _Batch, duplicates: frozenset[int]) -> None:
+    """Answer each POST of a committed batch with how many of its events were duplicates."""
+    ends = [*batch.starts[1:], len(batch.events)]
+    for waiter, start, end in zip(batch.waiters, batch.starts, ends, strict=True):
+        if not waiter.done():
+            found = sum(1 for position in duplicates if start <= position < end)
+            waiter.set_result(found or None)
 
 
 def answer(waiters: list[Waiter], outcome: Outcome) -> None:
@@ -129,10 +143,40 @@ class GroupCommitter:
             batch = _Batch()
             batches.append(batch)
             self._wakeup.set()
+        batch.starts.append(len(batch.events))
         batch.events.append(event)
         waiter: Waiter = self._loop.create_future()
         batch.waiters.append(waiter)
         self._pending += 1
+        return waiter
+
+    def submit_all(self, events: list[Event]) -> Waiter:
+        """Queue a request's events as one unit (``POST /analytics/batch``); one future for
+        them all, resolving as ``submit``'s does (the caller asks a PartialWrite about each).
+
+        They go into a single batch, so on one SQLite file or one Redis they are committed in
+        one transaction, never split over two: into the open batch if they fit under
+        ``max_batch``, else into a new one (a request of more than ``max_batch`` events
+        gets a batch of its own). Refused whole (Overloaded) if they would take the queue
+        past ``max_pending``, unless nothing is waiting: a request larger than the limit
+        still gets through an idle server.
+        """
+        count = len(events)
+        pending = self._pending
+        if pending and pending + count > self._max_pending:
+            raise Overloaded(f"{pending} events already waiting")
+        batches = self._batches
+        if batches and len(batches[-1].events) + count <= self._max_batch:
+            batch = batches[-1]
+        else:
+            batch = _Batch()
+            batches.append(batch)
+            self._wakeup.set()
+        batch.starts.append(len(batch.events))
+        batch.events.extend(events)
+        waiter: Waiter = self._loop.create_future()
+        batch.waiters.append(waiter)
+        self._pending = pending + count
         return waiter
 
     async def _commit_forever(self) -> None:
@@ -146,7 +190,7 @@ class GroupCommitter:
             if self._metrics is not None:
                 self._metrics.batch_started(len(batch.events), self._pending)
             try:
-                await self._store.write(batch.events)
+                duplicates = await self._store.write(batch.events)
             except PartialWrite as exc:
                 answer(batch.waiters, exc)  # a result: each POST asks about its own part
                 self._failed(batch, exc, sum(map(exc.in_doubt, batch.events)))
@@ -163,7 +207,10 @@ class GroupCommitter:
                 fail(batch.waiters, InDoubt(f"{type(exc).__name__} while committing"))
                 self._failed(batch, exc, unknown=len(batch.events))
             else:
-                answer(batch.waiters, None)
+                if duplicates:
+                    answer_duplicates(batch, duplicates)
+                else:
+                    answer(batch.waiters, None)
                 self.outage.succeeded()
             finally:
                 self._pending -= len(batch.events)

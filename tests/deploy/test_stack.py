@@ -4,8 +4,9 @@ Builds the images (the official ones when present or pullable, else deploy/local
 stand-ins from Debian packages), brings the stack up with 3 replicas and Prometheus with the
 compose tool the machine has, drives ``tapad loadgen post`` through nginx with a ledger while
 scaling 3 -> 4 -> 2 (no failed request, no retry, every replica serving, Prometheus scraping
-every replica), restarts Redis, checks every hour of the ledger through nginx exactly, checks
-that nothing but nginx's master runs as root, and ends with ``down -v``.
+every replica), sends batches of events through nginx into the same ledger, restarts Redis,
+checks every hour of the ledger through nginx exactly, checks that nothing but nginx's master
+runs as root, and ends with ``down -v``.
 
 Skips only when no Docker daemon answers (.ci/run starts one). Images already built are
 reused, so a second run takes a couple of minutes; the first builds the stand-ins (about
@@ -304,6 +305,14 @@ def test_scaled_under_load_restarted_exact_and_nothing_as_root(
     # No client saw a failure, and none was retried: not one refused or timed-out connect.
     assert (summary["failed"], summary["failures"], summary["retried"]) == (0, {}, 0), summary
     assert summary["acknowledged"] == REQUESTS
+
+    # Batches through nginx into the same ledger: 20 of 1,000 events (NDJSON, about 70 KB).
+    batches = run(
+        [sys.executable, "-m", "tapad", "loadgen", "post", "--url", stack.url, "-n", "20",
+         "-c", "4", "--batch", "1000", "--ledger", str(ledger), "--seed", "11", "--json"],
+    )  # fmt: skip
+    assert batches.returncode == 0, batches.stdout + batches.stderr
+    assert json.loads(batches.stdout)["ledger"]["added"] == 20_000
 
     # Redis restarts (AOF, fsync always): nothing acknowledged is lost.
     start = time.monotonic()
