@@ -112,6 +112,11 @@ class Client:
         self._abandon = threading.Event()  # close() gave up: stop retrying
         self._thread: threading.Thread | None = None
         self._ids = IdMaker()
+        # Made here, in the caller's thread: httpx imports its transport lazily, and a
+        # fork() while the sender thread was halfway through that import would leave the
+        # child a module it can never finish importing. A child makes its own (the
+        # parent's pool holds the parent's connections).
+        self._http = httpx.Client(timeout=self.timeout)
 
     # -- the caller's side -----------------------------------------------------------
 
@@ -219,7 +224,7 @@ class Client:
         self._thread.start()
 
     def _send_forever(self) -> None:
-        with httpx.Client(timeout=self.timeout) as http:
+        with self._http as http:
             while True:
                 batch = self._next_batch()
                 if batch is None:
