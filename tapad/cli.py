@@ -332,11 +332,14 @@ def export(
         typer.Option("--to", help="Last hour, included (default: the current hour)."),
     ] = None,
     fmt: Annotated[
-        ExportFormat,
+        ExportFormat | None,
         typer.Option(
-            "--format", case_sensitive=False, help="csv or json, as GET /analytics/hours."
+            "--format",
+            case_sensitive=False,
+            help="csv or json, as GET /analytics/hours (default: from --out's extension "
+            "when it is .csv or .json, else csv).",
         ),
-    ] = ExportFormat.csv,
+    ] = None,
     out: Annotated[
         Path | None, typer.Option(help="File to write (default: standard output).")
     ] = None,
@@ -345,7 +348,7 @@ def export(
     from tapad.commands.export import ExportError, run_export
 
     try:
-        summary = run_export(store, from_hour, to_hour, fmt.value, out)
+        summary = run_export(store, from_hour, to_hour, fmt.value if fmt else None, out)
     except ExportError as exc:
         raise fail(str(exc), 2) from None
     typer.echo(summary, err=True)
