@@ -91,6 +91,7 @@ SERVE_METAVARS = {
     "shards": "N",
     "unique": "exact|hll",
     "retention_hours": "HOURS",
+    "access_log": None,  # a flag: it takes no value
 }
 
 
@@ -129,6 +130,7 @@ def serve(
     retention_hours: Annotated[int | None, serve_option("retention_hours")] = default(
         "retention_hours"
     ),
+    access_log: Annotated[bool, serve_option("access_log")] = default("access_log"),
 ) -> None:
     """Run the HTTP server."""
     from tapad.server.run import ServeSettings, StartupError, configure_logging
@@ -148,6 +150,7 @@ def serve(
         shards=shards,
         unique=unique.value if unique is not None else None,
         retention_hours=retention_hours,
+        access_log=access_log,
     )
     try:
         run(settings)

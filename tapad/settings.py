@@ -107,6 +107,13 @@ SETTINGS: tuple[Setting, ...] = (
         min=1,
         default_text="the store's; else for ever",
     ),
+    Setting(
+        "access_log",
+        False,
+        "Log one line per request (address, request line, status, bytes, time); key= "
+        "values show as key=***, headers never. Off: no cost per request.",
+        "TAPAD_ACCESS_LOG",
+    ),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
