@@ -14,11 +14,20 @@ from tapad.loadgen.verify import HLL_TOLERANCE
 from tapad.settings import BY_NAME, default
 from tapad.store import StoreConfigError
 
+# Every Typer app of the command: -h as well as --help, and help printed as written (rich
+# markup would take "[user:password@]" for a style tag and drop it; its panels print a
+# "<bool>" type beside every flag).
+APP_SETTINGS: dict[str, Any] = {
+    "context_settings": {"help_option_names": ["-h", "--help"]},
+    "rich_markup_mode": None,
+}
+
 app = typer.Typer(
     help="tapad: real-time analytics for ad clicks and impressions.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    **APP_SETTINGS,
 )
 
 
@@ -42,7 +51,10 @@ def root(
     """tapad: real-time analytics for ad clicks and impressions."""
 
 
-def fail(message: str, code: int = 1) -> typer.Exit:
+USER_ERROR = 2  # every error a user can cause, as typer's own usage errors
+
+
+def fail(message: str, code: int = USER_ERROR) -> typer.Exit:
     """Print one clear line on stderr and return the Exit to raise."""
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
@@ -52,6 +64,7 @@ StoreOption = Annotated[
     str,
     typer.Option(
         "--store",
+        metavar="URL",
         envvar=BY_NAME["store_url"].env,
         show_envvar=True,
         help=BY_NAME["store_url"].help,
@@ -64,11 +77,30 @@ class UniqueMode(StrEnum):
     hll = "hll"
 
 
+# What each serve option takes, as its help shows it (typer's own is "<int range>" and such).
+SERVE_METAVARS = {
+    "host": "ADDRESS",
+    "port": "PORT",
+    "store_url": "URL",
+    "store_timeout": "SECONDS",
+    "commit_deadline": "SECONDS",
+    "max_pending": "EVENTS",
+    "max_connections": "N",
+    "shutdown_timeout": "SECONDS",
+    "workers": "N",
+    "shards": "N",
+    "unique": "exact|hll",
+    "retention_hours": "HOURS",
+    "access_log": None,  # a flag: it takes no value
+}
+
+
 def serve_option(name: str, **extra: Any) -> Any:
     """The typer option of one setting, from the one table (tapad/settings.py)."""
     setting = BY_NAME[name]
     return typer.Option(
         setting.flag,
+        metavar=SERVE_METAVARS.get(name, "VALUE"),
         envvar=setting.env,
         show_envvar=setting.env is not None,
         help=setting.help,
@@ -100,6 +132,7 @@ def serve(
     ),
     dedup_hours: Annotated[int, serve_option("dedup_hours")] = default("dedup_hours"),
     allow_eviction: Annotated[bool, serve_option("allow_eviction")] = default("allow_eviction"),
+    access_log: Annotated[bool, serve_option("access_log")] = default("access_log"),
 ) -> None:
     """Run the HTTP server."""
     from tapad.server.run import ServeSettings, StartupError, configure_logging
@@ -121,11 +154,12 @@ def serve(
         retention_hours=retention_hours,
         dedup_hours=dedup_hours,
         allow_eviction=allow_eviction,
+        access_log=access_log,
     )
     try:
         run(settings)
     except (StoreConfigError, StartupError) as exc:
-        raise fail(str(exc), 2) from None
+        raise fail(str(exc)) from None
     except KeyboardInterrupt:
         pass
 
@@ -135,6 +169,7 @@ def serve(
 usernames_app = typer.Typer(
     help="User names for load tests: fetch them from the web or generate them offline.",
     no_args_is_help=True,
+    **APP_SETTINGS,
 )
 app.add_typer(usernames_app, name="usernames")
 
@@ -142,16 +177,25 @@ app.add_typer(usernames_app, name="usernames")
 @usernames_app.command("fetch")
 def usernames_fetch(
     url: Annotated[
-        str, typer.Option(help="Source: randomuser.me JSON or plain text, one name a line.")
+        str,
+        typer.Option(
+            metavar="URL", help="Source: randomuser.me JSON or plain text, one name a line."
+        ),
     ] = "https://randomuser.me/api/?results=100&inc=login",
-    count: Annotated[int, typer.Option(min=1, help="Distinct names the --out file holds.")] = 1000,
-    threads: Annotated[int, typer.Option(min=1, max=256, help="Requests in parallel.")] = 8,
+    count: Annotated[
+        int, typer.Option(min=1, metavar="N", help="Distinct names the --out file holds.")
+    ] = 1000,
+    threads: Annotated[
+        int, typer.Option(min=1, max=256, metavar="N", help="Requests in parallel.")
+    ] = 8,
     out: Annotated[
-        Path, typer.Option(help="Names file, merged with what it already holds.")
+        Path, typer.Option(metavar="FILE", help="Names file, merged with what it already holds.")
     ] = Path("usernames.txt"),
-    timeout: Annotated[float, typer.Option(min=0.01, help="Seconds per request.")] = 10.0,
+    timeout: Annotated[
+        float, typer.Option(min=0.01, metavar="SECONDS", help="Seconds per request.")
+    ] = 10.0,
     max_failures: Annotated[
-        int, typer.Option(min=1, help="Failed requests in a row before giving up.")
+        int, typer.Option(min=1, metavar="N", help="Failed requests in a row before giving up.")
     ] = 20,
 ) -> None:
     """Download distinct user names with a pool of threads into a text file."""
@@ -165,10 +209,10 @@ def usernames_fetch(
 
 @usernames_app.command("generate")
 def usernames_generate(
-    count: Annotated[int, typer.Option(min=1, help="Distinct names to make.")] = 1000,
-    seed: Annotated[int, typer.Option(help="Same seed, same names.")] = 0,
+    count: Annotated[int, typer.Option(min=1, metavar="N", help="Distinct names to make.")] = 1000,
+    seed: Annotated[int, typer.Option(metavar="N", help="Same seed, same names.")] = 0,
     out: Annotated[
-        Path, typer.Option(help="Names file to write ('-' for standard output).")
+        Path, typer.Option(metavar="FILE", help="Names file to write ('-' for standard output).")
     ] = Path("usernames.txt"),
 ) -> None:
     """Make realistic user names offline, the same ones for the same seed."""
@@ -185,31 +229,52 @@ def usernames_generate(
 loadgen_app = typer.Typer(
     help="Send POST or GET load with the 95/5 current/past-hour mix and report on it.",
     no_args_is_help=True,
+    **APP_SETTINGS,
 )
 app.add_typer(loadgen_app, name="loadgen")
 
-UrlOption = Annotated[str, typer.Option(help="The tapad server (…/analytics is added).")]
-RequestsOption = Annotated[int, typer.Option("-n", "--requests", min=1, help="Requests to send.")]
+UrlOption = Annotated[
+    str, typer.Option(metavar="URL", help="The tapad server (…/analytics is added).")
+]
+RequestsOption = Annotated[
+    int, typer.Option("-n", "--requests", min=1, metavar="N", help="Requests to send.")
+]
 ConcurrencyOption = Annotated[
-    int, typer.Option("-c", "--concurrency", min=1, max=4096, help="Connections in parallel.")
+    int,
+    typer.Option(
+        "-c", "--concurrency", min=1, max=4096, metavar="N", help="Connections in parallel."
+    ),
 ]
 OldRatioOption = Annotated[
-    float, typer.Option(min=0.0, max=1.0, help="Share of requests for past hours.")
+    float, typer.Option(min=0.0, max=1.0, metavar="RATIO", help="Share of requests for past hours.")
 ]
-OldHoursOption = Annotated[int, typer.Option(min=0, help="How many hours back past requests go.")]
+OldHoursOption = Annotated[
+    int, typer.Option(min=0, metavar="HOURS", help="How many hours back past requests go.")
+]
 RateOption = Annotated[
-    float | None, typer.Option(min=0.1, help="Target requests per second (default: flat out).")
+    float | None,
+    typer.Option(
+        min=0.1, metavar="PER_SECOND", help="Target requests per second (default: flat out)."
+    ),
 ]
 RetriesOption = Annotated[
-    int, typer.Option(min=0, help="Retries of a 503 or connection error, with backoff.")
+    int,
+    typer.Option(min=0, metavar="N", help="Retries of a 503 or connection error, with backoff."),
 ]
-TimeoutOption = Annotated[float, typer.Option(min=0.01, help="Seconds per attempt.")]
-SeedOption = Annotated[int | None, typer.Option(help="Seed for a repeatable traffic mix.")]
+TimeoutOption = Annotated[
+    float, typer.Option(min=0.01, metavar="SECONDS", help="Seconds per attempt.")
+]
+SeedOption = Annotated[
+    int | None, typer.Option(metavar="N", help="Seed for a repeatable traffic mix.")
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")]
 ProcessesOption = Annotated[
     int,
     typer.Option(
-        min=1, max=64, help="Processes sharing the work, when one Python process is the limit."
+        min=1,
+        max=64,
+        metavar="N",
+        help="Processes sharing the work, when one Python process is the limit.",
     ),
 ]
 
@@ -220,7 +285,7 @@ def _load(run: Callable[..., int], *args: Any) -> None:
     try:
         code = run(*args)
     except LoadgenError as exc:
-        raise fail(str(exc), 2) from None
+        raise fail(str(exc)) from None
     raise typer.Exit(code)
 
 
@@ -232,14 +297,17 @@ def loadgen_post(
     old_ratio: OldRatioOption = 0.05,
     old_hours: OldHoursOption = 24,
     click_ratio: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Share of events that are clicks.")
+        float,
+        typer.Option(min=0.0, max=1.0, metavar="RATIO", help="Share of events that are clicks."),
     ] = 0.5,
     users: Annotated[
-        Path | None, typer.Option(help="Names file, one a line (default: 10,000 generated).")
+        Path | None,
+        typer.Option(metavar="FILE", help="Names file, one a line (default: 10,000 generated)."),
     ] = None,
     rate: RateOption = None,
     ledger: Annotated[
-        Path | None, typer.Option(help="JSON ledger to add the acknowledged events to.")
+        Path | None,
+        typer.Option(metavar="FILE", help="JSON ledger to add the acknowledged events to."),
     ] = None,
     retries: RetriesOption = 5,
     timeout: TimeoutOption = 10.0,
@@ -274,7 +342,8 @@ def loadgen_get(
     old_hours: OldHoursOption = 24,
     rate: RateOption = None,
     verify: Annotated[
-        Path | None, typer.Option(help="Ledger every answer must be at least equal to.")
+        Path | None,
+        typer.Option(metavar="FILE", help="Ledger every answer must be at least equal to."),
     ] = None,
     hll: Annotated[
         bool,
@@ -305,20 +374,42 @@ def tally(
     store: StoreOption = default("store_url"),
     hour: Annotated[
         str | None,
-        typer.Option(help="YYYY-MM-DDTHH (UTC), 'now' or epoch ms (default: every hour)."),
+        typer.Option(
+            metavar="HOUR", help="YYYY-MM-DDTHH (UTC), 'now' or epoch ms (default: every hour)."
+        ),
     ] = None,
     ledger: Annotated[
-        Path | None, typer.Option(help="Ledger from loadgen post to check the store against.")
+        Path | None,
+        typer.Option(metavar="FILE", help="Ledger from loadgen post to check the store against."),
     ] = None,
     as_json: JsonOption = False,
+    exact: Annotated[
+        bool,
+        typer.Option(
+            "--exact",
+            help="With --ledger: the store must hold exactly the ledger's events, as when "
+            "nothing else writes to it.",
+        ),
+    ] = False,
 ) -> None:
-    """Read the store directly: users, clicks and impressions per hour; check a ledger."""
+    """Read the store directly: users, clicks and impressions per hour; check a ledger.
+
+    With --ledger, each hour of the store must hold at least what the ledger acknowledged
+    (clicks, impressions, unique users). When the store holds exactly the ledger's events
+    (give or take those of unknown outcome) it is said to agree; when it holds more (other
+    writers: the quick start's events, an earlier run) one line says so and the "at least"
+    check decides, unless --exact.
+
+    Exit 1 when the store lacks something the ledger acknowledged (or, with --exact, holds
+    more): a finding about the store, not a mistake in the command. Exit 2: a user error
+    (bad option, no such store or ledger).
+    """
     from tapad.commands.tally import TallyError, run_tally
 
     try:
-        code = run_tally(store, hour, ledger, as_json)
+        code = run_tally(store, hour, ledger, as_json, exact)
     except TallyError as exc:
-        raise fail(str(exc), 2) from None
+        raise fail(str(exc)) from None
     raise typer.Exit(code)
 
 
@@ -334,35 +425,42 @@ def export(
         str | None,
         typer.Option(
             "--from",
+            metavar="HOUR",
             help="First hour: YYYY-MM-DDTHH (UTC), 'now' or epoch ms "
             "(default: the oldest hour with data).",
         ),
     ] = None,
     to_hour: Annotated[
         str | None,
-        typer.Option("--to", help="Last hour, included (default: the current hour)."),
+        typer.Option(
+            "--to", metavar="HOUR", help="Last hour, included (default: the current hour)."
+        ),
     ] = None,
     fmt: Annotated[
-        ExportFormat,
+        ExportFormat | None,
         typer.Option(
-            "--format", case_sensitive=False, help="csv or json, as GET /analytics/hours."
+            "--format",
+            metavar="csv|json",
+            case_sensitive=False,
+            help="csv or json, as GET /analytics/hours (default: from --out's extension "
+            "when it is .csv or .json, else csv).",
         ),
-    ] = ExportFormat.csv,
+    ] = None,
     out: Annotated[
-        Path | None, typer.Option(help="File to write (default: standard output).")
+        Path | None, typer.Option(metavar="FILE", help="File to write (default: standard output).")
     ] = None,
 ) -> None:
     """Read the store directly and write every hour of a range, as GET /analytics/hours does."""
     from tapad.commands.export import ExportError, run_export
 
     try:
-        summary = run_export(store, from_hour, to_hour, fmt.value, out)
+        summary = run_export(store, from_hour, to_hour, fmt.value if fmt else None, out)
     except ExportError as exc:
-        raise fail(str(exc), 2) from None
+        raise fail(str(exc)) from None
     typer.echo(summary, err=True)
 
 
-USAGE_ERROR = 2  # the exit code typer gives a usage mistake
+USAGE_ERROR = USER_ERROR  # the exit code typer gives a usage mistake
 
 
 def _command_path(exc: typer.TyperException) -> str:

@@ -121,6 +121,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Serve on a Redis whose maxmemory-policy may evict keys (acknowledged events can "
         "then be lost): a warning instead of refusing to start.",
     ),
+    Setting(
+        "access_log",
+        False,
+        "Log one line per request (address, request line, status, bytes, time); key= "
+        "values show as key=***, headers never. Off: no cost per request.",
+        "TAPAD_ACCESS_LOG",
+    ),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

@@ -27,6 +27,7 @@ from tapad.store import (
     parse_store_url,
     redact,
 )
+from tapad.words import counted
 
 STORE_TIMEOUT = 5.0  # seconds per store call: a one-off command can wait longer than a server
 PROGRESS_FROM_HOURS = MAX_HOURS  # a bar only when there is more than one chunk to read
@@ -116,10 +117,30 @@ def output(out: Path | None) -> Iterator[IO[str]]:
             part.unlink()
 
 
+FORMATS = ("csv", "json")
+DEFAULT_FORMAT = "csv"
+
+
+def choose_format(fmt: str | None, out: Path | None) -> str:
+    """``--format``, else the one ``--out``'s extension names, else csv.
+
+    ``--out hours.json`` means JSON: writing CSV into it would surprise. A ``--format``
+    that says otherwise is a slip to point out, not to settle silently either way.
+    """
+    suffix = out.suffix.lower().lstrip(".") if out is not None and str(out) != "-" else ""
+    named = suffix if suffix in FORMATS else None
+    if fmt is None:
+        return named or DEFAULT_FORMAT
+    if named is not None and named != fmt:
+        raise ExportError(f"--format {fmt} contradicts --out {out} (a .{named} file)")
+    return fmt
+
+
 def run_export(
-    store_url: str, from_text: str | None, to_text: str | None, fmt: str, out: Path | None
+    store_url: str, from_text: str | None, to_text: str | None, fmt: str | None, out: Path | None
 ) -> str:
     """Write the rows; return a one-line summary for standard error."""
+    fmt = choose_format(fmt, out)
     first = parse_bound("--from", from_text)
     last = parse_bound("--to", to_text)
     if first is not None and last is not None and first > last:
@@ -129,7 +150,8 @@ def run_export(
         for piece in render(fmt, rows):
             fh.write(piece)
     where = "standard output" if out is None or str(out) == "-" else str(out)
-    return f"exported {len(rows)} hours ({format_hour(first)} to {format_hour(last)}) to {where}"
+    span = f"{format_hour(first)} to {format_hour(last)}"
+    return f"exported {counted(len(rows), 'hour')} ({span}) to {where}"
 
 
 @contextlib.contextmanager

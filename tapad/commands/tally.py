@@ -24,6 +24,7 @@ from tapad.store import (
     parse_store_url,
     redact,
 )
+from tapad.words import counted
 
 
 class TallyError(Exception):
@@ -71,12 +72,15 @@ async def read_store(
             await store.close()
 
 
-def compare(rows: list[HourRow], ledger: Ledger, unique_mode: str) -> list[str]:
+def compare(
+    rows: list[HourRow], ledger: Ledger, unique_mode: str, *, at_least: bool = False
+) -> list[str]:
     """One line per number outside what the ledger allows.
 
     The store must hold every acknowledged event, and may hold any of those whose outcome is
     unknown (504, timeout): ``acked <= stored <= acked + unknown``, for clicks, impressions and
     unique users alike (users: approximately on hll). Without unknown events that is equality.
+    ``at_least``: only the lower bound, for a store that other writers fill too.
     """
     differences = []
     for row in rows:
@@ -93,9 +97,11 @@ def compare(rows: list[HourRow], ledger: Ledger, unique_mode: str) -> list[str]:
         for name, have, low, high in checks:
             approximate = name == "unique users" and unique_mode == "hll"
             slack = HLL_TOLERANCE * max(high, 1) if approximate else 0
-            if low - slack <= have <= high + slack:
+            if low - slack <= have and (at_least or have <= high + slack):
                 continue
             expected = f"{low}" if high == low else f"{low} acknowledged + {high - low} unknown"
+            if at_least:
+                expected = f"at least {low}"
             note = f" (more than {HLL_TOLERANCE:.0%} apart)" if approximate else ""
             differences.append(f"{label} {name}: store {have}, ledger {expected}{note}")
     return differences
@@ -131,8 +137,53 @@ def unknown_outcomes(rows: list[HourRow], ledger: Ledger) -> UnknownOutcomes:
     return UnknownOutcomes(ledger.unknown_events, recorded)
 
 
+def beyond_ledger(rows: list[HourRow], ledger: Ledger) -> int:
+    """Events the store holds past what the ledger accounts for (acknowledged + unknown)."""
+    extra = 0
+    for row in rows:
+        entry = ledger.hours.get(row.hour) or HourEntry()
+        extra += max(row.counts.clicks - entry.clicks - entry.unknown.clicks, 0)
+        extra += max(row.counts.impressions - entry.impressions - entry.unknown.impressions, 0)
+    return extra
+
+
+@dataclass(frozen=True)
+class Check:
+    """What was held to the ledger and what came of it."""
+
+    differences: list[str]
+    exact: bool  # False: other writers, so only "at least the ledger's" was checked
+    other_events: int = 0
+
+    def note(self, ledger_path: Path) -> str:
+        """The one line saying that the store holds more than the ledger accounts for."""
+        return (
+            f"the store holds {counted(self.other_events, 'event')} more than ledger "
+            f"{ledger_path} accounts for (other writers?): checked that it holds at least what "
+            "the ledger acknowledged (--exact to require equality)"
+        )
+
+
+def check(rows: list[HourRow], ledger: Ledger, unique_mode: str, exact: bool) -> Check:
+    """Equality when the store holds only the ledger's events (or ``exact``), else at least.
+
+    A ledger knows only what its own load sent. A store that others also write to (the
+    README's quick start, a second load run without the ledger) holds more, and all a ledger
+    can then say is that nothing it was promised is missing.
+    """
+    differences = compare(rows, ledger, unique_mode)
+    if exact or not differences:
+        return Check(differences, exact=True)
+    lower = compare(rows, ledger, unique_mode, at_least=True)
+    return Check(lower, exact=False, other_events=beyond_ledger(rows, ledger))
+
+
 def run_tally(
-    store_url: str, hour_text: str | None, ledger_path: Path | None, as_json: bool
+    store_url: str,
+    hour_text: str | None,
+    ledger_path: Path | None,
+    as_json: bool,
+    exact: bool = False,
 ) -> int:
     """Print the store's hours (and any difference from the ledger); 1 if there is one."""
     hour = None
@@ -151,13 +202,13 @@ def run_tally(
             raise TallyError(str(exc)) from None
     extra = set(ledger.hours) if ledger is not None else set()
     rows, unique_mode = asyncio.run(read_store(store_url, hour, extra))
-    differences = compare(rows, ledger, unique_mode) if ledger is not None else []
+    held = check(rows, ledger, unique_mode, exact) if ledger is not None else Check([], True)
     unknown = unknown_outcomes(rows, ledger) if ledger is not None else UnknownOutcomes(0, 0)
     if as_json:
-        _print_json(store_url, rows, unique_mode, ledger_path, differences, unknown)
+        _print_json(store_url, rows, unique_mode, ledger_path, held, unknown)
     else:
-        _print_table(store_url, rows, unique_mode, ledger_path, differences, unknown)
-    return 1 if differences else 0
+        _print_table(store_url, rows, unique_mode, ledger_path, held, unknown)
+    return 1 if held.differences else 0
 
 
 def _totals(rows: list[HourRow]) -> HourCounts:
@@ -172,7 +223,7 @@ def _print_json(
     rows: list[HourRow],
     unique_mode: str,
     ledger_path: Path | None,
-    differences: list[str],
+    held: Check,
     unknown: UnknownOutcomes,
 ) -> None:
     total = _totals(rows)
@@ -199,7 +250,9 @@ def _print_json(
     if ledger_path is not None:
         data["ledger"] = {
             "path": str(ledger_path),
-            "differences": differences,
+            "check": "exact" if held.exact else "at least",
+            "other_events": held.other_events,
+            "differences": held.differences,
             "unknown": {
                 "events": unknown.events,
                 "recorded": unknown.recorded,
@@ -214,7 +267,7 @@ def _print_table(
     rows: list[HourRow],
     unique_mode: str,
     ledger_path: Path | None,
-    differences: list[str],
+    held: Check,
     unknown: UnknownOutcomes,
 ) -> None:
     from rich.console import Console
@@ -243,6 +296,15 @@ def _print_table(
         console.print("the store holds no events" if ledger_path is None else "no hours to show")
     if ledger_path is None:
         return
+    differences = held.differences
+    if not held.exact:
+        console.print(held.note(ledger_path), highlight=False, soft_wrap=True)
+    if not differences and not held.exact:
+        console.print(
+            f"[green]ledger {ledger_path}: the store holds every acknowledged event[/green]",
+            highlight=False,
+        )
+        return
     if not differences:
         console.print(f"[green]ledger {ledger_path} agrees with the store[/green]", highlight=False)
         if unknown.events:
@@ -255,5 +317,6 @@ def _print_table(
     for line in differences:
         console.print(f"[red]differs[/red] {line}", highlight=False)
     console.print(
-        f"[red]{len(differences)} difference(s) from ledger {ledger_path}[/red]", highlight=False
+        f"[red]{counted(len(differences), 'difference')} from ledger {ledger_path}[/red]",
+        highlight=False,
     )

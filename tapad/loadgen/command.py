@@ -20,6 +20,7 @@ from tapad.loadgen.report import live_progress, print_report, summary
 from tapad.loadgen.runner import LoadConfig, Outcome
 from tapad.loadgen.traffic import Mix
 from tapad.loadgen.verify import BELOW_LEDGER, HLL_TOLERANCE
+from tapad.words import counted
 
 DEFAULT_USERS = 10_000  # generated names when --users is not given
 BATCH_TYPE = "application/x-ndjson"
@@ -188,8 +189,8 @@ def run_post(options: LoadOptions, users_path: Path | None, ledger_path: Path | 
             else ""
         )
         notes.append(
-            f"ledger {ledger_path}: +{run_ledger.events:,} acknowledged events{unknown} "
-            f"({previous.events:,} acknowledged in all, {len(previous.hours)} hours)"
+            f"ledger {ledger_path}: +{counted(run_ledger.events, 'acknowledged event')}{unknown} "
+            f"({previous.events:,} acknowledged in all, {counted(len(previous.hours), 'hour')})"
         )
         extra["ledger"] = {
             "path": str(ledger_path),

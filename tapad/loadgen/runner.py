@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tapad.loadgen.http import Connection, Endpoint, HttpError, NotSent
+from tapad.words import counted
 
 TIMEOUT = "timeout"
 CONNECTION_ERROR = "connection error"
@@ -226,8 +227,8 @@ class _Runner:
                     # Every request would wait out its retries against a dead server.
                     self.stop = True
                     outcome.gave_up = (
-                        f"stopped early: {outcome.unreachable_in_a_row} requests in a row got "
-                        f"no answer (last: {label})"
+                        f"stopped early: {counted(outcome.unreachable_in_a_row, 'request')} "
+                        f"in a row got no answer (last: {label})"
                     )
 
 

@@ -6,8 +6,9 @@ explicit instead of leaving it to the file-descriptor limit: past it a new conne
 closed at once. A connection that sends no complete request (slowloris) or sits idle is
 closed after ``IDLE_TIMEOUT``, longer than nginx's upstream keep-alive (deploy/nginx.conf)
 so nginx, not tapad, closes its idle upstream connections. Request lines and header fields
-are capped (a 100 KB URL gets a 400), pipelined requests are queued at most 32 deep and
-bodies are read in bounded chunks by aiohttp itself and inflated (gzip) by tapad, with a cap.
+are capped (a URL past the cap gets a 414, a header past it or too many headers a 431, each
+one line in tapad's words), pipelined requests are queued at most 32 deep and bodies are
+read in bounded chunks by aiohttp itself and inflated (gzip) by tapad, with a cap.
 
 aiohttp logs every malformed request with a traceback at ERROR; a client can send
 those at will, so they are counted and dropped from the log instead.
@@ -19,11 +20,25 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from tapad.adapters.aiohttp import AdmittingServer, client_error_code
+from aiohttp import web
+
+from tapad.adapters.aiohttp import (
+    AdmittingServer,
+    client_error_code,
+    too_long,
+    too_many_headers,
+)
 
 IDLE_TIMEOUT = 75.0  # seconds without a complete request before a connection is closed
 MAX_LINE_SIZE = 8190  # request line (method, URL, version), bytes
-MAX_FIELD_SIZE = 8190  # one header, bytes
+# One header, name and value, bytes. One more than MAX_LINE_SIZE on purpose: aiohttp says
+# only which limit a line went past, so the two must differ to tell a 414 from a 431.
+MAX_FIELD_SIZE = MAX_LINE_SIZE + 1
+MAX_HEADERS = 128  # aiohttp's default, named here for the 431's line
+URI_TOO_LONG = f"request line too long: at most {MAX_LINE_SIZE} bytes of method, URL and version\n"
+HEADERS_TOO_LARGE = (
+    f"request headers too large: at most {MAX_HEADERS} headers of {MAX_FIELD_SIZE} bytes each\n"
+)
 
 
 class BoundedServer(AdmittingServer):
@@ -43,9 +58,21 @@ class BoundedServer(AdmittingServer):
         # Request bodies are inflated by tapad itself, with a cap on the output
         # (tapad/server/batch.py): aiohttp's own decompression bounds only each step.
         kwargs.setdefault("auto_decompress", False)
+        kwargs.setdefault("max_headers", MAX_HEADERS)
         super().__init__(handler, **kwargs)
         self.max_connections = max_connections
         self.on_refuse = on_refuse
+
+    def answer_client_error(self, exc: BaseException) -> web.StreamResponse | None:
+        """414 or 431 in one line; aiohttp's body would be Python's repr of the bytes."""
+        limit = too_long(exc)
+        if limit == MAX_LINE_SIZE:
+            return web.Response(
+                status=414, reason="URI Too Long", text=URI_TOO_LONG, content_type="text/plain"
+            )
+        if limit == MAX_FIELD_SIZE or too_many_headers(exc):
+            return web.Response(status=431, text=HEADERS_TOO_LARGE, content_type="text/plain")
+        return None
 
     def admit(self) -> bool:
         if self.open_connections() < self.max_connections:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable
+from dataclasses import astuple, dataclass
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -86,6 +87,21 @@ class Tally:
         if any(counts[1:]):
             add_observations(self._child, counts[0], counts[1:])
             counts[:] = [0.0] * len(counts)
+
+
+@dataclass(frozen=True)
+class Totals:
+    """This process's counts since it started, for the log's summary of each minute."""
+
+    requests: int = 0
+    client_errors: int = 0  # answered 4xx
+    server_errors: int = 0  # answered 5xx
+    events: int = 0  # committed or attempted, in batches sent to the store
+    batches: int = 0
+    store_errors: int = 0
+
+    def __sub__(self, other: Totals) -> Totals:
+        return Totals(*(a - b for a, b in zip(astuple(self), astuple(other), strict=True)))
 
 
 class Metrics:
@@ -240,6 +256,33 @@ class Metrics:
                     name, doc, multiprocess_mode="mostrecent", registry=self.registry
                 )
             gauge.set(float(value))
+
+    def totals(self) -> Totals:
+        """This process's counts so far (not every worker's, unlike a scrape)."""
+        self._fold_tally()
+        requests = client = server = 0
+        for metric in self.requests.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_count"):
+                    n = int(sample.value)
+                    requests += n
+                    status = sample.labels.get("status", "")
+                    client += n if status.startswith("4") else 0
+                    server += n if status.startswith("5") else 0
+        events = batches = 0
+        for metric in self.batch_size.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_sum"):
+                    events = int(sample.value)
+                elif sample.name.endswith("_count"):
+                    batches = int(sample.value)
+        errors = sum(
+            int(sample.value)
+            for metric in self.store_errors.collect()
+            for sample in metric.samples
+            if sample.name.endswith("_total")
+        )
+        return Totals(requests, client, server, events, batches, errors)
 
     def render(self) -> bytes:
         """The text a scrape gets: this process's numbers, or every worker's."""

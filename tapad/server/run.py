@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from tapad.adapters.aiohttp import listening_sockets, name_server
+from tapad.server.access_log import SUMMARY_EVERY, AccessLog, access_log, summarise
 from tapad.server.app import TapadHandler
 from tapad.server.guard import BoundedServer, quiet_client_errors
 from tapad.server.measured_store import MeasuredStore
@@ -53,7 +54,9 @@ class ServeSettings:
     dedup_hours: int = default("dedup_hours")
     allow_eviction: bool = default("allow_eviction")
     store_check_every: float = CHECK_EVERY  # not a setting: tests check more often
+    access_log: bool = default("access_log")
     reuse_port: bool = False  # not a setting: set for the worker processes
+    summary_every: float = SUMMARY_EVERY  # not a setting: seconds between summary lines
 
 
 class StartupError(Exception):
@@ -127,7 +130,9 @@ async def run_server(
         print(line, flush=True)
     if ready is not None:
         ready(line)
+    summary = loop.create_task(summarise(handler.metrics, settings.summary_every))
     await stop.wait()
+    summary.cancel()
     log.info("stopping: finishing requests in flight")
     try:
         async with asyncio.timeout(settings.shutdown_timeout):
@@ -225,7 +230,9 @@ def assemble(store: Store, settings: ServeSettings) -> tuple[BoundedServer, Tapa
         handler,
         max_connections=settings.max_connections,
         on_refuse=metrics.refused_connections.inc,
-        access_log=None,
+        # None: aiohttp skips the access log entirely, not even reading the clock for it
+        access_log=access_log if settings.access_log else None,
+        access_log_class=AccessLog,
     )
     return server, handler
 

@@ -36,6 +36,7 @@ from tapad.store.base import (
     StoreConfigError,
     StoreError,
 )
+from tapad.words import counted
 
 if TYPE_CHECKING:
     from tapad.server.metrics import Metrics
@@ -135,7 +136,7 @@ class GroupCommitter:
         which says whether this event's part was. A failed batch raises StoreError
         (CommitUnknown if it may have been applied)."""
         if self._pending >= self._max_pending:
-            raise Overloaded(f"{self._pending} events already waiting")
+            raise Overloaded(f"{counted(self._pending, 'event')} already waiting")
         batches = self._batches
         if batches and len(batches[-1].events) < self._max_batch:
             batch = batches[-1]

@@ -162,7 +162,17 @@ class SQLiteStore:
             raise StoreConfigError(f"cannot create {self.path.parent}: {exc.strerror}") from None
         if self._sweep_every and self._sweeper is None:  # ids expire; hours with a retention
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
-        await self._on(self._write_thread, self._writer_conn)
+        try:
+            await self._on(self._write_thread, self._writer_conn)
+        except StoreError as exc:
+            # Not an outage that may pass (a 503 until it does) but a wrong --store: a file
+            # SQLite cannot read as a database (a CSV, say) stays one until someone acts.
+            cause = exc.__cause__
+            if isinstance(cause, sqlite3.DatabaseError) and (
+                getattr(cause, "sqlite_errorcode", None) == sqlite3.SQLITE_NOTADB
+            ):
+                raise StoreConfigError(f"{self.path} is not a SQLite database") from None
+            raise
         if self._checkpointer is None:
             self._checkpointer = BackgroundCheckpoint(self._open)
         if self.retention_hours is not None:

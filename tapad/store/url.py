@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -50,11 +51,31 @@ def redact(url: str) -> str:
     return f"{text}?{query}" if query else text
 
 
+HOST_PORT = re.compile(r"[\w.-]+:\d{1,5}")
+
+
+def no_scheme(url: str) -> str:
+    """The line for a URL given without ``scheme://``: the URL the user most likely meant.
+
+    A bare path is the usual slip (``--store /var/lib/tapad/tapad.db``); a bare
+    ``host:port`` is a Redis server.
+    """
+    if HOST_PORT.fullmatch(url):
+        return f"store URL {url!r} has no scheme; for a Redis server write redis://{url}"
+    if "@" in url:  # user:password@host: the URL is not repeated, it may hold a password
+        return "store URL has no scheme: start it with one of: " + ", ".join(
+            f"{s}://" for s in SCHEMES
+        )
+    return f"store URL {url!r} has no scheme; for a SQLite file write sqlite:///{url}"
+
+
 def parse_store_url(url: str) -> StoreSettings:
     """Parse and check a store URL; raise StoreConfigError with one line a user can act on."""
     url = url.strip()
     scheme, sep, rest = url.partition("://")
-    if not sep or scheme not in SCHEMES:
+    if not sep:
+        raise StoreConfigError(no_scheme(url))
+    if scheme not in SCHEMES:
         raise StoreConfigError(
             f"store URL {redact(url)!r} must start with one of: "
             + ", ".join(f"{s}://" for s in SCHEMES)

@@ -8,6 +8,7 @@ from pathlib import Path
 from tapad.usernames.fetch import FetchError, fetch_usernames
 from tapad.usernames.generate import generate_usernames
 from tapad.usernames.namesfile import NamesFileError, read_names, write_names
+from tapad.words import counted
 
 
 class UsernamesError(Exception):
@@ -80,14 +81,14 @@ def run_fetch(
         saved = ""
         if len(exc.names) > len(existing):
             _save(out, exc.names)
-            saved = f" ({len(exc.names)} names saved to {out})"
+            saved = f" ({counted(len(exc.names), 'name')} saved to {out})"
         raise UsernamesError(f"fetch stopped: {exc}{saved}") from None
     if len(names) > len(existing) or not out.exists():
         _save(out, names)
     new = len(names) - len(existing)
     return (
-        f"{out}: {len(names)} names ({new} new, {stats.requests} requests, "
-        f"{stats.failures} failed and retried)"
+        f"{out}: {counted(len(names), 'name')} ({new:,} new, {counted(stats.requests, 'request')}, "
+        f"{stats.failures:,} failed and retried)"
     )
 
 
@@ -101,7 +102,7 @@ def run_generate(count: int, seed: int, out: Path | None) -> str | None:
         sys.stdout.write("".join(f"{name}\n" for name in names))
         return None
     _save(out, names)
-    return f"{out}: {len(names)} names (seed {seed})"
+    return f"{out}: {counted(len(names), 'name')} (seed {seed})"
 
 
 def _save(out: Path, names: list[str]) -> None:

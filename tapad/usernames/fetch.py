@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from tapad.usernames.parse import NotNamesError, parse_names
+from tapad.words import counted
 
 DEFAULT_URL = "https://randomuser.me/api/?results=100&inc=login"
 USER_AGENT = "tapad-usernames-fetch/1"
@@ -82,7 +83,7 @@ class _Pool:
             self.in_a_row += 1
             self.last_failure = reason
             if self.in_a_row >= self.max_failures:
-                self.give_up(f"{self.in_a_row} requests in a row failed, last: {reason}")
+                self.give_up(f"{counted(self.in_a_row, 'request')} in a row failed, last: {reason}")
 
     def give_up(self, message: str) -> None:
         if self.error is None:

@@ -154,3 +154,37 @@ def test_a_site_s_listening_socket_can_be_taken_from_it() -> None:
             await runner.cleanup()
 
     run(main)
+
+
+class OwnAnswers(adapter.AdmittingServer):
+    """Answers a request line over its limit with 414 and anything else unparseable as is."""
+
+    def answer_client_error(self, exc: BaseException) -> web.StreamResponse | None:
+        self.seen.append((adapter.too_long(exc), adapter.too_many_headers(exc)))
+        if adapter.too_long(exc) == 100:
+            return web.Response(status=414, reason="URI Too Long", text="own words\n")
+        return None
+
+    seen: list[tuple[int | None, bool]]
+
+
+def test_an_unparseable_request_gets_the_server_s_own_answer() -> None:
+    async def main() -> None:
+        server = OwnAnswers(hello, max_line_size=100, max_field_size=200, max_headers=4)
+        server.seen = []
+        async with serving(server) as port:
+            long_url = await ask(port, b"GET /" + b"a" * 200 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+            long_header = await ask(port, b"GET / HTTP/1.1\r\nX-A: " + b"b" * 300 + b"\r\n\r\n")
+            many = await ask(port, b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 10 + b"\r\n")
+            fine = await ask(port)
+        assert long_url.split(b"\r\n", 1)[0].endswith(b" 414 URI Too Long"), changed(
+            f"web.Server.__call__ or RequestHandler.handle_error: {long_url[:200]!r}"
+        )
+        assert long_url.endswith(b"\r\n\r\nown words\n")
+        assert b" 400 " in long_header.split(b"\r\n", 1)[0] and b" 400 " in many[:20]
+        assert fine.startswith(b"HTTP/1.1 200")
+        assert server.seen == [(100, False), (200, False), (None, True)], changed(
+            f"LineTooLong's limit or the too-many-headers error: {server.seen}"
+        )
+
+    run(main)

@@ -182,3 +182,42 @@ def test_a_long_range_shows_a_progress_bar_on_a_terminal(sqlite_url: str, tmp_pa
     piped = export(*args)
     assert piped.returncode == 0
     assert "reading hours" not in piped.stderr
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_the_format_follows_the_out_file_s_extension(
+    server: InProcessTapad, store_url: str, tmp_path: Path
+) -> None:
+    post(server, HOUR, "ann", "click")
+    hour = ["--from", format_hour(HOUR), "--to", format_hour(HOUR)]
+    as_json = tmp_path / "x.json"
+    done = export("--store", store_url, *hour, "--out", str(as_json))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(as_json.read_text())["hours"][0]["clicks"] == 1
+    assert (
+        done.stderr
+        == f"exported 1 hour ({format_hour(HOUR)} to {format_hour(HOUR)}) to {as_json}\n"
+    )
+    as_csv = tmp_path / "x.CSV"
+    done = export("--store", store_url, *hour, "--out", str(as_csv))
+    assert done.returncode == 0, done.stderr
+    assert as_csv.read_text().startswith("hour,timestamp,")
+    other = tmp_path / "x.txt"  # an extension that names no format: csv, the default
+    done = export("--store", store_url, *hour, "--out", str(other))
+    assert done.returncode == 0 and other.read_text().startswith("hour,timestamp,")
+    done = export("--store", store_url, "--from", format_hour(HOUR), "--to",
+                  format_hour(HOUR + 1), "--out", str(other))  # fmt: skip
+    assert "exported 2 hours" in done.stderr
+
+
+def test_a_format_contradicting_the_out_extension_is_refused(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    InProcessTapad(sqlite_url).start().stop()  # creates the database
+    out = tmp_path / "x.json"
+    done = export("--store", sqlite_url, "--format", "csv", "--out", str(out))
+    assert done.returncode == 2
+    assert done.stderr == f"error: --format csv contradicts --out {out} (a .json file)\n"
+    assert not out.exists()
+    done = export("--store", sqlite_url, "--format", "json", "--out", str(out))
+    assert done.returncode == 0, done.stderr

@@ -30,6 +30,26 @@ def test_malformed_store_url_is_one_line_and_nonzero(store: str) -> None:
     assert "Traceback" not in result.stderr and "s3cret" not in result.stderr
 
 
+def test_a_file_that_is_not_a_sqlite_database_ends_serve_at_start(tmp_path: Path) -> None:
+    csv = tmp_path / "notadb.db"
+    csv.write_text("hour,timestamp,unique_users,clicks,impressions\n" * 200)
+    result = run_cli("serve", "--port", str(free_port()), "--store", f"sqlite:///{csv}")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == [f"error: {csv} is not a SQLite database"]
+    assert csv.read_text().startswith("hour,timestamp")  # left as it was
+
+
+@pytest.mark.parametrize("command", ["tally", "export"])
+def test_tally_and_export_refuse_a_file_that_is_not_a_sqlite_database(
+    tmp_path: Path, command: str
+) -> None:
+    csv = tmp_path / "notadb.db"
+    csv.write_text("hour,timestamp,unique_users,clicks,impressions\n" * 200)
+    result = run_cli(command, "--store", f"sqlite:///{csv}")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == [f"error: {csv} is not a SQLite database"]
+
+
 def test_port_in_use_is_one_line(tmp_path: Path) -> None:
     srv = TapadServer(f"sqlite:///{tmp_path}/a.db").start()
     try:

@@ -50,3 +50,26 @@ def test_redaction_hides_passwords() -> None:
 def test_sqlite_refuses_hll() -> None:
     with pytest.raises(StoreConfigError):
         open_store("sqlite:///x.db", unique="hll")
+
+
+@pytest.mark.parametrize(
+    ("url", "suggestion"),
+    [
+        ("/var/lib/tapad/tapad.db", "sqlite:////var/lib/tapad/tapad.db"),
+        ("data/tapad.db", "sqlite:///data/tapad.db"),
+        ("tapad.db", "sqlite:///tapad.db"),
+    ],
+)
+def test_a_bare_path_gets_the_sqlite_url_to_write(url: str, suggestion: str) -> None:
+    with pytest.raises(StoreConfigError) as info:
+        parse_store_url(url)
+    assert str(info.value) == (
+        f"store URL {url!r} has no scheme; for a SQLite file write {suggestion}"
+    )
+    assert parse_store_url(suggestion).path == url
+
+
+def test_a_bare_host_and_port_gets_the_redis_url_to_write() -> None:
+    with pytest.raises(StoreConfigError) as info:
+        parse_store_url("localhost:6379")
+    assert "redis://localhost:6379" in str(info.value) and "\n" not in str(info.value)
