@@ -98,6 +98,8 @@ def serve(
     retention_hours: Annotated[int | None, serve_option("retention_hours")] = default(
         "retention_hours"
     ),
+    accept_past: Annotated[int | None, serve_option("accept_past")] = default("accept_past"),
+    accept_future: Annotated[int | None, serve_option("accept_future")] = default("accept_future"),
 ) -> None:
     """Run the HTTP server."""
     from tapad.server.run import ServeSettings, StartupError, configure_logging
@@ -117,6 +119,8 @@ def serve(
         shards=shards,
         unique=unique.value if unique is not None else None,
         retention_hours=retention_hours,
+        accept_past=accept_past,
+        accept_future=accept_future,
     )
     try:
         run(settings)

@@ -21,6 +21,7 @@ from tapad.server.metrics import CONTENT_TYPE, Metrics
 from tapad.server.outage import Outage
 from tapad.server.query import BadRequest, parse_get, parse_hours_query, parse_post
 from tapad.server.reader import CoalescingReader
+from tapad.server.window import Window
 from tapad.server.writer import GroupCommitter, Overloaded
 from tapad.store.base import CommitUnknown, Event, HourCounts, PartialWrite, Store, StoreError
 
@@ -77,8 +78,10 @@ class TapadHandler:
         committer: GroupCommitter,
         reader: CoalescingReader,
         metrics: Metrics | None = None,
+        window: Window | None = None,
     ) -> None:
         self.store = store
+        self.window = window or Window()  # --accept-past/--accept-future (window.py)
         self.committer = committer
         self.reader = reader
         self.metrics = metrics or Metrics()
@@ -107,7 +110,7 @@ class TapadHandler:
         response: web.StreamResponse
         if path == "/analytics" and method == "POST":
             try:
-                event = parse_post(query)
+                event = parse_post(query, self.window)
                 partial = await self.committer.submit(event)
                 if partial is None or partial.committed(event):
                     response = web.Response()
