@@ -30,6 +30,9 @@ from tapad.store import (
 
 STORE_TIMEOUT = 5.0  # seconds per store call: a one-off command can wait longer than a server
 PROGRESS_FROM_HOURS = MAX_HOURS  # a bar only when there is more than one chunk to read
+# Without --from the range starts at the oldest hour with data: one stray event from 1970 (a
+# timestamp sent in seconds) makes that half a million hours. Past this many, say so first.
+LONG_EXPORT_HOURS = MAX_HOURS
 
 
 class ExportError(Exception):
@@ -78,12 +81,15 @@ async def export_rows(
     try:
         await store.connect()
         if first is None or last is None:
+            oldest_asked = first is None
             with_data = await store.hours()
             now = current_hour()
             if last is None:
                 last = max([now, *with_data[:1]])
             if first is None:
                 first = min([last, *with_data[-1:]])
+            if oldest_asked and last - first + 1 > LONG_EXPORT_HOURS:
+                print(long_export_notice(first, last), file=sys.stderr, flush=True)
         if first > last:
             raise ExportError(f"--from {format_hour(first)} is after --to {format_hour(last)}")
         with progress_bar(last - first + 1) as done:
@@ -95,6 +101,15 @@ async def export_rows(
     finally:
         with contextlib.suppress(Exception):  # never hide the real error behind close's
             await store.close()
+
+
+def long_export_notice(first: int, last: int) -> str:
+    """What a long export without ``--from`` is about to write, and how to narrow it."""
+    return (
+        f"writing {last - first + 1:,} hours ({format_hour(first)} to {format_hour(last)}): "
+        f"the oldest hour with data is {format_hour(first)}; give --from to start later "
+        "(tapad delete removes stray hours)"
+    )
 
 
 @contextlib.contextmanager
