@@ -355,6 +355,38 @@ def export(
     typer.echo(summary, err=True)
 
 
+@app.command()
+def delete(
+    from_hour: Annotated[
+        str,
+        typer.Option(
+            "--from", help="First hour to remove: YYYY-MM-DDTHH (UTC), 'now' or epoch ms."
+        ),
+    ],
+    to_hour: Annotated[str, typer.Option("--to", help="Last hour to remove, included.")],
+    store: Annotated[  # no default: data is never removed from a store nobody named
+        str,
+        typer.Option(
+            "--store", envvar=BY_NAME["store_url"].env, show_envvar=True, help="The store."
+        ),
+    ],
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Do not ask first (needed with no terminal to ask on).")
+    ] = False,
+) -> None:
+    """Remove every count, user and id of a range of hours (bad data, a test run)."""
+    from tapad.commands.delete import Declined, DeleteError, run_delete
+
+    try:
+        lines = run_delete(store, from_hour, to_hour, yes)
+    except DeleteError as exc:
+        raise fail(str(exc), 2) from None
+    except Declined as exc:
+        raise fail(str(exc), 1) from None
+    for line in lines:
+        typer.echo(line)
+
+
 USAGE_ERROR = 2  # the exit code typer gives a usage mistake
 
 

@@ -148,18 +148,20 @@ def run_export(
 
 
 @contextlib.contextmanager
-def progress_bar(hours: int) -> Iterator[Callable[[int], None]]:
+def progress_bar(
+    hours: int, label: str = "reading hours", longer_than: int = PROGRESS_FROM_HOURS
+) -> Iterator[Callable[[int], None]]:
     """A bar on a terminal for a long range; elsewhere (pipes, CI) nothing at all."""
     from rich.console import Console
 
     console = Console(stderr=True)
-    if not console.is_terminal or hours <= PROGRESS_FROM_HOURS:
+    if not console.is_terminal or hours <= longer_than:
         yield lambda _: None
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     with Progress(
-        TextColumn("reading hours"), BarColumn(), MofNCompleteColumn(), console=console
+        TextColumn(label), BarColumn(), MofNCompleteColumn(), console=console
     ) as progress:
         task = progress.add_task("export", total=hours)
         yield lambda n: progress.advance(task, n)
