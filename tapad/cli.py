@@ -232,8 +232,9 @@ def loadgen_post(
     old_ratio: OldRatioOption = 0.05,
     old_hours: OldHoursOption = 24,
     click_ratio: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Share of events that are clicks.")
-    ] = 0.5,
+        float,
+        typer.Option(min=0.0, max=1.0, help="Share of events that are clicks (2%: a real CTR)."),
+    ] = 0.02,
     users: Annotated[
         Path | None, typer.Option(help="Names file, one a line (default: 10,000 generated).")
     ] = None,
