@@ -275,3 +275,38 @@ def test_user_errors_are_one_line_and_exit_2(
     done = delete("--store", sqlite_url, *args, "--yes")
     assert done.returncode == 2
     assert message in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
+
+
+def test_a_long_range_shows_a_progress_bar_on_a_terminal(
+    sqlite_server: InProcessTapad, sqlite_url: str
+) -> None:
+    args = ["--store", sqlite_url, "--from", format_hour(HOUR - 100), "--to", format_hour(HOUR)]
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tapad", "delete", *args, "--yes"],
+            stdin=subprocess.DEVNULL,
+            stderr=follower,
+            stdout=subprocess.PIPE,
+            env={**os.environ, "TERM": "xterm", "COLUMNS": "100"},
+        )
+        os.close(follower)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the terminal closed: the command ended
+                break
+            if not chunk:
+                break
+            seen += chunk
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        os.close(leader)
+    assert proc.returncode == 0
+    assert b"removing hours" in seen and b"101/101" in seen, seen[-500:]
+    assert out.decode().startswith("removed 101 hours")
+    assert counts(sqlite_server.url, HOUR)["clicks"] == 0
+    assert counts(sqlite_server.url, HOUR + 1)["clicks"] == 1
+    piped = delete(*args, "--yes")
+    assert piped.returncode == 0 and "removing hours" not in piped.stderr
