@@ -133,6 +133,8 @@ def serve(
     dedup_hours: Annotated[int, serve_option("dedup_hours")] = default("dedup_hours"),
     allow_eviction: Annotated[bool, serve_option("allow_eviction")] = default("allow_eviction"),
     access_log: Annotated[bool, serve_option("access_log")] = default("access_log"),
+    accept_past: Annotated[int | None, serve_option("accept_past")] = default("accept_past"),
+    accept_future: Annotated[int | None, serve_option("accept_future")] = default("accept_future"),
 ) -> None:
     """Run the HTTP server."""
     from tapad.server.run import ServeSettings, StartupError, configure_logging
@@ -155,6 +157,8 @@ def serve(
         dedup_hours=dedup_hours,
         allow_eviction=allow_eviction,
         access_log=access_log,
+        accept_past=accept_past,
+        accept_future=accept_future,
     )
     try:
         run(settings)
@@ -298,8 +302,13 @@ def loadgen_post(
     old_hours: OldHoursOption = 24,
     click_ratio: Annotated[
         float,
-        typer.Option(min=0.0, max=1.0, metavar="RATIO", help="Share of events that are clicks."),
-    ] = 0.5,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            metavar="RATIO",
+            help="Share of events that are clicks (2%: a real CTR).",
+        ),
+    ] = 0.02,
     users: Annotated[
         Path | None,
         typer.Option(metavar="FILE", help="Names file, one a line (default: 10,000 generated)."),
@@ -458,6 +467,38 @@ def export(
     except ExportError as exc:
         raise fail(str(exc)) from None
     typer.echo(summary, err=True)
+
+
+@app.command()
+def delete(
+    from_hour: Annotated[
+        str,
+        typer.Option(
+            "--from", help="First hour to remove: YYYY-MM-DDTHH (UTC), 'now' or epoch ms."
+        ),
+    ],
+    to_hour: Annotated[str, typer.Option("--to", help="Last hour to remove, included.")],
+    store: Annotated[  # no default: data is never removed from a store nobody named
+        str,
+        typer.Option(
+            "--store", envvar=BY_NAME["store_url"].env, show_envvar=True, help="The store."
+        ),
+    ],
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Do not ask first (needed with no terminal to ask on).")
+    ] = False,
+) -> None:
+    """Remove every count, user and id of a range of hours (bad data, a test run)."""
+    from tapad.commands.delete import Declined, DeleteError, run_delete
+
+    try:
+        lines = run_delete(store, from_hour, to_hour, yes)
+    except DeleteError as exc:
+        raise fail(str(exc), 2) from None
+    except Declined as exc:
+        raise fail(str(exc), 1) from None
+    for line in lines:
+        typer.echo(line)
 
 
 USAGE_ERROR = USER_ERROR  # the exit code typer gives a usage mistake

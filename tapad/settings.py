@@ -128,6 +128,25 @@ SETTINGS: tuple[Setting, ...] = (
         "values show as key=***, headers never. Off: no cost per request.",
         "TAPAD_ACCESS_LOG",
     ),
+    Setting(
+        "accept_past",
+        None,
+        "Refuse (400) events more than this many hours in the past, and timestamps that "
+        "look like seconds. Default: any, back to 1970 (recommended: 48, or the longest "
+        "a client may buffer).",
+        "TAPAD_ACCEPT_PAST",
+        min=1,
+        default_text="any",
+    ),
+    Setting(
+        "accept_future",
+        None,
+        "Refuse (400) events more than this many minutes in the future (clock skew), and "
+        "timestamps that look like seconds. Default: any, up to year 9999 (recommended: 5).",
+        "TAPAD_ACCEPT_FUTURE",
+        min=0,
+        default_text="any",
+    ),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

@@ -31,6 +31,9 @@ from tapad.words import counted
 
 STORE_TIMEOUT = 5.0  # seconds per store call: a one-off command can wait longer than a server
 PROGRESS_FROM_HOURS = MAX_HOURS  # a bar only when there is more than one chunk to read
+# Without --from the range starts at the oldest hour with data: one stray event from 1970 (a
+# timestamp sent in seconds) makes that half a million hours. Past this many, say so first.
+LONG_EXPORT_HOURS = MAX_HOURS
 
 
 class ExportError(Exception):
@@ -79,12 +82,15 @@ async def export_rows(
     try:
         await store.connect()
         if first is None or last is None:
+            oldest_asked = first is None
             with_data = await store.hours()
             now = current_hour()
             if last is None:
                 last = max([now, *with_data[:1]])
             if first is None:
                 first = min([last, *with_data[-1:]])
+            if oldest_asked and last - first + 1 > LONG_EXPORT_HOURS:
+                print(long_export_notice(first, last), file=sys.stderr, flush=True)
         if first > last:
             raise ExportError(f"--from {format_hour(first)} is after --to {format_hour(last)}")
         with progress_bar(last - first + 1) as done:
@@ -96,6 +102,15 @@ async def export_rows(
     finally:
         with contextlib.suppress(Exception):  # never hide the real error behind close's
             await store.close()
+
+
+def long_export_notice(first: int, last: int) -> str:
+    """What a long export without ``--from`` is about to write, and how to narrow it."""
+    return (
+        f"writing {last - first + 1:,} hours ({format_hour(first)} to {format_hour(last)}): "
+        f"the oldest hour with data is {format_hour(first)}; give --from to start later "
+        "(tapad delete removes stray hours)"
+    )
 
 
 @contextlib.contextmanager
@@ -155,18 +170,20 @@ def run_export(
 
 
 @contextlib.contextmanager
-def progress_bar(hours: int) -> Iterator[Callable[[int], None]]:
+def progress_bar(
+    hours: int, label: str = "reading hours", longer_than: int = PROGRESS_FROM_HOURS
+) -> Iterator[Callable[[int], None]]:
     """A bar on a terminal for a long range; elsewhere (pipes, CI) nothing at all."""
     from rich.console import Console
 
     console = Console(stderr=True)
-    if not console.is_terminal or hours <= PROGRESS_FROM_HOURS:
+    if not console.is_terminal or hours <= longer_than:
         yield lambda _: None
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     with Progress(
-        TextColumn("reading hours"), BarColumn(), MofNCompleteColumn(), console=console
+        TextColumn(label), BarColumn(), MofNCompleteColumn(), console=console
     ) as progress:
         task = progress.add_task("export", total=hours)
         yield lambda n: progress.advance(task, n)

@@ -22,7 +22,7 @@ from tapad.buckets import MS_PER_HOUR
 class Mix:
     old_ratio: float = 0.05  # share of requests for past hours
     old_hours: int = 24  # how far back past hours go
-    click_ratio: float = 0.5  # share of POSTs that are clicks
+    click_ratio: float = 0.02  # share of POSTs that are clicks: a 2% click-through rate
 
     def check(self) -> None:
         """Refuse a mix that cannot be made, with the option name in the message."""

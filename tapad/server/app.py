@@ -22,6 +22,7 @@ from tapad.server.metrics import CONTENT_TYPE, Metrics
 from tapad.server.outage import Outage
 from tapad.server.query import BadRequest, parse_get, parse_hours_query, parse_post
 from tapad.server.reader import CoalescingReader
+from tapad.server.window import Window
 from tapad.server.writer import GroupCommitter, Overloaded
 from tapad.store.base import CommitUnknown, Event, HourCounts, PartialWrite, Store, StoreError
 
@@ -105,8 +106,10 @@ class TapadHandler:
         committer: GroupCommitter,
         reader: CoalescingReader,
         metrics: Metrics | None = None,
+        window: Window | None = None,
     ) -> None:
         self.store = store
+        self.window = window or Window()  # --accept-past/--accept-future (window.py)
         self.committer = committer
         self.reader = reader
         self.metrics = metrics or Metrics()
@@ -136,7 +139,7 @@ class TapadHandler:
         response: web.StreamResponse
         if path == "/analytics" and method == "POST":
             try:
-                event = parse_post(query)
+                event = parse_post(query, self.window)
                 outcome = await self.committer.submit(event)
                 if outcome is None:
                     response = web.Response()
@@ -208,7 +211,7 @@ class TapadHandler:
         try:
             ndjson, gzip = body_kind(headers.get("Content-Type"), headers.get("Content-Encoding"))
             body = await read_body(request, gzip)
-            events = parse_events(body, ndjson)
+            events = parse_events(body, ndjson, window=self.window)
             outcome = await self.committer.submit_all(events)
         except BatchRefused as exc:
             response = web.Response(status=exc.status, text=f"{exc}\n", content_type=TEXT)

@@ -26,7 +26,8 @@ import msgspec
 from aiohttp.web_request import BaseRequest
 
 from tapad.buckets import MAX_TIMESTAMP_MS, MS_PER_HOUR
-from tapad.server.query import MAX_USER_CHARS
+from tapad.server.query import MAX_USER_CHARS, BadRequest
+from tapad.server.window import Window
 from tapad.store.base import Event
 
 MAX_EVENTS = 10_000
@@ -133,10 +134,13 @@ async def read_body(request: BaseRequest, gzip: bool) -> bytes:
     return b"".join(chunks)
 
 
-def parse_events(body: bytes, ndjson: bool, now_ms: int | None = None) -> list[Event]:
+def parse_events(
+    body: bytes, ndjson: bool, now_ms: int | None = None, window: Window | None = None
+) -> list[Event]:
     """Every event of the body, or BatchRefused (413: too many; 400: the first bad one).
 
-    ``now_ms``: the server's clock at receipt, for events without a timestamp.
+    ``now_ms``: the server's clock at receipt, for events without a timestamp (and the
+    "now" of ``window``, the server's --accept-past/--accept-future, for those with one).
     """
     if len(body) > MAX_BODY:
         raise too_large()
@@ -155,7 +159,7 @@ def parse_events(body: bytes, ndjson: bool, now_ms: int | None = None) -> list[E
                 raise BatchRefused(400, message) from None
             except msgspec.DecodeError:
                 raise BatchRefused(400, f"event {position}: not valid JSON") from None
-        return _events(wires, now_ms, lines)
+        return _events(wires, now_ms, lines, window)
     if not body.strip():
         raise BatchRefused(400, "body: no events (an empty batch)")
     try:
@@ -163,7 +167,7 @@ def parse_events(body: bytes, ndjson: bool, now_ms: int | None = None) -> list[E
     except msgspec.DecodeError as exc:  # ValidationError included: find which event
         raise _array_refusal(body, exc) from None
     _check_count(len(array))
-    return _events(array, now_ms, None)
+    return _events(array, now_ms, None, window)
 
 
 def _check_count(count: int) -> None:
@@ -173,7 +177,9 @@ def _check_count(count: int) -> None:
         raise BatchRefused(400, "body: no events (an empty batch)")
 
 
-def _events(wires: list[WireEvent], now_ms: int, lines: list[bytes] | None) -> list[Event]:
+def _events(
+    wires: list[WireEvent], now_ms: int, lines: list[bytes] | None, window: Window | None
+) -> list[Event]:
     """Events from decoded wire events; what msgspec cannot check is checked here."""
     now_hour = now_ms // MS_PER_HOUR
     events: list[Event] = []
@@ -201,6 +207,11 @@ def _events(wires: list[WireEvent], now_ms: int, lines: list[bytes] | None) -> l
                 problem = problem and f"event {position}: {problem}"
             if problem is not None:
                 raise BatchRefused(400, problem)
+        if window is not None and ts is not None:
+            try:
+                window.check(int(ts), now_ms)
+            except BadRequest as exc:
+                raise BatchRefused(400, f"event {len(events) + 1}: {exc}") from None
         append(_new_event(Event, (hour, user, wire.event == "click", event_id)))
     return events
 

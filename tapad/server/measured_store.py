@@ -6,7 +6,7 @@ numbers mean the same whichever store is behind them.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from time import perf_counter
 from typing import TypeVar
 
@@ -115,6 +115,11 @@ class MeasuredStore:
 
     async def hours(self) -> list[int]:
         return await self._store.hours()
+
+    async def delete_hours(
+        self, hours: Sequence[int], progress: Callable[[int], None] | None = None
+    ) -> int:
+        return await self._store.delete_hours(hours, progress)
 
     async def ping(self) -> None:
         await self._measure("ping", self._store.ping())

@@ -8,11 +8,15 @@ line the client sees, naming the parameter.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 from urllib.parse import unquote_plus
 
 from tapad.buckets import MAX_TIMESTAMP_MS, MS_PER_HOUR, hour_of
 from tapad.hour_rows import FORMATS, MAX_HOURS
 from tapad.store.base import Event
+
+if TYPE_CHECKING:  # window.py imports BadRequest from here
+    from tapad.server.window import Window
 
 MAX_USER_CHARS = 256
 _KINDS = {"click": True, "impression": False}
@@ -66,6 +70,11 @@ def _only(params: dict[str, list[str]], name: str, what: str) -> str:
 
 def parse_timestamp(params: dict[str, list[str]], name: str = "timestamp") -> int:
     """The hour bucket of the request's timestamp (or of ``from``/``to``, same rules)."""
+    return hour_of(parse_timestamp_ms(params, name))
+
+
+def parse_timestamp_ms(params: dict[str, list[str]], name: str = "timestamp") -> int:
+    """The request's timestamp in milliseconds, within the contract's range."""
     text = _only(params, name, "milliseconds since the Unix epoch")
     digits = text.lstrip("0") or "0"
     if not text.isascii() or not text.isdigit():
@@ -75,7 +84,7 @@ def parse_timestamp(params: dict[str, list[str]], name: str = "timestamp") -> in
         )
     if len(digits) > 15 or int(digits) > MAX_TIMESTAMP_MS:
         raise BadRequest(f"{name}: must be between 0 and {MAX_TIMESTAMP_MS}, got {_show(text)}")
-    return hour_of(int(digits))
+    return int(digits)
 
 
 def parse_user(params: dict[str, list[str]]) -> str:
@@ -131,12 +140,18 @@ def parse_kind(params: dict[str, list[str]]) -> bool:
     return named[0]
 
 
-def parse_post(query: str) -> Event:
-    event = _fast_post(query)
+def parse_post(query: str, window: Window | None = None) -> Event:
+    """The event of a POST's query string; with a ``window``, one outside it is refused
+    (after every other parameter is found valid, on both paths)."""
+    event = _fast_post(query, window)
     if event is not None:
         return event
     params = split_query(query)
-    return Event(parse_timestamp(params), parse_user(params), parse_kind(params), parse_id(params))
+    ms = parse_timestamp_ms(params)
+    event = Event(hour_of(ms), parse_user(params), parse_kind(params), parse_id(params))
+    if window is not None:
+        window.check(ms, window.now())
+    return event
 
 
 def parse_get(query: str) -> int:
@@ -175,7 +190,7 @@ def parse_hours_query(query: str) -> tuple[int, int, str]:
 # checks the two agree.
 
 
-def _fast_post(query: str) -> Event | None:
+def _fast_post(query: str, window: Window | None = None) -> Event | None:
     if "%" in query or "+" in query:  # escapes: let the full parser decode them
         return None
     pairs = query.split("&")
@@ -184,7 +199,7 @@ def _fast_post(query: str) -> Event | None:
         if first[:10] == "timestamp=" and second[:5] == "user=":
             kind = third.partition("=")[0]
             if kind == "click" or kind == "impression":
-                return _event(first[10:], second[5:], kind == "click")
+                return _event(first[10:], second[5:], kind == "click", window)
     ts = user = None
     click: bool | None = None
     for pair in pairs:
@@ -205,10 +220,10 @@ def _fast_post(query: str) -> Event | None:
             return None
     if ts is None or click is None or user is None:
         return None
-    return _event(ts, user, click)
+    return _event(ts, user, click, window)
 
 
-def _event(ts: str, user: str, click: bool) -> Event | None:
+def _event(ts: str, user: str, click: bool, window: Window | None) -> Event | None:
     """The event of a plain POST's raw values, or None if any needs the full parser's look."""
     if not user or len(user) > MAX_USER_CHARS or not user.isprintable():
         return None
@@ -217,6 +232,8 @@ def _event(ts: str, user: str, click: bool) -> Event | None:
     ms = int(ts)
     if ms > MAX_TIMESTAMP_MS:
         return None
+    if window is not None:
+        window.check(ms, window.now())
     return _new_event(Event, (ms // MS_PER_HOUR, user, click, None))
 
 

@@ -20,6 +20,7 @@ from tapad.server.measured_store import MeasuredStore
 from tapad.server.metrics import Metrics
 from tapad.server.outage import Outage
 from tapad.server.reader import CoalescingReader
+from tapad.server.window import Window
 from tapad.server.writer import GroupCommitter
 from tapad.settings import default
 from tapad.store import Store, StoreConfigError, StoreError, open_store, redact
@@ -55,6 +56,8 @@ class ServeSettings:
     allow_eviction: bool = default("allow_eviction")
     store_check_every: float = CHECK_EVERY  # not a setting: tests check more often
     access_log: bool = default("access_log")
+    accept_past: int | None = default("accept_past")
+    accept_future: int | None = default("accept_future")
     reuse_port: bool = False  # not a setting: set for the worker processes
     summary_every: float = SUMMARY_EVERY  # not a setting: seconds between summary lines
 
@@ -223,7 +226,13 @@ def assemble(store: Store, settings: ServeSettings) -> tuple[BoundedServer, Tapa
         writes=False,
         on_unforeseen=metrics.store_errors.labels("read").inc,
     )
-    handler = TapadHandler(measured, committer, CoalescingReader(measured, reads), metrics)
+    handler = TapadHandler(
+        measured,
+        committer,
+        CoalescingReader(measured, reads),
+        metrics,
+        Window(settings.accept_past, settings.accept_future),
+    )
     quiet_client_errors(metrics.malformed.inc)
     name_server(SERVER_NAME)
     server = BoundedServer(

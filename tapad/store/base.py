@@ -2,8 +2,8 @@
 
 The server only ever needs four things from a store: apply a batch of events
 atomically, read one hour, say whether it is alive, and close. ``tally`` also
-lists the hours that have data. Keeping the interface this small is what lets
-SQLite, Redis and Redis Cluster stand behind the same hot path.
+lists the hours that have data; ``delete`` removes hours. Keeping the interface
+this small is what lets SQLite, Redis and Redis Cluster stand behind the same hot path.
 """
 
 from __future__ import annotations
@@ -132,6 +132,14 @@ class Store(Protocol):
 
     async def hours(self) -> list[int]:
         """Every hour that has data, newest first."""
+
+    async def delete_hours(
+        self, hours: Sequence[int], progress: Callable[[int], None] | None = None
+    ) -> int:
+        """Remove every count, user and id of ``hours`` (``tapad delete``), each hour in one
+        transaction (on a cluster, one per slot of the hour), safe beside running servers:
+        an event of such an hour is committed before (removed) or after (kept). Returns
+        the hours that had data; ``progress(n)`` is told as n more of ``hours`` are done."""
 
     async def ping(self) -> None: ...
 

@@ -522,6 +522,40 @@ class SQLiteStore:
             pass
         return removed
 
+    # -- removing hours (tapad delete) --------------------------------------------------
+
+    async def delete_hours(
+        self, hours: Sequence[int], progress: Callable[[int], None] | None = None
+    ) -> int:
+        """Remove every row of ``hours`` (counts, users, ids: every table with an ``hour``
+        column), one transaction per hour on the writer's thread; return the hours that
+        had any. ``progress(n)``: n more of ``hours`` done. ``reclaim`` then gives the
+        space back."""
+        done = progress or (lambda _: None)
+        wanted = set(hours)
+        todo = await self._on(
+            self._write_thread, lambda: retention.hours_with_rows(self._writer_conn(), wanted)
+        )
+        done(len(wanted) - len(todo))
+        for hour in todo:
+            await self._on(
+                self._write_thread, lambda h=hour: retention.delete_hour(self._writer_conn(), h)
+            )
+            done(1)
+        return len(todo)
+
+    async def reclaim(self) -> int | None:
+        """Give the pages freed back to the file system, as the retention sweep does: the
+        pages handed back, or None when the file is not in incremental auto-vacuum mode
+        (then new events reuse the space, and the file does not shrink)."""
+        conn = self._writer_conn
+        if not await self._on(self._write_thread, lambda: retention.incremental(conn())):
+            return None
+        freed = 0
+        while step := await self._on(self._write_thread, lambda: retention.vacuum_chunk(conn())):
+            freed += step
+        return freed
+
     async def _sweep_forever(self) -> None:
         while True:
             try:

@@ -61,6 +61,60 @@ def delete_chunk(conn: sqlite3.Connection, oldest_kept: int) -> int:
     return removed
 
 
+def hour_tables(conn: sqlite3.Connection) -> list[str]:
+    """Every table with an ``hour`` column: each holds part of an hour (counts, users, ids)."""
+    tables = [
+        name
+        for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        )
+    ]
+    return [
+        t
+        for t in tables
+        if any(col[1] == "hour" for col in conn.execute(f'PRAGMA table_info("{t}")'))
+    ]
+
+
+def hours_with_rows(conn: sqlite3.Connection, hours: set[int]) -> list[int]:
+    """Those of ``hours`` that have a row in any table, oldest first."""
+    if not hours:
+        return []
+    low, high = min(hours), max(hours)
+    found: set[int] = set()
+    for table in hour_tables(conn):
+        found.update(
+            hour
+            for (hour,) in conn.execute(
+                f'SELECT DISTINCT hour FROM "{table}" WHERE hour BETWEEN ? AND ?', (low, high)
+            )
+        )
+    return sorted(found & hours)
+
+
+def delete_hour(conn: sqlite3.Connection, hour: int) -> int:
+    """Remove one hour's rows from every table, in one transaction; return the rows.
+
+    ``tapad delete``: unlike a retention sweep, an hour goes whole or not at all, so a
+    server writing it meanwhile sees its batch land before (and removed) or after (kept)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        removed = 0
+        for table in hour_tables(conn):
+            removed += conn.execute(f'DELETE FROM "{table}" WHERE hour = ?', (hour,)).rowcount
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return removed
+
+
+def incremental(conn: sqlite3.Connection) -> bool:
+    (mode,) = conn.execute("PRAGMA auto_vacuum").fetchone()
+    return bool(mode == INCREMENTAL)
+
+
 def forget_ids(conn: sqlite3.Connection, oldest_kept: int) -> int:
     """Remove up to ``DELETE_ROWS`` remembered ids of hours before ``oldest_kept``."""
     conn.execute("BEGIN IMMEDIATE")

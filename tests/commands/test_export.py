@@ -95,6 +95,24 @@ def test_export_defaults_from_oldest_hour_with_data_to_now(
     done = export("--store", store_url, "--format", "json")
     assert done.returncode == 0, done.stderr
     assert done.stdout == api(server, now - 30, now, "json")
+    assert "the oldest hour with data" not in done.stderr  # 31 hours: nothing to say
+
+
+def test_a_long_export_without_from_says_so_and_goes_on(
+    server: InProcessTapad, store_url: str
+) -> None:
+    now = current_hour()
+    post(server, now - 800, "eve", "impression")  # a stray old hour
+    done = export("--store", store_url)
+    assert done.returncode == 0, done.stderr
+    first_line = done.stderr.splitlines()[0]
+    assert first_line == (
+        f"writing 801 hours ({format_hour(now - 800)} to {format_hour(now)}): the oldest hour "
+        f"with data is {format_hour(now - 800)}; give --from to start later "
+        "(tapad delete removes stray hours)"
+    ), done.stderr
+    assert len(done.stdout.splitlines()) == 802  # the header and every hour
+    assert "exported 801 hours" in done.stderr
 
 
 def test_a_range_longer_than_one_request_is_read_in_chunks(

@@ -1,5 +1,7 @@
 // tapad dashboard: the current hour from GET /analytics every second, the last 24 hours,
-// 48 hours or 7 days from GET /analytics/hours every few seconds, drawn with uPlot.
+// 48 hours or 7 days from GET /analytics/hours every few seconds, drawn with uPlot, and the
+// unique users of each of the last 7 UTC days from GET /analytics/uniques every minute.
+// Every time shown is UTC (the local time is in a tooltip), as in the API and the exports.
 // Nothing but this server is asked; nothing is built: this file is served as it is.
 "use strict";
 
@@ -9,6 +11,14 @@
   const RANGE_EVERY = 5; // the chart's range is read again every 5th refresh
   const TIMEOUT_MS = 5000;
   const RANGES = { 24: "24 hours", 48: "48 hours", 168: "7 days" };
+  const MS_PER_DAY = 24 * MS_PER_HOUR;
+  const DAYS = 7; // daily unique users shown
+  const UNIQUES_EVERY = 60; // refreshes between two readings of the daily unique users
+  const UNIQUES_MISSING_EVERY = 600; // ... when this server has no /analytics/uniques
+  // The chart starts on a log scale when its busiest hour is more than this many times the
+  // median hour: one busy hour on a linear scale presses every other hour onto the zero line.
+  const LOG_FROM_RATIO = 20;
+  const NO_VALUE = "\u2014"; // an em dash: a figure this server cannot give
 
   const number = new Intl.NumberFormat();
   const compact = new Intl.NumberFormat(undefined, { notation: "compact" });
@@ -17,10 +27,30 @@
     minimumFractionDigits: 2,
     maximumFractionDigits: 2,
   });
-  const clock = new Intl.DateTimeFormat(undefined, { timeStyle: "medium" });
+  const localClock = new Intl.DateTimeFormat(undefined, {
+    dateStyle: "medium",
+    timeStyle: "long",
+  });
+  const dayName = new Intl.DateTimeFormat(undefined, {
+    weekday: "short",
+    day: "numeric",
+    month: "short",
+    timeZone: "UTC",
+  });
+  const utcTime = (date) => `${date.toISOString().slice(11, 19)} UTC`;
 
   const $ = (selector) => document.querySelector(selector);
-  const state = { hours: 24, rows: [], chart: null, tick: 0, failingSince: null };
+  const state = {
+    hours: 24,
+    rows: [],
+    chart: null,
+    tick: 0,
+    failingSince: null,
+    log: null, // true/false once the switch is used; null: chosen from the data (autoLog)
+    logShown: false,
+    uniquesAt: null, // tick of the last reading of the daily unique users
+    uniquesMissing: false,
+  };
 
   const hourStart = (ms) => ms - (ms % MS_PER_HOUR);
   const hourLabel = (ms) => new Date(ms).toISOString().slice(0, 13); // YYYY-MM-DDTHH, UTC
@@ -66,16 +96,32 @@
 
   function showStatus(error) {
     const el = $("#status");
-    const at = clock.format(new Date());
+    const now = new Date();
     if (error) {
-      state.failingSince ??= at;
+      state.failingSince ??= now;
       el.dataset.state = "error";
-      el.textContent = `server not answering since ${state.failingSince} (${error.message}); still trying`;
+      el.textContent = `server not answering since ${utcTime(state.failingSince)} (${error.message}); still trying`;
+      el.title = `since ${localClock.format(state.failingSince)} (your time)`;
     } else {
       state.failingSince = null;
       el.dataset.state = "ok";
-      el.textContent = `last refreshed ${at} · server answered`;
+      el.textContent = `last refreshed ${utcTime(now)} · server answered`;
+      el.title = `${localClock.format(now)} (your time)`;
     }
+  }
+
+  // -- an empty store: how to send a first event ------------------------------------------
+
+  function showFirstEventHint() {
+    const day = state.rows.slice(-24);
+    const empty =
+      day.length > 0 && day.every((r) => r.unique_users + r.clicks + r.impressions === 0);
+    const hint = $("#first-event");
+    if (empty && !$("#first-curl").textContent) {
+      $("#first-curl").textContent =
+        `curl -X POST "${location.origin}/analytics?timestamp=$(date +%s)000&user=alice&impression"`;
+    }
+    hint.hidden = !empty;
   }
 
   // -- the chart and the table ------------------------------------------------------------
@@ -85,8 +131,8 @@
     return [
       rows.map((r) => r.timestamp / 1000),
       rows.map((r) => r.unique_users),
-      rows.map((r) => r.clicks),
       rows.map((r) => r.impressions),
+      rows.map((r) => r.clicks),
     ];
   }
 
@@ -96,18 +142,56 @@
     return { width, height: width < 520 ? 240 : 320 };
   }
 
+  // Log scale or not: the user's choice once made; until then, log when one hour dwarfs the
+  // typical hour (more than LOG_FROM_RATIO times the median), so a busy hour and the quiet
+  // ones around it stay readable together; linear otherwise, where it reads most plainly.
+  function autoLog() {
+    const peaks = state.rows.map((r) => Math.max(r.unique_users, r.clicks, r.impressions));
+    if (peaks.length === 0) return false;
+    const sorted = [...peaks].sort((a, b) => a - b);
+    const median = sorted[Math.floor(sorted.length / 2)];
+    return sorted[sorted.length - 1] > LOG_FROM_RATIO * Math.max(median, 1);
+  }
+
+  const useLog = () => state.log ?? autoLog();
+
+  function showScaleSwitch() {
+    $("#scale").setAttribute("aria-pressed", String(state.logShown));
+  }
+
   function makeChart() {
     if (state.chart) state.chart.destroy();
+    state.logShown = useLog();
+    showScaleSwitch();
     const text = cssVar("--muted");
     const grid = cssVar("--grid");
+    const clicksColour = cssVar("--clicks");
     const axis = { stroke: text, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 } };
+    // A log scale (asinh: linear near zero, so hours with no events stay on the baseline), or
+    // a linear one from zero.
+    const scale = state.logShown
+      ? { distr: 4, asinh: 1, range: (u, min, max) => [0, Math.max(max * 1.5, 10)] }
+      : { distr: 1, range: (u, min, max) => [0, Math.max(max * 1.1, 1)] };
+    // On the log scale, a line and a label at 0 and each power of ten only.
+    const decades = (u, axisIdx, min, max) => {
+      const splits = [0];
+      for (let v = 1; v <= max; v *= 10) splits.push(v);
+      return splits;
+    };
+    const yAxis = {
+      ...axis,
+      size: 56,
+      values: (u, vals) => vals.map((v) => compact.format(v)),
+      ...(state.logShown ? { splits: decades } : {}),
+    };
     // The legend shows the hour under the cursor, or the newest hour when there is none.
     const at = (u, sidx, idx) => u.data[sidx][idx ?? u.data[sidx].length - 1];
-    const line = (label, colour) => ({
+    const line = (label, colour, extra = {}) => ({
       label,
       stroke: colour,
       width: 2,
       points: { show: state.hours <= 48, size: 5, fill: colour },
+      ...extra,
       value: (u, v, sidx, idx) => {
         const shown = at(u, sidx, idx);
         return shown == null ? "–" : number.format(shown);
@@ -125,7 +209,7 @@
       {
         ...chartSize(),
         tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"),
-        scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(max * 1.1, 1)] } },
+        scales: { x: { time: true }, y: { ...scale }, clicks: { ...scale } },
         series: [
           {
             label: "Hour (UTC)",
@@ -135,23 +219,33 @@
             },
           },
           line("Unique users", cssVar("--users")),
-          line("Clicks", cssVar("--clicks")),
           line("Impressions", cssVar("--impressions")),
+          // Clicks on an axis of their own (right), dashed with every point marked: a few
+          // percent of the impressions, they would lie flat under them on one axis, and
+          // hide where the lines meet.
+          line("Clicks", clicksColour, {
+            scale: "clicks",
+            dash: [6, 4],
+            points: { show: true, size: 6, fill: clicksColour },
+          }),
         ],
         axes: [
           { ...axis, values: hourTicks },
-          { ...axis, size: 56, values: (u, vals) => vals.map((v) => compact.format(v)) },
+          yAxis,
+          { ...yAxis, scale: "clicks", side: 1, stroke: clicksColour, grid: { show: false } },
         ],
         cursor: { points: { size: 7 } },
       },
       chartData(),
       $("#chart"),
     );
+    // What uPlot was given, for tests and scrapers: "log" or "linear".
+    $("#chart").dataset.scale = state.chart.scales.y.distr === 4 ? "log" : "linear";
   }
 
   function draw() {
     const data = chartData();
-    if (!state.chart) makeChart();
+    if (!state.chart || useLog() !== state.logShown) makeChart();
     else state.chart.setData(data);
     $("#chart").dataset.points = String(data[0].length);
     drawTable();
@@ -164,8 +258,12 @@
       const tr = body.insertRow();
       if (r.timestamp === current) tr.className = "current";
       const rate = ctr(r.clicks, r.impressions);
+      const hour = tr.insertCell(); // the year hides on a phone
+      hour.append(Object.assign(document.createElement("span"), {
+        className: "year",
+        textContent: r.hour.slice(0, 5),
+      }), r.hour.slice(5));
       for (const cell of [
-        r.hour,
         number.format(r.unique_users),
         number.format(r.clicks),
         number.format(r.impressions),
@@ -196,13 +294,70 @@
     return !last || last.timestamp !== start; // a new hour began: the range must move on
   }
 
+  // -- daily unique users: one GET /analytics/uniques per UTC day ------------------------
+
+  function uniquesDue() {
+    const every = state.uniquesMissing ? UNIQUES_MISSING_EVERY : UNIQUES_EVERY;
+    return state.uniquesAt === null || state.tick - state.uniquesAt >= every;
+  }
+
+  async function readUniques() {
+    state.uniquesAt = state.tick;
+    const now = Date.now();
+    const today = now - (now % MS_PER_DAY);
+    const days = [];
+    for (let i = DAYS - 1; i >= 0; i -= 1) days.push(today - i * MS_PER_DAY);
+    const answers = await Promise.allSettled(
+      days.map((from) =>
+        getText(`/analytics/uniques?from=${from}&to=${Math.min(from + MS_PER_DAY - 1, now)}`),
+      ),
+    );
+    state.uniquesMissing = answers.some(
+      (a) => a.status === "rejected" && a.reason.message.startsWith("404"),
+    );
+    const list = document.createElement("ol");
+    list.id = "uniques";
+    list.className = "uniques";
+    days.reverse().forEach((from, i) => {
+      const answer = answers[DAYS - 1 - i];
+      const li = document.createElement("li");
+      if (from === today) li.className = "today";
+      const day = new Date(from).toISOString().slice(0, 10);
+      const label = Object.assign(document.createElement("span"), {
+        className: "day",
+        textContent: from === today ? `${dayName.format(from)} (today)` : dayName.format(from),
+        title: day,
+      });
+      const value = document.createElement("data");
+      value.dataset.metric = "daily_unique_users";
+      value.dataset.day = day;
+      if (answer.status === "fulfilled") {
+        const body = JSON.parse(answer.value);
+        value.value = String(body.unique_users);
+        value.textContent = `${body.exact ? "" : "\u2248 "}${number.format(body.unique_users)}`;
+        if (!body.exact) value.title = "an estimate (HyperLogLog, about 0.81% standard error)";
+      } else {
+        value.value = "";
+        value.textContent = NO_VALUE;
+        value.title = state.uniquesMissing
+          ? "this server does not answer GET /analytics/uniques"
+          : answer.reason.message;
+      }
+      li.append(label, value);
+      list.append(li);
+    });
+    $("#uniques").replaceWith(list);
+  }
+
   async function refresh() {
     if (document.hidden) return; // nobody is looking: ask nothing
     try {
       const stale = await readNow();
       if (stale || state.tick % RANGE_EVERY === 0) await readRange();
+      if (uniquesDue()) await readUniques();
       state.tick += 1;
       draw();
+      showFirstEventHint();
       showStatus(null);
     } catch (error) {
       showStatus(error);
@@ -228,6 +383,10 @@
   for (const b of document.querySelectorAll(".ranges button")) {
     b.addEventListener("click", () => chooseRange(Number(b.dataset.hours)));
   }
+  $("#scale").addEventListener("click", () => {
+    state.log = !state.logShown; // the user's choice from now on
+    makeChart();
+  });
   document.addEventListener("visibilitychange", () => {
     if (!document.hidden) refresh();
   });

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from tapad import settings as defaults
@@ -67,6 +67,7 @@ from tapad.store.redis.link import (
     kill_and_read,
     store_error,
 )
+from tapad.store.redis.node import scan_hours
 from tapad.store.redis.protocol import (
     CommandError,
     Endpoint,
@@ -635,6 +636,57 @@ class ClusterStore:
         except FAILURES as exc:
             raise self._failed(exc) from None
         return self.layout.kept_hours(raw)
+
+    # -- removing hours (tapad delete) ----------------------------------------------------
+
+    async def delete_hours(
+        self, hours: Sequence[int], progress: Callable[[int], None] | None = None
+    ) -> int:
+        """Remove every key of ``hours``; return the hours that had any. As on one Redis
+        (``RedisStore.delete_hours``), but a transaction cannot span slots: each hour is
+        removed with one MULTI/EXEC per slot holding its keys (per shard), every master's
+        at once. A SCAN of every master finds the keys first."""
+        done = progress or (lambda _: None)
+        await self._ready()
+        layout = self.layout
+        wanted = set(hours)
+        found: dict[int, set[bytes]] = {}
+        try:
+            for addr in self._masters():
+                await scan_hours(await self._node(addr).get(), layout, wanted, found)
+            (raw,) = await self._on_key(
+                layout.hours_key, [pack(("ZRANGE", layout.hours_key, 0, -1))]
+            )
+        except FAILURES as exc:
+            raise self._failed(exc) from None
+        todo = sorted(set(found) | ({int(h) for h in raw} & wanted))
+        done(len(wanted) - len(todo))
+        for hour in todo:
+            keys = found.get(hour, set()) | {k.encode() for k in layout.known_keys(hour)}
+            by_slot: dict[int, list[bytes]] = {}
+            for key in keys:
+                by_slot.setdefault(key_slot(key), []).append(key)
+            by_node: dict[Node, list[bytes]] = {}
+            for slot, slot_keys in by_slot.items():
+                by_node.setdefault(self._owner(slot), []).extend(
+                    [MULTI, *layout.delete_commands(slot_keys), EXEC]
+                )
+            try:
+                for replies in await asyncio.gather(
+                    *(self._request(addr, commands) for addr, commands in by_node.items())
+                ):
+                    errors = [r for r in replies if isinstance(r, ReplyError)]
+                    if errors:
+                        raise CommandError(str(errors[0]))
+                await self._on_key(layout.hours_key, [layout.unindex_command(hour)])
+            except FAILURES as exc:
+                raise self._failed(exc) from None
+            done(1)
+        return len(todo)
+
+    async def _request(self, addr: Node, commands: list[bytes]) -> list[Any]:
+        link = await self._node(addr).get()
+        return await link.request(b"".join(commands), len(commands))
 
     async def ping(self) -> None:
         await self._ready()

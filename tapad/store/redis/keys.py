@@ -24,6 +24,7 @@ keys next to the data they vouch for.
 
 from __future__ import annotations
 
+import re
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -67,6 +68,12 @@ MULTI = pack(("MULTI",))
 EXEC = pack(("EXEC",))
 DISCARD = pack(("DISCARD",))
 MARKER_MARGIN = 60  # seconds a commit marker outlives the commit deadline
+SCAN_COUNT = 1000  # keys Redis looks at per SCAN call
+DEL_KEYS = 1000  # keys per DEL command inside an hour's transaction
+# An hour's key after the prefix: {hour.shard}:... (untagged) or {tag}:hour:... (tagged).
+# Anything else under the prefix (layout, hours index, commit markers) is no hour's.
+_HOUR_KEY = re.compile(rb"\{(?:(\d+)\.\d+\}|[^{}]*\}:(\d+):)")
+_GLOB = re.compile(r"([*?\[\]\\])")
 
 
 class KeyLayout:
@@ -184,6 +191,42 @@ class KeyLayout:
         if len(self._expiring) > 100_000:
             self._expiring = {p for p in self._expiring if self.kept(p[0])}
         self._expiring.update(p for p in pairs if self.kept(p[0]))
+
+    # -- removing hours (``tapad delete``) ----------------------------------------------
+
+    def hour_keys_pattern(self) -> str:
+        """A SCAN pattern matching every key of every hour (and only a few others), so one
+        scan finds the keys of any hours, whatever they hold: users, counts, ids."""
+        return _GLOB.sub(r"\\\1", self.prefix) + "{*"
+
+    def hour_of_key(self, key: bytes) -> int | None:
+        """The hour a key belongs to, or None for a key of no hour."""
+        prefix = self.prefix.encode()
+        if not key.startswith(prefix):
+            return None
+        match = _HOUR_KEY.match(key, len(prefix))
+        if match is None:
+            return None
+        return int(match.group(1) or match.group(2))
+
+    def known_keys(self, hour: int) -> list[str]:
+        """The keys an hour's events are written to, in every shard (found or not by a scan)."""
+        keys: list[str] = []
+        for shard in range(self.shards):
+            keys += (
+                self.users_key(hour, shard),
+                self.counts_key(hour, shard),
+                self.ids_key(hour, shard),
+            )
+        return keys
+
+    def delete_commands(self, keys: Sequence[str | bytes]) -> list[bytes]:
+        """DEL commands for ``keys``, ``DEL_KEYS`` at a time (for inside a MULTI)."""
+        ordered = list(keys)
+        return [pack(("DEL", *ordered[i : i + DEL_KEYS])) for i in range(0, len(ordered), DEL_KEYS)]
+
+    def unindex_command(self, hour: int) -> bytes:
+        return pack(("ZREM", self.hours_key, str(hour)))
 
     @staticmethod
     def sum_replies(replies: list[Any]) -> HourCounts:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from tapad import settings as defaults
@@ -29,7 +29,7 @@ from tapad.store.base import (
     StoreFault,
 )
 from tapad.store.redis.guard import Guard, NodeReader, NodeReport
-from tapad.store.redis.keys import DISCARD, EXEC, MULTI, KeyLayout
+from tapad.store.redis.keys import DISCARD, EXEC, MULTI, SCAN_COUNT, KeyLayout
 from tapad.store.redis.link import FAILURES, InDoubt, NodeLink, endpoint_of, settle, store_error
 from tapad.store.redis.protocol import (
     CommandError,
@@ -305,10 +305,59 @@ class RedisStore:
             raise store_error(self._name, CommandError(str(raw)))
         return self.layout.kept_hours(raw)
 
+    # -- removing hours (tapad delete) ------------------------------------------------------
+
+    async def delete_hours(
+        self, hours: Sequence[int], progress: Callable[[int], None] | None = None
+    ) -> int:
+        """Remove every key of ``hours``, each hour in one MULTI/EXEC; return the hours
+        that had any. One SCAN of the prefix's hour keys first finds them all, whatever
+        they hold (users, counts, ids); the keys events are written to are deleted found
+        or not. A server writing one of these hours meanwhile has its batch applied
+        before the EXEC (and removed) or after it (and kept). ``progress(n)``: n more of
+        ``hours`` done."""
+        done = progress or (lambda _: None)
+        link = await self._ready()
+        layout = self.layout
+        wanted = set(hours)
+        found: dict[int, set[bytes]] = {}
+        try:
+            await scan_hours(link, layout, wanted, found)
+            indexed = {int(h) for h in await link.call("ZRANGE", layout.hours_key, 0, -1)}
+        except FAILURES as exc:
+            raise self._failed(exc) from None
+        todo = sorted(set(found) | (indexed & wanted))
+        done(len(wanted) - len(todo))
+        for hour in todo:
+            keys = [*found.get(hour, ()), *(k.encode() for k in layout.known_keys(hour))]
+            commands = [MULTI, *layout.delete_commands(keys), layout.unindex_command(hour), EXEC]
+            try:
+                check_exec(await link.request(b"".join(commands), len(commands)))
+            except FAILURES as exc:
+                raise self._failed(exc) from None
+            done(1)
+        return len(todo)
+
     async def close(self) -> None:
         if self._guard is not None:
             await self._guard.stop()
         self._node.close()
+
+
+async def scan_hours(
+    link: RedisLink, layout: KeyLayout, wanted: set[int], found: dict[int, set[bytes]]
+) -> None:
+    """Add to ``found`` every key on ``link``'s node of an hour in ``wanted``: one SCAN."""
+    cursor: Any = 0
+    pattern = layout.hour_keys_pattern()
+    while True:
+        cursor, keys = await link.call("SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_COUNT)
+        for key in keys:
+            hour = layout.hour_of_key(key)
+            if hour is not None and hour in wanted:
+                found.setdefault(hour, set()).add(key)
+        if cursor == b"0":
+            return
 
 
 class ExecError(CommandError):
