@@ -93,11 +93,11 @@ class AsyncClient:
         self._add(user, "impression", timestamp, id)
 
     def _add(self, user: str, kind: str, timestamp: int | None, event_id: str | None) -> None:
-        event = Event(
+        event = (
             now_ms() if timestamp is None else check_timestamp(timestamp),
             check_user(user),
             kind,
-            self._ids() if event_id is None else check_id(event_id),
+            self._ids.next() if event_id is None else check_id(event_id),
         )
         if self._closing:
             raise RuntimeError("tapad client is closed")
@@ -209,7 +209,7 @@ class AsyncClient:
         return batch
 
     async def _deliver(self, http: httpx.AsyncClient, batch: list[Event]) -> None:
-        body = encode(batch)
+        body = encode(batch, self._ids)
         first = time.monotonic()
         retries = 0
         while True:
