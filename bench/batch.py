@@ -60,10 +60,11 @@ def make_bodies(size: int, users: list[str]) -> list[bytes]:
 
 
 async def drive(
-    url: str, bodies: list[bytes], size: int, seconds: float, conns: int
+    url: str, bodies: list[bytes], size: int, seconds: float, conns: int, once: bool = False
 ) -> tuple[int, list[float]]:
-    """Send ``bodies`` in turn on ``conns`` connections for ``seconds``: events acknowledged
-    and each request's latency."""
+    """Send ``bodies`` in turn on ``conns`` connections for ``seconds`` (``once``: or until
+    each was sent once, for bodies whose events carry ids): events acknowledged and each
+    request's latency."""
     endpoint = Endpoint(f"{url}/analytics")
     latencies: list[float] = []
     acknowledged = 0
@@ -74,10 +75,10 @@ async def drive(
         connection = Connection(endpoint)
         i = offset
         try:
-            while time.perf_counter() < deadline:
+            while time.perf_counter() < deadline and not (once and i >= len(bodies)):
                 began = time.perf_counter()
                 answer = await connection.request(
-                    "POST", "/analytics/batch", bodies[i % BODIES], NDJSON
+                    "POST", "/analytics/batch", bodies[i % len(bodies)], NDJSON
                 )
                 latencies.append(time.perf_counter() - began)
                 if answer.status != 200:
@@ -91,10 +92,12 @@ async def drive(
     return acknowledged, latencies
 
 
-def measure_batches(pid: int, url: str, bodies: list[bytes], size: int, seconds: float) -> Result:
+def measure_batches(
+    pid: int, url: str, bodies: list[bytes], size: int, seconds: float, once: bool = False
+) -> Result:
     conns = 4 if size >= 1000 else 8
     cpu0, start = threads_running(pid), time.perf_counter()
-    events, latencies = asyncio.run(drive(url, bodies, size, seconds, conns))
+    events, latencies = asyncio.run(drive(url, bodies, size, seconds, conns, once))
     wall, cpu = time.perf_counter() - start, threads_running(pid) - cpu0
     latencies.sort()
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]

@@ -101,7 +101,8 @@ class Sample:
         )
 
 
-def measure(pid: int, url: str, method: str, seconds: int) -> Sample:
+def measure(pid: int, url: str, method: str, seconds: int, *script_args: str) -> Sample:
+    """``script_args`` go to bench/wrk/mix.lua after the method (``ids``: events with ids)."""
     run0, wait0 = schedstat(pid)
     all0 = threads_running(pid)
     switches0, syscalls0 = switches_and_syscalls(pid)
@@ -120,6 +121,7 @@ def measure(pid: int, url: str, method: str, seconds: int) -> Sample:
             url,
             "--",
             method,
+            *script_args,
         ],
         capture_output=True,
         text=True,

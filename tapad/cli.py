@@ -330,6 +330,18 @@ def loadgen_post(
             "batches); 0: one POST per event.",
         ),
     ] = 0,
+    ids: Annotated[
+        bool,
+        typer.Option(
+            "--ids",
+            help="Give every event an id and retry every 503, 504, timeout and broken "
+            "connection with it until acknowledged: each event counted exactly once.",
+        ),
+    ] = False,
+    retry_for: Annotated[
+        float,
+        typer.Option(min=0.0, help="With --ids: seconds an event is retried, from its first send."),
+    ] = 300.0,
 ) -> None:
     """Send POSTs and record what the server acknowledged in a ledger."""
     from tapad.loadgen.command import LoadOptions, run_post
@@ -337,7 +349,7 @@ def loadgen_post(
 
     options = LoadOptions(
         url, requests, concurrency, Mix(old_ratio, old_hours, click_ratio), rate, retries,
-        timeout, seed, as_json, processes, batch,
+        timeout, seed, as_json, processes, batch, ids, retry_for,
     )  # fmt: skip
     _load(run_post, options, users, ledger)
 

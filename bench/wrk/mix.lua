@@ -2,6 +2,7 @@
 --
 --   wrk -t1 -c32 -d10s -s bench/wrk/mix.lua http://127.0.0.1:8080 -- post
 --   wrk ... -- get
+--   wrk ... -- post ids   -- every event with an id of its own (thread, run, counter)
 --
 -- 95% of requests are for the current hour and 5% for one of the past 24 hours
 -- (the contract's "traffic the server is built for"); POSTs name one of 100,000
@@ -16,6 +17,9 @@ local CLICK_RATIO = 0.10
 
 local method = "POST"
 local next_id = 0
+local with_ids = false
+local id_prefix = ""
+local serial = 0
 
 function setup(thread)
   next_id = next_id + 1
@@ -24,7 +28,9 @@ end
 
 function init(args)
   method = string.upper(args[1] or "post")
+  with_ids = args[2] == "ids"
   math.randomseed(os.time() * 1000 + (id or 0))
+  id_prefix = string.format("w%d-%d-%d-", id or 0, os.time(), math.random(1, 1000000000))
 end
 
 local function timestamp()
@@ -44,6 +50,10 @@ function request()
     path = string.format(
       "/analytics?timestamp=%.0f&user=u%d&%s", timestamp(), math.random(1, USERS), kind
     )
+    if with_ids then
+      serial = serial + 1
+      path = path .. "&id=" .. id_prefix .. serial
+    end
   end
   return wrk.format(method, path)
 end

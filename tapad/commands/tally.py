@@ -306,7 +306,10 @@ def _print_table(
         )
         return
     if not differences:
-        console.print(f"[green]ledger {ledger_path} agrees with the store[/green]", highlight=False)
+        exactly = "" if unknown.events else " exactly"  # no event of unknown outcome to allow
+        console.print(
+            f"[green]ledger {ledger_path} agrees with the store{exactly}[/green]", highlight=False
+        )
         if unknown.events:
             console.print(
                 f"{unknown.events:,} events of unknown outcome (504, timeout): "

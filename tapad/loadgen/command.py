@@ -45,6 +45,8 @@ class LoadOptions:
     json: bool = False
     processes: int = 1
     batch: int = 0  # POST: events per request, to /analytics/batch (0: single POSTs)
+    ids: bool = False  # POST: an id on every event, every failure retried with it
+    retry_for: float = 300.0  # with ids: seconds an event is retried until acknowledged
 
 
 def analytics_url(url: str) -> str:
@@ -139,9 +141,11 @@ def _job(options: LoadOptions, base: str, method: str, **fields: Any) -> Job:
         retries=options.retries,
         timeout=options.timeout,
         content_type=BATCH_TYPE if method == "POST" and options.batch else None,
+        retry_for=options.retry_for if method == "POST" and options.ids else None,
     )
     batch = options.batch if method == "POST" else 0
-    return Job(method, base, config, options.mix, options.seed, batch=batch, **fields)
+    ids = options.ids and method == "POST"
+    return Job(method, base, config, options.mix, options.seed, batch=batch, ids=ids, **fields)
 
 
 def _finish(

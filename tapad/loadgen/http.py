@@ -6,7 +6,7 @@ code"): request and response objects, header multidicts, the connector's pool, a
 reader per answer. The tool was measuring itself more than the server. A loadgen worker sends
 one request at a time on a connection of its own, so it needs little: write a
 request line and two headers, then read the status line, the few headers it uses
-(Content-Length, Transfer-Encoding, Connection, Retry-After) and the body. That is
+(Content-Length, Transfer-Encoding, Connection, Retry-After, Tapad-Duplicate) and the body. That is
 this module, on an ``asyncio.Protocol`` so an answer is parsed in ``data_received``
 and handed to the waiting worker directly.
 
@@ -41,6 +41,7 @@ class Answer:
     status: int
     body: bytes
     retry_after: str | None = None
+    duplicate: bool = False  # Tapad-Duplicate: 1, a single POST whose id was known
 
 
 class Endpoint:
@@ -189,6 +190,7 @@ class _Wire(asyncio.Protocol):
         chunked = False
         close = version == "HTTP/1.0"
         retry_after = None
+        duplicate = False
         for line in lines[1:]:
             name, _, value = line.partition(":")
             name = name.strip().lower()
@@ -204,6 +206,8 @@ class _Wire(asyncio.Protocol):
                 close = token == "close" or (close and token != "keep-alive")
             elif name == "retry-after":
                 retry_after = value.strip()
+            elif name == "tapad-duplicate":
+                duplicate = value.strip() == "1"
         start = end + 4
         if status < 200:  # an interim answer (100 Continue): the real one follows
             del buf[:start]
@@ -225,7 +229,7 @@ class _Wire(asyncio.Protocol):
             body, used, close = bytes(buf[start:]), len(buf), True
         del buf[:used]
         self.close_after = close
-        return Answer(status, body, retry_after)
+        return Answer(status, body, retry_after, duplicate)
 
     def _chunked(self, pos: int) -> tuple[bytes, int] | None:
         """A chunked body starting at ``pos``: (body, bytes used), or None if incomplete."""

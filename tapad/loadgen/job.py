@@ -27,6 +27,7 @@ class Job:
     verify: Ledger | None = None  # GET: answers must not fall below this
     tolerance: float = 0.0  # GET: share unique users may fall below (hll)
     batch: int = 0  # POST: events per request to /analytics/batch (0: single POSTs)
+    ids: bool = False  # POST: every event carries an id (retried with config.retry_for)
 
 
 @dataclass
@@ -44,6 +45,7 @@ class JobResult:
         mine.acknowledged += theirs.acknowledged
         mine.unknown += theirs.unknown
         mine.retried += theirs.retried
+        mine.duplicates += theirs.duplicates
         mine.statuses.update(theirs.statuses)
         mine.failures.update(theirs.failures)
         mine.latencies.extend(theirs.latencies)
@@ -58,7 +60,7 @@ class JobResult:
 
 async def run_job(job: Job, outcome: Outcome, stop: asyncio.Event | None = None) -> JobResult:
     """Run one job in this event loop, filling ``outcome`` as it goes."""
-    traffic = Traffic(job.base, job.users or ["-"], job.mix, seed=job.seed)
+    traffic = Traffic(job.base, job.users or ["-"], job.mix, seed=job.seed, ids=job.ids)
     result = JobResult(outcome)
     if job.method == "POST":
         users, record = traffic.users, result.ledger.record

@@ -85,6 +85,7 @@ def summary(outcome: Outcome) -> dict[str, Any]:
         "failed": outcome.failed,
         "failures": dict(sorted(outcome.failures.items())),
         "retried": outcome.retried,
+        "duplicates": outcome.duplicates,
         "seconds": round(outcome.elapsed, 3),
         "throughput": round(outcome.done / outcome.elapsed, 1) if outcome.elapsed else 0.0,
         "latency_ms": latency,
@@ -107,13 +108,15 @@ def print_report(console: Console, outcome: Outcome, title: str) -> None:
     for status in ("200", "503", "504"):  # apart: recorded, not recorded, unknown
         table.add_row(f"answered {status}", f"{data['answers'].get(status, 0):,}")
     if outcome.unknown:
-        table.add_row("outcome unknown (not retried)", Text(f"{outcome.unknown:,}", style="yellow"))
+        table.add_row("outcome unknown", Text(f"{outcome.unknown:,}", style="yellow"))
     if data["failures"]:
         for label, count in data["failures"].items():
             table.add_row(f"failed: {label}", Text(f"{count:,}", style="red"))
     else:
         table.add_row("failed", Text("0", style="green"))
-    table.add_row("retried (503, not connected)", f"{data['retried']:,}")
+    table.add_row("retried", f"{data['retried']:,}")
+    if outcome.duplicates:  # retries whose first attempt had been recorded after all
+        table.add_row("acknowledged as duplicates", f"{outcome.duplicates:,}")
     table.add_row("time", f"{data['seconds']:.2f} s")
     table.add_row("throughput", f"{data['throughput']:,.0f} req/s")
     for name, value in data["latency_ms"].items():

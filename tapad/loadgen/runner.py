@@ -11,11 +11,18 @@ outcome is unknown (a 504, a timeout, a connection lost after sending, an unread
 is never retried, since a retry could count it twice: it is counted as unknown and handed to
 ``on_unknown`` (the ledger keeps it apart). GETs change nothing and are retried after a lost
 connection too.
+
+With event ids (``retry_for``), a retry can no longer count an event twice: the server
+acknowledges a known id without counting it again. Then every 503, 504 (and any other 5xx),
+429, timeout and broken connection is retried with the same request, so the same ids, until
+it is acknowledged or ``retry_for`` seconds have passed since its first send; only an event
+still unacknowledged then, after an attempt that may have been recorded, is unknown.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from array import array
@@ -43,6 +50,9 @@ class LoadConfig:
     backoff: float = 0.05  # first retry delay; doubles per attempt
     # A body for each request (batches): ``make`` then returns (target, token, body).
     content_type: str | None = None
+    # POST with event ids: retry every answer but a 200 or a 4xx (429 aside) until
+    # acknowledged, for up to this many seconds from the first send; None: see the doc.
+    retry_for: float | None = None
 
 
 @dataclass
@@ -54,6 +64,7 @@ class Outcome:
     acknowledged: int = 0
     unknown: int = 0  # POSTs whose outcome is unknown: maybe recorded, maybe not
     retried: int = 0
+    duplicates: int = 0  # events acknowledged as already recorded (their id was known)
     statuses: Counter[int] = field(default_factory=Counter)  # each request's final answer
     failures: Counter[str] = field(default_factory=Counter)
     latencies: array[float] = field(default_factory=lambda: array("d"))
@@ -149,6 +160,7 @@ class _Runner:
         in_flight, timed_out = self.in_flight, self.timed_out
         changes = method == "POST"  # a POST whose outcome is unknown is never retried
         content_type = config.content_type
+        retry_for = config.retry_for
         payload: bytes | None = None
         while not self.stop:
             index = self.next
@@ -167,16 +179,19 @@ class _Runner:
                 target, token, payload = self.make()  # type: ignore[misc]
             began = clock()
             attempt = 0
+            doubt = False  # an attempt may have been recorded
             while True:
                 label = None
                 status = 0
                 body = b""
                 retry_after = None
+                duplicate = False
                 sent = True
                 in_flight[wid] = loop.time()
                 try:
                     answer = await request(method, target, payload, content_type or "")
                     status, body, retry_after = answer.status, answer.body, answer.retry_after
+                    duplicate = answer.duplicate
                 except asyncio.CancelledError:
                     if not timed_out[wid]:
                         raise
@@ -197,8 +212,14 @@ class _Runner:
                 unknown = (
                     changes and sent and (label is not None or (status >= 500 and status != 503))
                 )
-                retry = status == 503 or (label == CONNECTION_ERROR and not unknown)
-                if retry and attempt < retries:
+                if retry_for is None:
+                    retry = status == 503 or (label == CONNECTION_ERROR and not unknown)
+                    retry = retry and attempt < retries
+                else:  # ids: nothing can count twice, retry all but a refusal
+                    doubt = doubt or unknown
+                    retry = status == 429 or status >= 500 or label is not None
+                    retry = retry and not self.stop and clock() - began < retry_for
+                if retry:
                     attempt += 1
                     outcome.retried += 1
                     await asyncio.sleep(_backoff(config.backoff, attempt, retry_after))
@@ -207,6 +228,8 @@ class _Runner:
             latencies.append(clock() - began)
             if status:
                 outcome.statuses[status] += 1
+            if doubt and status != 200:  # the last attempt's 503 does not undo an earlier 504
+                unknown = True
             if unknown:
                 outcome.unknown += 1
                 self.on_unknown(token)
@@ -214,6 +237,8 @@ class _Runner:
                 label = self.on_answer(token, body)
                 if label is None:
                     outcome.acknowledged += 1
+                    if retry_for is not None:
+                        outcome.duplicates += _duplicates(body) if content_type else duplicate
             elif label is None:
                 label = f"HTTP {status}"
             if label is not None:
@@ -230,6 +255,15 @@ class _Runner:
                         f"stopped early: {counted(outcome.unreachable_in_a_row, 'request')} "
                         f"in a row got no answer (last: {label})"
                     )
+
+
+def _duplicates(body: bytes) -> int:
+    """``duplicates`` of a batch's answer, ``{"accepted": N, "duplicates": D}``."""
+    try:
+        found = json.loads(body).get("duplicates", 0)
+    except (ValueError, AttributeError):
+        return 0
+    return found if isinstance(found, int) else 0
 
 
 def _backoff(base: float, attempt: int, retry_after: str | None) -> float:

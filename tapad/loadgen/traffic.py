@@ -7,7 +7,9 @@ few ``random()`` calls and one f-string shows up in the throughput.
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -42,6 +44,11 @@ class Traffic:
     Current-hour timestamps fall between the start of the current UTC hour and the
     moment the run started, so none is in the future; past ones spread evenly over the
     ``old_hours`` hours before it.
+
+    With ``ids``, every event carries an id: a random prefix drawn when the traffic is made
+    (in each load process, after any fork) and a counter, unique across processes and runs
+    at the cost of one string concatenation, where a UUID per event would show up in the
+    throughput. A retry resends the request as made, so its events keep their ids.
     """
 
     def __init__(
@@ -52,6 +59,7 @@ class Traffic:
         *,
         now_ms: int | None = None,
         seed: int | None = None,
+        ids: bool = False,
     ) -> None:
         if not users:
             raise ValueError("no user names to send")
@@ -68,6 +76,9 @@ class Traffic:
         self._span = now - self._hour_start + 1
         rng = random.Random(seed)
         self._random = rng.random
+        # os.urandom, not the seeded stream: two runs with one --seed must not share ids
+        self._id_prefix = os.urandom(8).hex() + "-" if ids else ""
+        self._ids = itertools.count(1)
 
     def _timestamp(self) -> int:
         rand = self._random
@@ -83,6 +94,8 @@ class Traffic:
         click = self._random() < self.mix.click_ratio
         kind = "click" if click else "impression"
         target = f"{self._path}?timestamp={ts}&user={self.quoted[index]}&{kind}"
+        if self._id_prefix:
+            target += f"&id={self._id_prefix}{next(self._ids)}"
         return target, (ts // MS_PER_HOUR, index, click)
 
     def post_batch(self, count: int) -> tuple[str, list[tuple[int, int, bool]], bytes]:
@@ -92,6 +105,7 @@ class Traffic:
             self._json_users = [json.dumps(user) for user in self.users]
         names = self._json_users
         rand, ratio, size = self._random, self.mix.click_ratio, len(self.users)
+        prefix, ids = self._id_prefix, self._ids
         tokens = []
         lines = []
         for _ in range(count):
@@ -99,7 +113,13 @@ class Traffic:
             index = int(rand() * size)
             click = rand() < ratio
             kind = "click" if click else "impression"
-            lines.append(f'{{"timestamp":{ts},"user":{names[index]},"event":"{kind}"}}\n')
+            if prefix:
+                lines.append(
+                    f'{{"timestamp":{ts},"user":{names[index]},"event":"{kind}",'
+                    f'"id":"{prefix}{next(ids)}"}}\n'
+                )
+            else:
+                lines.append(f'{{"timestamp":{ts},"user":{names[index]},"event":"{kind}"}}\n')
             tokens.append((ts // MS_PER_HOUR, index, click))
         return self._batch_path, tokens, "".join(lines).encode()
 

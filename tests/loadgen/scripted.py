@@ -17,6 +17,7 @@ class ScriptedServer:
         self.stall_seconds = stall_seconds
         self.count = 0
         self.targets: list[str] = []  # each request's path and query, in order
+        self.bodies: list[bytes] = []  # each request's body, in order
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -47,10 +48,13 @@ class ScriptedServer:
                 self.answer(b"unique_users,0\nclicks,0\nimpressions,0\n")
 
             def answer(self, body: bytes) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                sent = self.rfile.read(length) if length else b""
                 with outer.lock:
                     n = outer.count
                     outer.count += 1
                     outer.targets.append(self.path)
+                    outer.bodies.append(sent)
                 action = outer.script(n)
                 if action == "drop":  # close the connection without an answer
                     self.close_connection = True
