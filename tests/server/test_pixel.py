@@ -191,3 +191,23 @@ def test_a_store_hung_past_the_commit_deadline_is_504(own_redis: RedisServer, ts
     finally:
         own_redis.resume()
         srv.stop()
+
+
+def test_the_pixel_keeps_to_the_timestamp_window(sqlite_url: str) -> None:
+    """--accept-past/--accept-future hold for the pixel as for the POST; a pixel without a
+    timestamp is the server's own now, always inside."""
+    srv = InProcessTapad(sqlite_url, accept_past=48, accept_future=5).start()
+    try:
+        now = time.time_ns() // 1_000_000
+        seconds = pixel(srv, f"timestamp={now // 1000}&user=ann&click")
+        assert seconds.status_code == 400
+        assert seconds.text == f"timestamp: {now // 1000} looks like seconds; send milliseconds\n"
+        ahead = now + 2 * MS_PER_HOUR
+        future = pixel(srv, f"timestamp={ahead}&user=ann&click")
+        assert future.status_code == 400
+        assert future.text.endswith("in the future (--accept-future)\n")
+        assert counts(srv, now // 1000)["clicks"] == counts(srv, ahead)["clicks"] == 0
+        assert_gif(pixel(srv, f"timestamp={now}&user=ann&click"))
+        assert_gif(pixel(srv, "user=ann&click"))
+    finally:
+        srv.stop()
