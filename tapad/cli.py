@@ -135,11 +135,18 @@ def serve(
     access_log: Annotated[bool, serve_option("access_log")] = default("access_log"),
     accept_past: Annotated[int | None, serve_option("accept_past")] = default("accept_past"),
     accept_future: Annotated[int | None, serve_option("accept_future")] = default("accept_future"),
+    cors_origins: Annotated[str | None, serve_option("cors_origins")] = default("cors_origins"),
 ) -> None:
     """Run the HTTP server."""
+    from tapad.server.cors import BadOrigins, parse_origins
     from tapad.server.run import ServeSettings, StartupError, configure_logging
     from tapad.server.serve import serve as run
 
+    if cors_origins is not None:
+        try:
+            parse_origins(cors_origins)  # refused here in one line, not in each worker
+        except BadOrigins as exc:
+            raise fail(str(exc), 2) from None
     configure_logging()
     settings = ServeSettings(
         host=host,
@@ -159,6 +166,7 @@ def serve(
         access_log=access_log,
         accept_past=accept_past,
         accept_future=accept_future,
+        cors_origins=cors_origins,
     )
     try:
         run(settings)

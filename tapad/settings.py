@@ -116,6 +116,15 @@ SETTINGS: tuple[Setting, ...] = (
         default_text="the store's; else for ever",
     ),
     Setting(
+        "cors_origins",
+        None,
+        "Origins whose pages may read answers and send preflighted requests "
+        "(https://a.example,https://b.example, or * for any): CORS headers on every answer "
+        "to them, 204 to their preflight OPTIONS. Pixels and beacons need none.",
+        "TAPAD_CORS_ORIGINS",
+        default_text="none (no CORS headers; OPTIONS answers 405)",
+    ),
+    Setting(
         "allow_eviction",
         False,
         "Serve on a Redis whose maxmemory-policy may evict keys (acknowledged events can "

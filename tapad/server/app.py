@@ -3,6 +3,8 @@
 POST: parse -> enqueue in the group commit -> wait for the commit -> 200 (or 503 if its
       part of the batch failed).
 GET:  parse -> join the next coalesced read -> 200 with three lines.
+The pixel (``GET /analytics/pixel.gif``) is the POST again, for ``<img>`` tags; with
+``--cors-origins``, every answer passes ``Cors.allow`` on its way out (cors.py).
 It runs on aiohttp's low-level server: no router, no middleware, and the query
 string is taken raw so percent-decoding follows the contract, not yarl.
 """
@@ -17,10 +19,17 @@ from aiohttp.web_request import BaseRequest
 
 from tapad.hour_rows import CONTENT_TYPES, render_text
 from tapad.server.batch import BatchRefused, body_kind, parse_events, read_body
-from tapad.server.dashboard import DASHBOARD_FILES, dashboard_file
+from tapad.server.cors import Cors
+from tapad.server.dashboard import DASHBOARD_FILES, TAPAD_JS, dashboard_file, tapad_js
 from tapad.server.metrics import CONTENT_TYPE, Metrics
 from tapad.server.outage import Outage
-from tapad.server.query import BadRequest, parse_get, parse_hours_query, parse_post
+from tapad.server.query import (
+    BadRequest,
+    parse_get,
+    parse_hours_query,
+    parse_pixel,
+    parse_post,
+)
 from tapad.server.reader import CoalescingReader
 from tapad.server.window import Window
 from tapad.server.writer import GroupCommitter, Overloaded
@@ -43,6 +52,17 @@ BATCH_UNKNOWN = (
 JSON_HEADERS = {"Content-Type": "application/json"}
 COUNTS_HEADERS = {"Content-Type": "text/plain; charset=utf-8"}
 DUPLICATE = {"Tapad-Duplicate": "1"}  # the event's id was already recorded: not counted again
+OVERLOADED = "overloaded: too many events waiting, retry later"
+PIXEL = "/analytics/pixel.gif"
+# The 43-byte transparent 1x1 GIF (a two-colour table, colour 0 transparent), byte for byte
+# the one ad tracking pixels answer everywhere.
+GIF = (
+    b"GIF89a\x01\x00\x01\x00\xf0\x00\x00\xff\xff\xff\x00\x00\x00!\xf9\x04\x01\x00\x00"
+    b"\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
+)
+# Never cached: each load of the image must reach the server to be counted.
+GIF_HEADERS = {"Content-Type": "image/gif", "Cache-Control": "no-store, no-cache, must-revalidate"}
+GIF_DUPLICATE = {**GIF_HEADERS, **DUPLICATE}
 
 
 def bad_request(exc: BadRequest) -> web.Response:
@@ -107,9 +127,11 @@ class TapadHandler:
         reader: CoalescingReader,
         metrics: Metrics | None = None,
         window: Window | None = None,
+        cors: Cors | None = None,
     ) -> None:
         self.store = store
         self.window = window or Window()  # --accept-past/--accept-future (window.py)
+        self.cors = cors  # None: no --cors-origins, no CORS headers, OPTIONS is a 405
         self.committer = committer
         self.reader = reader
         self.metrics = metrics or Metrics()
@@ -138,6 +160,8 @@ class TapadHandler:
         method = request.method
         response: web.StreamResponse
         if path == "/analytics" and method == "POST":
+            # WRITE TOKEN CHECK (POST /analytics): the write paths are this one, batch()
+            # and pixel(), each marked so.
             try:
                 event = parse_post(query, self.window)
                 outcome = await self.committer.submit(event)
@@ -152,7 +176,7 @@ class TapadHandler:
             except BadRequest as exc:
                 response = bad_request(exc)
             except Overloaded:
-                response = unavailable("overloaded: too many events waiting, retry later")
+                response = unavailable(OVERLOADED)
             except CommitUnknown:
                 response = outcome_unknown()
             except StoreError:
@@ -167,6 +191,8 @@ class TapadHandler:
                 response = unavailable("store unavailable, retry later")
         else:
             response = await self.handle(request, path, method)
+        if self.cors is not None:
+            self.cors.allow(request, response)
         if self.closing:
             response.force_close()
         self.metrics.request_done(method, response.status, perf_counter() - start)
@@ -183,8 +209,18 @@ class TapadHandler:
 
     async def handle(self, request: BaseRequest, path: str, method: str) -> web.StreamResponse:
         """Everything but POST and GET on /analytics."""
+        if method == "OPTIONS" and self.cors is not None:
+            preflight = self.cors.preflight(request, path)
+            if preflight is not None:
+                return preflight
         if path == "/analytics/batch":
             return await self.batch(request, method)
+        if path == PIXEL:
+            return await self.pixel(request, method)
+        if path == TAPAD_JS:
+            if method not in ("GET", "HEAD"):
+                return not_allowed(method, "GET, HEAD")
+            return tapad_js()
         if path == "/analytics/hours":
             return await self.hours(request, method)
         if path in DASHBOARD_FILES:
@@ -207,6 +243,7 @@ class TapadHandler:
         """
         if method != "POST":
             return not_allowed(method, "POST")
+        # WRITE TOKEN CHECK (POST /analytics/batch)
         headers = request.headers
         try:
             ndjson, gzip = body_kind(headers.get("Content-Type"), headers.get("Content-Encoding"))
@@ -219,7 +256,7 @@ class TapadHandler:
                 response.force_close()
             return response
         except Overloaded:
-            return unavailable("overloaded: too many events waiting, retry later")
+            return unavailable(OVERLOADED)
         except CommitUnknown:
             return web.Response(status=504, text=f"{BATCH_UNKNOWN}\n", content_type=TEXT)
         except StoreError:
@@ -229,6 +266,37 @@ class TapadHandler:
         if isinstance(outcome, int):
             return accepted(len(events), outcome)
         return batch_outcome(outcome, events)
+
+    async def pixel(self, request: BaseRequest, method: str) -> web.Response:
+        """``GET /analytics/pixel.gif``: the single POST for an ``<img>`` in an ad creative.
+
+        The same parsing (``timestamp`` may be left out: the server's clock), the same group
+        commit, the same errors in text; a transparent GIF only once the event is committed.
+        GET only: HEAD must not record anything, and answering it without recording would
+        tell a link checker the pixel works while counting nothing.
+        """
+        if method != "GET":
+            return not_allowed(method, "GET")
+        # WRITE TOKEN CHECK (GET /analytics/pixel.gif; the token comes as key=)
+        try:
+            query = request.raw_path.partition("?")[2]
+            event = parse_pixel(query, self.window.now(), self.window)
+            outcome = await self.committer.submit(event)
+        except BadRequest as exc:
+            return bad_request(exc)
+        except Overloaded:
+            return unavailable(OVERLOADED)
+        except CommitUnknown:
+            return outcome_unknown()
+        except StoreError:
+            return unavailable(STORE_FAILED)
+        if outcome is None:
+            return web.Response(body=GIF, headers=GIF_HEADERS)
+        if isinstance(outcome, int):  # its id was known: not counted again
+            return web.Response(body=GIF, headers=GIF_DUPLICATE)
+        if outcome.committed(event):
+            return web.Response(body=GIF, headers=GIF_HEADERS)
+        return part_failed(outcome, event)
 
     async def hours(self, request: BaseRequest, method: str) -> web.Response:
         """``GET /analytics/hours``: a range of hours through the coalesced read path."""

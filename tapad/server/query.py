@@ -140,18 +140,39 @@ def parse_kind(params: dict[str, list[str]]) -> bool:
     return named[0]
 
 
+def parse_event(
+    params: dict[str, list[str]], window: Window | None = None, now_ms: int | None = None
+) -> Event:
+    """The one event a single POST or the pixel names: the same rules for both.
+
+    With a ``window``, one outside it is refused (after every other parameter is found
+    valid). ``now_ms``: the server's clock at receipt, for a pixel that leaves
+    ``timestamp`` out (then no window applies); None where ``timestamp`` is required (the
+    POST). Other parameters are ignored: the pixel's ``key`` (the write token, checked
+    before parsing) or an ad server's cache buster.
+    """
+    if now_ms is not None and "timestamp" not in params:
+        hour = now_ms // MS_PER_HOUR
+        return Event(hour, parse_user(params), parse_kind(params), parse_id(params))
+    ms = parse_timestamp_ms(params)
+    event = Event(hour_of(ms), parse_user(params), parse_kind(params), parse_id(params))
+    if window is not None:
+        window.check(ms, window.now() if now_ms is None else now_ms)
+    return event
+
+
 def parse_post(query: str, window: Window | None = None) -> Event:
     """The event of a POST's query string; with a ``window``, one outside it is refused
     (after every other parameter is found valid, on both paths)."""
     event = _fast_post(query, window)
     if event is not None:
         return event
-    params = split_query(query)
-    ms = parse_timestamp_ms(params)
-    event = Event(hour_of(ms), parse_user(params), parse_kind(params), parse_id(params))
-    if window is not None:
-        window.check(ms, window.now())
-    return event
+    return parse_event(split_query(query), window)
+
+
+def parse_pixel(query: str, now_ms: int, window: Window | None = None) -> Event:
+    """``GET /analytics/pixel.gif``: as the POST, ``timestamp`` optional (``now_ms``)."""
+    return parse_event(split_query(query), window, now_ms)
 
 
 def parse_get(query: str) -> int:

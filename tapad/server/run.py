@@ -15,6 +15,7 @@ from aiohttp import web
 from tapad.adapters.aiohttp import listening_sockets, name_server
 from tapad.server.access_log import SUMMARY_EVERY, AccessLog, access_log, summarise
 from tapad.server.app import TapadHandler
+from tapad.server.cors import Cors
 from tapad.server.guard import BoundedServer, quiet_client_errors
 from tapad.server.measured_store import MeasuredStore
 from tapad.server.metrics import Metrics
@@ -54,6 +55,7 @@ class ServeSettings:
     retention_hours: int | None = default("retention_hours")
     dedup_hours: int = default("dedup_hours")
     allow_eviction: bool = default("allow_eviction")
+    cors_origins: str | None = default("cors_origins")
     store_check_every: float = CHECK_EVERY  # not a setting: tests check more often
     access_log: bool = default("access_log")
     accept_past: int | None = default("accept_past")
@@ -232,6 +234,7 @@ def assemble(store: Store, settings: ServeSettings) -> tuple[BoundedServer, Tapa
         CoalescingReader(measured, reads),
         metrics,
         Window(settings.accept_past, settings.accept_future),
+        Cors(settings.cors_origins) if settings.cors_origins is not None else None,
     )
     quiet_client_errors(metrics.malformed.inc)
     name_server(SERVER_NAME)
