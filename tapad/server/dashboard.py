@@ -7,7 +7,7 @@ data, read once and answered from memory. The page draws what ``GET /analytics``
 Content-Security-Policy holds the browser to that: the page may load and ask only
 tapad itself.
 
-``/tapad.js`` is the script other sites' pages load to send events (docs/clients-browser.md).
+``/tapad.js`` is the script other sites' pages load to send events (docs/clients.md).
 It is not part of the dashboard: it stays open whatever tokens are set, and browsers may
 keep it an hour (it changes only with a new tapad).
 """
