@@ -98,6 +98,9 @@ def serve(
     retention_hours: Annotated[int | None, serve_option("retention_hours")] = default(
         "retention_hours"
     ),
+    exact_uniques_limit: Annotated[int, serve_option("exact_uniques_limit")] = default(
+        "exact_uniques_limit"
+    ),
 ) -> None:
     """Run the HTTP server."""
     from tapad.server.run import ServeSettings, StartupError, configure_logging
@@ -117,6 +120,7 @@ def serve(
         shards=shards,
         unique=unique.value if unique is not None else None,
         retention_hours=retention_hours,
+        exact_uniques_limit=exact_uniques_limit,
     )
     try:
         run(settings)

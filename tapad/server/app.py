@@ -9,17 +9,25 @@ string is taken raw so percent-decoding follows the contract, not yarl.
 
 from __future__ import annotations
 
+import json
 import logging
 from time import perf_counter
 
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
+from tapad.buckets import format_hour
 from tapad.hour_rows import CONTENT_TYPES, render_text
 from tapad.server.dashboard import DASHBOARD_FILES, dashboard_file
 from tapad.server.metrics import CONTENT_TYPE, Metrics
 from tapad.server.outage import Outage
-from tapad.server.query import BadRequest, parse_get, parse_hours_query, parse_post
+from tapad.server.query import (
+    BadRequest,
+    parse_get,
+    parse_hours_query,
+    parse_post,
+    parse_uniques_query,
+)
 from tapad.server.reader import CoalescingReader
 from tapad.server.writer import GroupCommitter, Overloaded
 from tapad.store.base import CommitUnknown, Event, HourCounts, PartialWrite, Store, StoreError
@@ -149,6 +157,8 @@ class TapadHandler:
         """Everything but POST and GET on /analytics."""
         if path == "/analytics/hours":
             return await self.hours(request, method)
+        if path == "/analytics/uniques":
+            return await self.uniques(request, method)
         if path in DASHBOARD_FILES:
             if method not in ("GET", "HEAD"):
                 return not_allowed(method, "GET, HEAD")
@@ -177,6 +187,33 @@ class TapadHandler:
         return web.Response(
             body=body.encode(),
             headers={"Content-Type": CONTENT_TYPES[fmt], "Cache-Control": "no-store"},
+        )
+
+    async def uniques(self, request: BaseRequest, method: str) -> web.Response:
+        """``GET /analytics/uniques``: distinct users over a range of hours.
+
+        Straight to the store, not through the coalesced reads: a count can take many
+        store calls (each bounded by the store timeout), and GETs of the hour must not
+        wait behind it. Read-your-writes holds as for any read that starts after the
+        writes were acknowledged: they are committed."""
+        if method not in ("GET", "HEAD"):
+            return not_allowed(method, "GET, HEAD")
+        try:
+            first, last = parse_uniques_query(request.raw_path.partition("?")[2])
+            count = await self.store.uniques(range(first, last + 1))
+        except BadRequest as exc:
+            return bad_request(exc)
+        except StoreError:
+            return unavailable("store unavailable, retry later")
+        body = {
+            "from": format_hour(first),
+            "to": format_hour(last),
+            "unique_users": count.unique_users,
+            "exact": count.exact,
+        }
+        return web.Response(
+            body=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", "Cache-Control": "no-store"},
         )
 
     async def healthz(self, request: BaseRequest) -> web.Response:

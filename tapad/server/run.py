@@ -49,6 +49,7 @@ class ServeSettings:
     shards: int | None = default("shards")
     unique: str | None = default("unique")
     retention_hours: int | None = default("retention_hours")
+    exact_uniques_limit: int = default("exact_uniques_limit")
     reuse_port: bool = False  # not a setting: set for the worker processes
 
 
@@ -65,6 +66,7 @@ def store_for(settings: ServeSettings) -> Store:
         shards=settings.shards,
         unique=settings.unique,
         retention_hours=settings.retention_hours,
+        exact_uniques_limit=settings.exact_uniques_limit,
     )
 
 

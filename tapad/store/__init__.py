@@ -12,6 +12,7 @@ from tapad.store.base import (
     StoreConfigError,
     StoreError,
     StoreFault,
+    UniqueCount,
 )
 from tapad.store.url import DEFAULT_STORE_URL, StoreSettings, parse_store_url, redact
 
@@ -26,6 +27,7 @@ __all__ = [
     "StoreError",
     "StoreFault",
     "StoreSettings",
+    "UniqueCount",
     "open_store",
     "parse_store_url",
     "redact",
@@ -40,18 +42,22 @@ def open_store(
     unique: str | None = None,
     retention_hours: int | None = None,
     commit_deadline: float | None = None,
+    exact_uniques_limit: int | None = None,
 ) -> Store:
     """Open the store a URL names. Raises StoreConfigError with one line for a bad URL.
 
     ``shards`` and ``unique`` left as None adopt what the store was set up with (the
     defaults for a new store); given explicitly, a store set up otherwise is refused.
-    ``timeout`` and ``commit_deadline`` left as None take the defaults of tapad.settings.
+    ``timeout``, ``commit_deadline`` and ``exact_uniques_limit`` (Redis: see docs/uniques.md)
+    left as None take the defaults of tapad.settings.
     Call ``await store.connect()`` before relying on ``store.unique_mode``.
     """
     if timeout is None:
         timeout = _settings.default("store_timeout")
     if commit_deadline is None:
         commit_deadline = _settings.default("commit_deadline")
+    if exact_uniques_limit is None:
+        exact_uniques_limit = _settings.default("exact_uniques_limit")
     settings = parse_store_url(url)
     if settings.scheme == "sqlite":
         from tapad.store.sqlite import SQLiteStore
@@ -79,6 +85,7 @@ def open_store(
             shards=shards,
             unique=unique,
             retention_hours=retention_hours,
+            exact_uniques_limit=exact_uniques_limit,
         )
     from tapad.store.redis.node import RedisStore
 
@@ -89,4 +96,5 @@ def open_store(
         shards=shards,
         unique=unique,
         retention_hours=retention_hours,
+        exact_uniques_limit=exact_uniques_limit,
     )

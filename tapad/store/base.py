@@ -2,7 +2,8 @@
 
 The server only ever needs four things from a store: apply a batch of events
 atomically, read one hour, say whether it is alive, and close. ``tally`` also
-lists the hours that have data. Keeping the interface this small is what lets
+lists the hours that have data, and ``GET /analytics/uniques`` counts the distinct
+users of a range of hours. Keeping the interface this small is what lets
 SQLite, Redis and Redis Cluster stand behind the same hot path.
 """
 
@@ -32,6 +33,13 @@ class HourCounts:
             self.clicks + other.clicks,
             self.impressions + other.impressions,
         )
+
+
+class UniqueCount(NamedTuple):
+    """Distinct users over a range of hours (``Store.uniques``)."""
+
+    unique_users: int
+    exact: bool  # False: a HyperLogLog estimate (standard error about 0.81%)
 
 
 class StoreError(Exception):
@@ -106,6 +114,11 @@ class Store(Protocol):
 
     async def hours(self) -> list[int]:
         """Every hour that has data, newest first."""
+
+    async def uniques(self, hours: Sequence[int]) -> UniqueCount:
+        """Distinct users over ``hours`` (a user seen in several counts once), counted off
+        the hot path: never one long store call that would hold up writes and reads
+        (docs/uniques.md says how each store does it)."""
 
     async def ping(self) -> None: ...
 

@@ -1,5 +1,5 @@
-"""The key schema of the Redis stores (single and cluster): per (hour, shard) a set of users
-and a hash of counts.
+"""The key schema of the Redis stores (single and cluster): per (hour, shard) a set of users,
+a hash of counts and, in ``exact`` mode, a HyperLogLog sketch of the same users.
 
 Keys of one (hour, shard) share a hash tag, so on a Redis Cluster each shard's part of a
 batch lands in one slot and is applied atomically there. Two schemes:
@@ -13,6 +13,11 @@ batch lands in one slot and is applied atomically there. Two schemes:
   a shard shares its slot, so a batch is one transaction per shard, and with as many shards
   as masters (the default for a new cluster store) one per master, however many hours it
   holds.
+
+The sketch (``...:h``, beside ``:u`` and ``:n`` under the same tag) is added to in the same
+transaction as the set, so the two always hold the same users; it is what makes distinct
+users over a long range cheap to estimate (docs/uniques.md). In ``hll`` mode the users key
+is itself a HyperLogLog, and there is no separate sketch.
 
 ``tapad:hours`` indexes the hours that have data (for ``tally``). The layout (shard count,
 unique-users mode, retention, and the tags if any) is written once to ``tapad:layout``; a
@@ -93,6 +98,14 @@ class KeyLayout:
             return f"{self.prefix}{{{self.tags[shard]}}}:{hour}:n"
         return f"{self.prefix}{{{hour}.{shard}}}:n"
 
+    def sketch_key(self, hour: int, shard: int) -> str:
+        """The HyperLogLog of an (hour, shard)'s users: the users key itself in hll mode."""
+        if self.unique == "hll":
+            return self.users_key(hour, shard)
+        if self.tags is not None:
+            return f"{self.prefix}{{{self.tags[shard]}}}:{hour}:h"
+        return f"{self.prefix}{{{hour}.{shard}}}:h"
+
     def split(self, events: Sequence[Event]) -> dict[tuple[int, int], tuple[set[str], int, int]]:
         """Fold a batch per (hour, shard): users, clicks, impressions."""
         return aggregate(events, self.shard_of if self.shards > 1 else None)
@@ -116,10 +129,13 @@ class KeyLayout:
 
     def expire_commands(self, hour: int, shard: int) -> list[tuple[str, str, int]]:
         deadline = self.deadline(hour)
-        return [
+        commands = [
             ("EXPIREAT", self.users_key(hour, shard), deadline),
             ("EXPIREAT", self.counts_key(hour, shard), deadline),
         ]
+        if self.unique == "exact":
+            commands.append(("EXPIREAT", self.sketch_key(hour, shard), deadline))
+        return commands
 
     def trim_hours_command(self) -> tuple[str, str, str, str]:
         """Drop expired hours from the hours index (scores are hours)."""
@@ -146,9 +162,15 @@ class KeyLayout:
     def write_commands(
         self, hour: int, shard: int, users: set[str], clicks: int, impressions: int
     ) -> list[bytes]:
-        """One (hour, shard) part of a batch: add its users, count its clicks and impressions."""
-        add = "PFADD" if self.unique == "hll" else "SADD"
-        commands = [pack((add, self.users_key(hour, shard), *users))]
+        """One (hour, shard) part of a batch: add its users (to the set and its sketch, or to
+        the HyperLogLog), count its clicks and impressions."""
+        if self.unique == "hll":
+            commands = [pack(("PFADD", self.users_key(hour, shard), *users))]
+        else:
+            commands = [
+                pack(("SADD", self.users_key(hour, shard), *users)),
+                pack(("PFADD", self.sketch_key(hour, shard), *users)),
+            ]
         counts = self.counts_key(hour, shard)
         if clicks:
             commands.append(pack(("HINCRBY", counts, "c", clicks)))
