@@ -320,6 +320,11 @@ class ExportFormat(StrEnum):
     json = "json"
 
 
+class ExportBy(StrEnum):
+    hour = "hour"
+    day = "day"
+
+
 @app.command()
 def export(
     store: StoreOption = default("store_url"),
@@ -344,12 +349,21 @@ def export(
     out: Annotated[
         Path | None, typer.Option(help="File to write (default: standard output).")
     ] = None,
+    by: Annotated[
+        ExportBy,
+        typer.Option(
+            "--by",
+            case_sensitive=False,
+            help="hour: a row per hour; day: a row per UTC day (the range widened to whole "
+            "days), with the day's distinct users.",
+        ),
+    ] = ExportBy.hour,
 ) -> None:
     """Read the store directly and write every hour of a range, as GET /analytics/hours does."""
     from tapad.commands.export import ExportError, run_export
 
     try:
-        summary = run_export(store, from_hour, to_hour, fmt.value, out)
+        summary = run_export(store, from_hour, to_hour, fmt.value, out, by.value)
     except ExportError as exc:
         raise fail(str(exc), 2) from None
     typer.echo(summary, err=True)
