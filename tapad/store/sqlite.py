@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -91,6 +92,7 @@ WAL_PAGES = 10_000
 CHECKPOINT_EVERY = 0.05  # s
 HAND_OVER = 0.001  # s: the longest the event loop waits for the write thread's statements
 NO_EVENTS = HourCounts()
+COUNT_NICENESS = 19  # the uniques thread's: it runs only on a core nothing else wants
 
 
 class SQLiteStore:
@@ -389,6 +391,7 @@ class SQLiteStore:
         each run of consecutive hours a range of the primary key."""
         if self._counter is None:
             self._counter = self._open()
+            lower_priority()
         runs = consecutive_runs(hours)
         where = " OR ".join(["hour BETWEEN ? AND ?"] * len(runs))
         try:
@@ -528,6 +531,15 @@ class BackgroundCheckpoint:
         finally:
             if conn is not None:
                 conn.close()
+
+
+def lower_priority() -> None:
+    """Make the calling thread the last to get a core when the cores are busy: a count of
+    millions of rows must not take CPU time from the event loop and the writer in the same
+    process (docs/performance-uniques.md). Linux gives each thread a nice value of its own;
+    elsewhere this does nothing."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), COUNT_NICENESS)
 
 
 class _InDoubt(Exception):
