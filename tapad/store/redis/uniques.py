@@ -3,7 +3,9 @@
 Redis runs one command at a time: a SUNION of a week of hour sets, or a PFCOUNT of hundreds
 of sketches, would hold up every POST and GET for as long as it runs. So the count is made
 of many short calls, on a connection of its own (the hot path's link is never queued behind
-it), each touching at most about a thousand members or a few dozen sketches:
+it), each touching at most about a thousand members or a few dozen sketches, and each
+followed by a pause as long as the call took (``PACE``), so that a count never has more
+than about half of Redis's time, however long the range:
 
 - exact: SCARD every (hour, shard) set; if they hold at most ``limit`` members in all, SSCAN
   each in steps of ``SCAN_STEP`` into a Python set, whose size is the answer.
@@ -20,6 +22,8 @@ docs/uniques.md says why these and what they cost.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
@@ -31,6 +35,9 @@ SCAN_STEP = 1000  # members per SSCAN: well under a millisecond of Redis each
 MERGE_STEP = 32  # sketches per PFMERGE: a dense merge is tens of microseconds a sketch
 KEYS_STEP = 256  # SCARD/EXISTS/GET per request (each O(1))
 MERGE_TTL_MS = 60_000  # a merge key left behind by a failed count goes away by itself
+# Pause after each call, as a share of the time it took: 1.0 leaves Redis at least half of
+# the time for the hot path while a count runs (docs/performance-uniques.md).
+PACE = 1.0
 
 Command = tuple[Any, ...]
 
@@ -51,8 +58,11 @@ class Counting(Protocol):
 
 
 async def request(link: RedisLink, commands: Sequence[Command]) -> list[Any]:
-    """Commands in one pipelined request (no transaction); CommandError for an error reply."""
+    """Commands in one pipelined request (no transaction), then a pause (``PACE``);
+    CommandError for an error reply."""
+    start = time.perf_counter()
     replies = await link.request(b"".join(pack(c) for c in commands), len(commands))
+    await asyncio.sleep((time.perf_counter() - start) * PACE)
     for reply in replies:
         if isinstance(reply, ReplyError):
             raise CommandError(str(reply))
