@@ -9,7 +9,8 @@
 A ``tapad serve`` process on a fresh store (a redis-server of its own, or an SQLite file in a
 temp folder). ``--hours`` past hours (168) are filled straight through the store,
 ``--users`` distinct users an hour (each hour's users half new, half the previous hour's:
-a week holds ``--users`` x 84.5 distinct). Then, for ``--seconds`` each:
+a week holds ``--users`` x 84.5 distinct). Then, ``--seconds`` of each, in ``--rounds``
+alternating slices (so that a shared machine's load, which drifts, weighs on both alike):
 
 1. baseline: ``--concurrency`` clients POST and GET the current hour as fast as answered;
 2. the same load while one more client asks ``GET /analytics/uniques`` for the last 24 and
@@ -35,6 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -84,7 +86,7 @@ def p99(samples: list[float]) -> float:
 
 async def load(
     base: str, seconds: float, concurrency: int, ranges: list[tuple[str, int, int]] | None
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """The hot-path load for ``seconds``; with ``ranges``, counted over and over beside it."""
     now_ms = current_hour() * MS_PER_HOUR
     latencies: dict[str, list[float]] = {"POST": [], "GET": []}
@@ -132,11 +134,20 @@ async def load(
         elapsed = time.perf_counter() - started  # the clients' time, not the last count's
         if counting is not None:
             await counting
-    result: dict[str, object] = {}
-    for method, samples in latencies.items():
+    return {"latencies": latencies, "elapsed": elapsed, "counts": counts}
+
+
+def summary(phases: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rounds of one phase as one: rates over their summed time, p99 over all samples."""
+    elapsed = sum(p["elapsed"] for p in phases)
+    result: dict[str, Any] = {"counts": {}}
+    for method in ("POST", "GET"):
+        samples = [x for p in phases for x in p["latencies"][method]]
         result[f"{method} rate"] = len(samples) / elapsed
         result[f"{method} p99"] = p99(samples)
-    result["counts"] = counts
+    for p in phases:
+        for name, runs in p["counts"].items():
+            result["counts"].setdefault(name, []).extend(runs)
     return result
 
 
@@ -159,6 +170,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=10_000, help="users an hour")
     parser.add_argument("--hours", type=int, default=168, help="hours filled (at least 24)")
     parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--rounds", type=int, default=4, help="slices of each phase")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--exact-uniques-limit", type=int, default=None)
     args = parser.parse_args()
@@ -193,8 +205,12 @@ def main() -> None:
             if args.hours > 24:
                 ranges.append((f"{args.hours} h", first, last))
             asyncio.run(load(base, 2, args.concurrency, None))  # warm up
-            quiet = asyncio.run(load(base, args.seconds, args.concurrency, None))
-            busy = asyncio.run(load(base, args.seconds, args.concurrency, ranges))
+            slice_ = args.seconds / args.rounds
+            quiet_runs, busy_runs = [], []
+            for _ in range(args.rounds):
+                quiet_runs.append(asyncio.run(load(base, slice_, args.concurrency, None)))
+                busy_runs.append(asyncio.run(load(base, slice_, args.concurrency, ranges)))
+            quiet, busy = summary(quiet_runs), summary(busy_runs)
         finally:
             if server is not None:
                 server.send_signal(signal.SIGTERM)
@@ -205,10 +221,10 @@ def main() -> None:
     report(args, quiet, busy)
 
 
-def report(args: argparse.Namespace, quiet: dict[str, object], busy: dict[str, object]) -> None:
+def report(args: argparse.Namespace, quiet: dict[str, Any], busy: dict[str, Any]) -> None:
     limit = args.exact_uniques_limit or "default"
     print(f"\nstore {args.store}, {args.hours} h of {args.users:,} users an hour, "
-          f"{args.seconds:g}s a phase, {args.concurrency} clients, "
+          f"{args.seconds:g}s a phase in {args.rounds} slices, {args.concurrency} clients, "
           f"exact-uniques-limit {limit}\n")  # fmt: skip
     print("| | without counts | with counts | ratio | target |")
     print("| --- | ---: | ---: | ---: | --- |")
