@@ -8,7 +8,8 @@ followed by a pause as long as the call took (``PACE``), so that a count never h
 than about half of Redis's time, however long the range:
 
 - exact: SCARD every (hour, shard) set; if they hold at most ``limit`` members in all, SSCAN
-  each in steps of ``SCAN_STEP`` into a Python set, whose size is the answer.
+  each in steps of ``SCAN_STEP`` into a Python set, whose size is the answer (paced too: the
+  set is built on the event loop, ``MERGE_PACE``).
 - estimate (past the limit, or in hll mode): merge the hours' HyperLogLog sketches into a
   short-lived key per shard, ``MERGE_STEP`` sketches per PFMERGE, and add up the shards'
   PFCOUNTs (a user is always in the same shard, so shards never share users). Where a
@@ -38,6 +39,12 @@ MERGE_TTL_MS = 60_000  # a merge key left behind by a failed count goes away by 
 # Pause after each call, as a share of the time it took: 1.0 leaves Redis at least half of
 # the time for the hot path while a count runs (docs/performance-uniques.md).
 PACE = 1.0
+# And after each step of members merged in the tapad process, a pause this many times as long
+# as adding them to the set took: about half of what a step costs the event loop (reading the
+# reply, making the members Python objects), so a count keeps to about a tenth of the event
+# loop's time, which the hot path needs (docs/performance-uniques.md). On a busy machine
+# the step takes longer, and so does the pause.
+MERGE_PACE = 20
 
 Command = tuple[Any, ...]
 
@@ -87,7 +94,9 @@ async def count_uniques(
         seen: set[bytes] = set()
         for hour, shard in filled:
             async for members in scan(counting, layout.users_key(hour, shard)):
+                start = time.perf_counter()
                 seen.update(members)
+                await asyncio.sleep((time.perf_counter() - start) * MERGE_PACE)
         return UniqueCount(len(seen), True)
     found = await counting.each([layout.sketch_key(h, s) for h, s in filled], "EXISTS")
     sketched = [pair for pair, exists in zip(filled, found, strict=True) if exists]
