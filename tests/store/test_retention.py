@@ -113,6 +113,6 @@ def test_retention_on_the_cluster(redis_cluster: RedisClusterProcs, cluster_url:
         )
         for k in ks
     ]
-    assert len(keys) == 2 * 3  # users + counts, a shard per master
+    assert len(keys) == 3 * 3  # users, their sketch and counts; a shard per master
     for node, key in keys:
         assert low <= ttl(node, key) <= high, key
