@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import pytest
 
 from tapad.store import Event, UniqueCount, open_store
-from tests.support import RedisServer
+from tests.support import RedisClusterProcs, RedisServer
 
 run = asyncio.run
 HOUR = 480_000  # 2024-10-04: any hour will do, far from the tests that use "now"
@@ -109,3 +109,19 @@ def test_hours_written_before_the_sketches_still_estimate(redis_server: RedisSer
     assert abs(got.unique_users - 600) <= 18
     # Nothing of the count is left behind in the store.
     assert redis_server.cli("--raw", "KEYS", "tapad:uniques:*") == ""
+
+
+def test_a_cluster_store_laid_out_before_shard_tags_estimates_too(
+    redis_cluster: RedisClusterProcs, cluster_url: str
+) -> None:
+    """{hour.shard} keys, each in a slot of its own: the sketches are copied next to the
+    merge key (GET, SET) before PFMERGE, which cannot read across slots."""
+    redis_cluster.nodes[0].cli(
+        "-c", "HSET", "tapad:layout", "shards", "4", "unique", "exact", "retention", "0"
+    )
+    batches = [[Event(HOUR + h, f"user{i}", False) for i in range(h * 50, h * 50 + 300)]
+               for h in range(3)]  # fmt: skip
+    hours = range(HOUR, HOUR + 3)
+    assert run(write_and_count(cluster_url, batches, hours)) == UniqueCount(400, True)
+    got = run(write_and_count(cluster_url, [], hours, exact_uniques_limit=1))
+    assert not got.exact and abs(got.unique_users - 400) <= 12
