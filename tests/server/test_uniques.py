@@ -11,17 +11,17 @@ import pytest
 
 from tapad.buckets import MS_PER_HOUR, format_hour
 from tapad.store import Event, open_store
-from tests.support import InProcessTapad, RedisServer, http, wait_until
+from tests.support import InProcessTapad, RedisServer, TapadServer, http, wait_until
 
 HOUR = 2_100_000  # 2209: far from "now" and from the other tests' hours
 H0 = HOUR * MS_PER_HOUR
 
 
-def uniques(server: InProcessTapad, query: str) -> tuple[int, dict[str, str], str]:
+def uniques(server: InProcessTapad | TapadServer, query: str) -> tuple[int, dict[str, str], str]:
     return http("GET", f"{server.url}/analytics/uniques?{query}")
 
 
-def post(server: InProcessTapad, ms: int, user: str, kind: str = "click") -> int:
+def post(server: InProcessTapad | TapadServer, ms: int, user: str, kind: str = "click") -> int:
     return http("POST", f"{server.url}/analytics?timestamp={ms}&user={user}&{kind}")[0]
 
 
@@ -85,7 +85,8 @@ def test_store_unavailable_is_503(tmp_path: Path) -> None:
 
 
 def test_past_the_limit_the_answer_says_estimate(redis_url: str) -> None:
-    server = InProcessTapad(redis_url, exact_uniques_limit=3).start()
+    """``tapad serve --exact-uniques-limit 3``: a range of more entries is estimated."""
+    server = TapadServer(redis_url, "--exact-uniques-limit", "3").start()
     try:
         for hour in range(3):
             for i in range(hour, hour + 3):
