@@ -136,6 +136,9 @@ def serve(
     accept_past: Annotated[int | None, serve_option("accept_past")] = default("accept_past"),
     accept_future: Annotated[int | None, serve_option("accept_future")] = default("accept_future"),
     cors_origins: Annotated[str | None, serve_option("cors_origins")] = default("cors_origins"),
+    exact_uniques_limit: Annotated[int, serve_option("exact_uniques_limit")] = default(
+        "exact_uniques_limit"
+    ),
 ) -> None:
     """Run the HTTP server."""
     from tapad.server.cors import BadOrigins, parse_origins
@@ -167,6 +170,7 @@ def serve(
         accept_past=accept_past,
         accept_future=accept_future,
         cors_origins=cors_origins,
+        exact_uniques_limit=exact_uniques_limit,
     )
     try:
         run(settings)
@@ -447,6 +451,11 @@ class ExportFormat(StrEnum):
     json = "json"
 
 
+class ExportBy(StrEnum):
+    hour = "hour"
+    day = "day"
+
+
 @app.command()
 def export(
     store: StoreOption = default("store_url"),
@@ -478,12 +487,21 @@ def export(
     out: Annotated[
         Path | None, typer.Option(metavar="FILE", help="File to write (default: standard output).")
     ] = None,
+    by: Annotated[
+        ExportBy,
+        typer.Option(
+            "--by",
+            case_sensitive=False,
+            help="hour: a row per hour; day: a row per UTC day (the range widened to whole "
+            "days), with the day's distinct users.",
+        ),
+    ] = ExportBy.hour,
 ) -> None:
     """Read the store directly and write every hour of a range, as GET /analytics/hours does."""
     from tapad.commands.export import ExportError, run_export
 
     try:
-        summary = run_export(store, from_hour, to_hour, fmt.value if fmt else None, out)
+        summary = run_export(store, from_hour, to_hour, fmt.value if fmt else None, out, by.value)
     except ExportError as exc:
         raise fail(str(exc)) from None
     typer.echo(summary, err=True)

@@ -156,6 +156,14 @@ SETTINGS: tuple[Setting, ...] = (
         min=0,
         default_text="any",
     ),
+    Setting(
+        "exact_uniques_limit",
+        200_000,
+        "Redis: GET /analytics/uniques counts exactly while the range's hours hold at most this "
+        "many user entries in all, merged in short steps; past it, a HyperLogLog estimate "
+        "(docs/uniques.md).",
+        min=0,
+    ),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

@@ -4,6 +4,10 @@ The rows and their text come from ``tapad.hour_rows``, the very code the server 
 so a file exported here and a range asked over HTTP are the same bytes. A range longer than
 one request may ask for is read in chunks of that size (one store round trip each) and
 written as it comes, with a progress bar when standard error is a terminal.
+
+``--by day`` writes one row per UTC day instead: the range is widened to whole days, and each
+day's unique users are its distinct users (``Store.uniques`` over its 24 hours), not the sum
+of its hours'.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from pathlib import Path
 from typing import IO
 
 from tapad.buckets import current_hour, format_hour, parse_hour
-from tapad.hour_rows import MAX_HOURS, render
+from tapad.hour_rows import HOURS_PER_DAY, MAX_HOURS, render, render_days
 from tapad.store import (
     HourCounts,
     Store,
@@ -74,10 +78,26 @@ async def read_range(
     return rows
 
 
+async def daily(store: Store, rows: list[tuple[int, HourCounts]]) -> list[tuple[int, HourCounts]]:
+    """Whole days' rows from their hours' rows: the hours' clicks and impressions summed, the
+    day's distinct users counted by the store."""
+    days: dict[int, HourCounts] = {}
+    for hour, counts in rows:
+        day = hour // HOURS_PER_DAY
+        days[day] = days.get(day, HourCounts()) + counts
+    out = []
+    for day, counts in days.items():
+        start = day * HOURS_PER_DAY
+        distinct = await store.uniques(range(start, start + HOURS_PER_DAY))
+        out.append((day, HourCounts(distinct.unique_users, counts.clicks, counts.impressions)))
+    return out
+
+
 async def export_rows(
-    url: str, first: int | None, last: int | None
+    url: str, first: int | None, last: int | None, by: str = "hour"
 ) -> tuple[int, int, list[tuple[int, HourCounts]]]:
-    """Resolve the defaults (the oldest hour with data .. now) and read the rows."""
+    """Resolve the defaults (the oldest hour with data .. now) and read the rows (of hours,
+    or with ``by="day"`` of whole days)."""
     store = open_existing(url)
     try:
         await store.connect()
@@ -93,8 +113,14 @@ async def export_rows(
                 print(long_export_notice(first, last), file=sys.stderr, flush=True)
         if first > last:
             raise ExportError(f"--from {format_hour(first)} is after --to {format_hour(last)}")
+        if by == "day":
+            first -= first % HOURS_PER_DAY
+            last += HOURS_PER_DAY - 1 - last % HOURS_PER_DAY
         with progress_bar(last - first + 1) as done:
-            return first, last, await read_range(store, first, last, done)
+            rows = await read_range(store, first, last, done)
+        if by == "day":
+            rows = await daily(store, rows)
+        return first, last, rows
     except StoreConfigError as exc:
         raise ExportError(str(exc)) from None
     except (StoreError, OSError) as exc:
@@ -152,21 +178,26 @@ def choose_format(fmt: str | None, out: Path | None) -> str:
 
 
 def run_export(
-    store_url: str, from_text: str | None, to_text: str | None, fmt: str | None, out: Path | None
+    store_url: str,
+    from_text: str | None,
+    to_text: str | None,
+    fmt: str | None,
+    out: Path | None,
+    by: str = "hour",
 ) -> str:
-    """Write the rows; return a one-line summary for standard error."""
+    """Write the rows (of hours, or of days); return a one-line summary for standard error."""
     fmt = choose_format(fmt, out)
     first = parse_bound("--from", from_text)
     last = parse_bound("--to", to_text)
     if first is not None and last is not None and first > last:
         raise ExportError(f"--from {format_hour(first)} is after --to {format_hour(last)}")
-    first, last, rows = asyncio.run(export_rows(store_url, first, last))
+    first, last, rows = asyncio.run(export_rows(store_url, first, last, by))
     with output(out) as fh:
-        for piece in render(fmt, rows):
+        for piece in render_days(fmt, rows) if by == "day" else render(fmt, rows):
             fh.write(piece)
     where = "standard output" if out is None or str(out) == "-" else str(out)
     span = f"{format_hour(first)} to {format_hour(last)}"
-    return f"exported {counted(len(rows), 'hour')} ({span}) to {where}"
+    return f"exported {counted(len(rows), 'day' if by == 'day' else 'hour')} ({span}) to {where}"
 
 
 @contextlib.contextmanager

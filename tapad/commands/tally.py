@@ -20,6 +20,7 @@ from tapad.store import (
     HourCounts,
     StoreConfigError,
     StoreError,
+    UniqueCount,
     open_store,
     parse_store_url,
     redact,
@@ -41,9 +42,17 @@ class HourRow:
         return self.counts.clicks + self.counts.impressions
 
 
-async def read_store(
-    url: str, hour: int | None, extra_hours: set[int]
-) -> tuple[list[HourRow], str]:
+@dataclass(frozen=True)
+class Tally:
+    """What ``tally`` read: the rows, newest first, and the distinct users over all of them
+    (a user of several hours counted once, unlike the sum of the rows)."""
+
+    rows: list[HourRow]
+    unique_mode: str
+    distinct: UniqueCount
+
+
+async def read_store(url: str, hour: int | None, extra_hours: set[int]) -> Tally:
     """The rows for ``hour`` (or every hour with data, plus ``extra_hours``), newest first."""
     try:
         settings = parse_store_url(url)
@@ -61,7 +70,7 @@ async def read_store(
         rows = [
             HourRow(h, c) for h, c in zip(ordered, await store.read_hours(ordered), strict=True)
         ]
-        return rows, store.unique_mode
+        return Tally(rows, store.unique_mode, await store.uniques(ordered))
     except StoreConfigError as exc:
         raise TallyError(str(exc)) from None
     except (StoreError, OSError) as exc:
@@ -201,13 +210,14 @@ def run_tally(
         except LedgerError as exc:
             raise TallyError(str(exc)) from None
     extra = set(ledger.hours) if ledger is not None else set()
-    rows, unique_mode = asyncio.run(read_store(store_url, hour, extra))
-    held = check(rows, ledger, unique_mode, exact) if ledger is not None else Check([], True)
+    tally = asyncio.run(read_store(store_url, hour, extra))
+    rows = tally.rows
+    held = check(rows, ledger, tally.unique_mode, exact) if ledger is not None else Check([], True)
     unknown = unknown_outcomes(rows, ledger) if ledger is not None else UnknownOutcomes(0, 0)
     if as_json:
-        _print_json(store_url, rows, unique_mode, ledger_path, held, unknown)
+        _print_json(store_url, tally, ledger_path, held, unknown)
     else:
-        _print_table(store_url, rows, unique_mode, ledger_path, held, unknown)
+        _print_table(store_url, tally, ledger_path, held, unknown)
     return 1 if held.differences else 0
 
 
@@ -220,16 +230,16 @@ def _totals(rows: list[HourRow]) -> HourCounts:
 
 def _print_json(
     store_url: str,
-    rows: list[HourRow],
-    unique_mode: str,
+    tally: Tally,
     ledger_path: Path | None,
     held: Check,
     unknown: UnknownOutcomes,
 ) -> None:
+    rows = tally.rows
     total = _totals(rows)
     data: dict[str, Any] = {
         "store": redact(store_url),
-        "unique_mode": unique_mode,
+        "unique_mode": tally.unique_mode,
         "hours": [
             {
                 "hour": format_hour(r.hour),
@@ -241,6 +251,8 @@ def _print_json(
             for r in rows
         ],
         "totals": {
+            "unique_users": tally.distinct.unique_users,
+            "unique_users_exact": tally.distinct.exact,
             "unique_users_summed": total.unique_users,
             "clicks": total.clicks,
             "impressions": total.impressions,
@@ -264,8 +276,7 @@ def _print_json(
 
 def _print_table(
     store_url: str,
-    rows: list[HourRow],
-    unique_mode: str,
+    tally: Tally,
     ledger_path: Path | None,
     held: Check,
     unknown: UnknownOutcomes,
@@ -274,10 +285,13 @@ def _print_table(
     from rich.table import Table
 
     console = Console()
-    uniques = "unique users" + (" (≈ hll)" if unique_mode == "hll" else "")
+    rows = tally.rows
+    uniques = "unique users" + (" (≈ hll)" if tally.unique_mode == "hll" else "")
     table = Table(title=f"tally {redact(store_url)}", title_justify="left", show_footer=bool(rows))
     total = _totals(rows)
-    table.add_column("hour (UTC)", footer="total")
+    # A user seen in several hours is in several rows: the column's total is a sum of
+    # hours, and says so; the distinct users over the range are the line below the table.
+    table.add_column("hour (UTC)", footer="sum of hours")
     table.add_column(uniques, justify="right", footer=f"{total.unique_users:,}")
     table.add_column("clicks", justify="right", footer=f"{total.clicks:,}")
     table.add_column("impressions", justify="right", footer=f"{total.impressions:,}")
@@ -292,6 +306,12 @@ def _print_table(
         )
     if rows:
         console.print(table)
+        estimate = "" if tally.distinct.exact else " (≈ hll estimate)"
+        console.print(
+            f"distinct users over these {len(rows):,} hours: "
+            f"{tally.distinct.unique_users:,}{estimate}",
+            highlight=False,
+        )
     else:
         console.print("the store holds no events" if ledger_path is None else "no hours to show")
     if ledger_path is None:

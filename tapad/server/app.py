@@ -11,12 +11,14 @@ string is taken raw so percent-decoding follows the contract, not yarl.
 
 from __future__ import annotations
 
+import json
 import logging
 from time import perf_counter
 
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
+from tapad.buckets import format_hour
 from tapad.hour_rows import CONTENT_TYPES, render_text
 from tapad.server.batch import BatchRefused, body_kind, parse_events, read_body
 from tapad.server.cors import Cors
@@ -29,6 +31,7 @@ from tapad.server.query import (
     parse_hours_query,
     parse_pixel,
     parse_post,
+    parse_uniques_query,
 )
 from tapad.server.reader import CoalescingReader
 from tapad.server.window import Window
@@ -223,6 +226,8 @@ class TapadHandler:
             return tapad_js()
         if path == "/analytics/hours":
             return await self.hours(request, method)
+        if path == "/analytics/uniques":
+            return await self.uniques(request, method)
         if path in DASHBOARD_FILES:
             if method not in ("GET", "HEAD"):
                 return not_allowed(method, "GET, HEAD")
@@ -314,6 +319,33 @@ class TapadHandler:
         return web.Response(
             body=body.encode(),
             headers={"Content-Type": CONTENT_TYPES[fmt], "Cache-Control": "no-store"},
+        )
+
+    async def uniques(self, request: BaseRequest, method: str) -> web.Response:
+        """``GET /analytics/uniques``: distinct users over a range of hours.
+
+        Straight to the store, not through the coalesced reads: a count can take many
+        store calls (each bounded by the store timeout), and GETs of the hour must not
+        wait behind it. Read-your-writes holds as for any read that starts after the
+        writes were acknowledged: they are committed."""
+        if method not in ("GET", "HEAD"):
+            return not_allowed(method, "GET, HEAD")
+        try:
+            first, last = parse_uniques_query(request.raw_path.partition("?")[2])
+            count = await self.store.uniques(range(first, last + 1))
+        except BadRequest as exc:
+            return bad_request(exc)
+        except StoreError:
+            return unavailable("store unavailable, retry later")
+        body = {
+            "from": format_hour(first),
+            "to": format_hour(last),
+            "unique_users": count.unique_users,
+            "exact": count.exact,
+        }
+        return web.Response(
+            body=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", "Cache-Control": "no-store"},
         )
 
     async def healthz(self, request: BaseRequest) -> web.Response:

@@ -193,13 +193,26 @@ def parse_hours_query(query: str) -> tuple[int, int, str]:
     fmt = _decode("format", formats[0]) if formats else "json"
     if fmt not in FORMATS:
         raise BadRequest(f"format: must be json or csv, got {_show(fmt)}")
+    _check_range(first, last)
+    return first, last, fmt
+
+
+def parse_uniques_query(query: str) -> tuple[int, int]:
+    """``GET /analytics/uniques``: the first and last hour, by the rules of the hours API."""
+    params = split_query(query)
+    first = parse_timestamp(params, "from")
+    last = parse_timestamp(params, "to")
+    _check_range(first, last)
+    return first, last
+
+
+def _check_range(first: int, last: int) -> None:
     if first > last:
         raise BadRequest("from: must not be after to")
     if last - first + 1 > MAX_HOURS:
         raise BadRequest(
             f"to: one request covers at most {MAX_HOURS} hours, from..to spans {last - first + 1}"
         )
-    return first, last, fmt
 
 
 # -- the hot path's shortcut -----------------------------------------------------------

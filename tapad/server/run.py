@@ -60,6 +60,7 @@ class ServeSettings:
     access_log: bool = default("access_log")
     accept_past: int | None = default("accept_past")
     accept_future: int | None = default("accept_future")
+    exact_uniques_limit: int = default("exact_uniques_limit")
     reuse_port: bool = False  # not a setting: set for the worker processes
     summary_every: float = SUMMARY_EVERY  # not a setting: seconds between summary lines
 
@@ -80,6 +81,7 @@ def store_for(settings: ServeSettings) -> Store:
         dedup_hours=settings.dedup_hours,
         allow_eviction=settings.allow_eviction,
         check_every=settings.store_check_every,
+        exact_uniques_limit=settings.exact_uniques_limit,
     )
 
 

@@ -12,6 +12,7 @@ from tapad.store.base import (
     StoreConfigError,
     StoreError,
     StoreFault,
+    UniqueCount,
 )
 from tapad.store.url import DEFAULT_STORE_URL, StoreSettings, parse_store_url, redact
 
@@ -26,6 +27,7 @@ __all__ = [
     "StoreError",
     "StoreFault",
     "StoreSettings",
+    "UniqueCount",
     "open_store",
     "parse_store_url",
     "redact",
@@ -43,12 +45,14 @@ def open_store(
     dedup_hours: int | None = None,
     allow_eviction: bool = False,
     check_every: float | None = None,
+    exact_uniques_limit: int | None = None,
 ) -> Store:
     """Open the store a URL names. Raises StoreConfigError with one line for a bad URL.
 
     ``shards`` and ``unique`` left as None adopt what the store was set up with (the
     defaults for a new store); given explicitly, a store set up otherwise is refused.
-    ``timeout`` and ``commit_deadline`` left as None take the defaults of tapad.settings.
+    ``timeout``, ``commit_deadline`` and ``exact_uniques_limit`` (Redis: see docs/uniques.md)
+    left as None take the defaults of tapad.settings.
     Call ``await store.connect()`` before relying on ``store.unique_mode``.
     ``check_every`` (Redis): seconds between checks that the store keeps what it is given
     (tapad/store/redis/guard.py), None for none (tools that only read); an evicting
@@ -58,6 +62,8 @@ def open_store(
         timeout = _settings.default("store_timeout")
     if commit_deadline is None:
         commit_deadline = _settings.default("commit_deadline")
+    if exact_uniques_limit is None:
+        exact_uniques_limit = _settings.default("exact_uniques_limit")
     settings = parse_store_url(url)
     if settings.scheme == "sqlite":
         from tapad.store.sqlite import SQLiteStore
@@ -89,6 +95,7 @@ def open_store(
             dedup_hours=dedup_hours,
             allow_eviction=allow_eviction,
             check_every=check_every,
+            exact_uniques_limit=exact_uniques_limit,
         )
     from tapad.store.redis.node import RedisStore
 
@@ -102,4 +109,5 @@ def open_store(
         dedup_hours=dedup_hours,
         allow_eviction=allow_eviction,
         check_every=check_every,
+        exact_uniques_limit=exact_uniques_limit,
     )

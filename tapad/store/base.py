@@ -4,6 +4,9 @@ The server only ever needs four things from a store: apply a batch of events
 atomically, read one hour, say whether it is alive, and close. ``tally`` also
 lists the hours that have data; ``delete`` removes hours. Keeping the interface
 this small is what lets SQLite, Redis and Redis Cluster stand behind the same hot path.
+lists the hours that have data, and ``GET /analytics/uniques`` counts the distinct
+users of a range of hours. Keeping the interface this small is what lets
+SQLite, Redis and Redis Cluster stand behind the same hot path.
 """
 
 from __future__ import annotations
@@ -37,6 +40,13 @@ class HourCounts:
             self.clicks + other.clicks,
             self.impressions + other.impressions,
         )
+
+
+class UniqueCount(NamedTuple):
+    """Distinct users over a range of hours (``Store.uniques``)."""
+
+    unique_users: int
+    exact: bool  # False: a HyperLogLog estimate (standard error about 0.81%)
 
 
 class StoreError(Exception):
@@ -140,6 +150,11 @@ class Store(Protocol):
         transaction (on a cluster, one per slot of the hour), safe beside running servers:
         an event of such an hour is committed before (removed) or after (kept). Returns
         the hours that had data; ``progress(n)`` is told as n more of ``hours`` are done."""
+
+    async def uniques(self, hours: Sequence[int]) -> UniqueCount:
+        """Distinct users over ``hours`` (a user seen in several counts once), counted off
+        the hot path: never one long store call that would hold up writes and reads
+        (docs/uniques.md says how each store does it)."""
 
     async def ping(self) -> None: ...
 

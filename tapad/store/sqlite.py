@@ -8,7 +8,10 @@ primary key, much cheaper than handing it to a thread and back costs the event l
 the event loop itself, on a connection that never waits for a lock. In the rare
 moment SQLite answers "busy" (another process recovering the WAL, say) that read
 goes to the read thread instead, whose connection waits up to ``busy_timeout``
-like the writer's; so do listing the hours and pings. A third thread copies the WAL into
+like the writer's; so do listing the hours and pings. Distinct users over a range of
+hours (``uniques``: one ``COUNT(DISTINCT user)``, which can read millions of rows) run on a
+thread and connection of their own, so they hold up neither the writer nor those reads
+(SQLite lets go of the GIL while it steps through rows). A third thread copies the WAL into
 the file (``BackgroundCheckpoint``), so that work is not done inside a batch's COMMIT.
 Several processes may open the same file; SQLite's file lock serialises their writers.
 
@@ -47,6 +50,7 @@ from tapad.store.base import (
     StoreCondition,
     StoreConfigError,
     StoreError,
+    UniqueCount,
     aggregate,
 )
 
@@ -112,6 +116,7 @@ PROBE = (
     "CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, at REAL NOT NULL)",
     "INSERT OR REPLACE INTO write_probe (id, at) VALUES (1, ?)",
 )
+COUNT_NICENESS = 19  # the uniques thread's: it runs only on a core nothing else wants
 
 
 class SQLiteStore:
@@ -140,8 +145,10 @@ class SQLiteStore:
         self._wait_for_lock = f"PRAGMA busy_timeout = {int(timeout * 1000)}"
         self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="tapad-sqlite-write")
         self._read_thread = ThreadPoolExecutor(1, thread_name_prefix="tapad-sqlite-read")
+        self._count_thread = ThreadPoolExecutor(1, thread_name_prefix="tapad-sqlite-uniques")
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None  # on the read thread
+        self._counter: sqlite3.Connection | None = None  # on the uniques thread
         self._loop_reader: sqlite3.Connection | None = None  # on the event loop, never waits
         if retention_hours is not None and retention_hours < 1:
             raise StoreConfigError("retention must be at least 1 hour")
@@ -190,7 +197,11 @@ class SQLiteStore:
         if self._loop_reader is not None:
             self._loop_reader.close()
             self._loop_reader = None
-        for pool, attr in ((self._write_thread, "_writer"), (self._read_thread, "_reader")):
+        for pool, attr in (
+            (self._write_thread, "_writer"),
+            (self._read_thread, "_reader"),
+            (self._count_thread, "_counter"),
+        ):
             conn = getattr(self, attr)
             if conn is not None:
                 await asyncio.wrap_future(pool.submit(conn.close))
@@ -312,6 +323,16 @@ class SQLiteStore:
         except OSError:
             return StoreCondition()
         return StoreCondition(disk_free_bytes=fs.f_bavail * fs.f_frsize)
+
+    async def uniques(self, hours: Sequence[int]) -> UniqueCount:
+        """Always exact: the hours' user rows are there to count (docs/uniques.md)."""
+        if self.retention_hours is not None:
+            oldest = oldest_kept_hour(self.retention_hours, self._clock())
+            hours = [hour for hour in hours if hour >= oldest]
+        if not hours:
+            return UniqueCount(0, True)
+        count = await self._on(self._count_thread, self._count_distinct, hours)
+        return UniqueCount(count, True)
 
     # -- on the threads --------------------------------------------------
 
@@ -442,6 +463,25 @@ class SQLiteStore:
                     self._writer = None
                     conn.close()
             raise
+
+    def _count_distinct(self, hours: Sequence[int]) -> int:
+        """On the uniques thread: one ``COUNT(DISTINCT user)`` over the hours' user rows,
+        each run of consecutive hours a range of the primary key."""
+        if self._counter is None:
+            self._counter = self._open()
+            lower_priority()
+        runs = consecutive_runs(hours)
+        where = " OR ".join(["hour BETWEEN ? AND ?"] * len(runs))
+        try:
+            (count,) = self._counter.execute(
+                f"SELECT COUNT(DISTINCT user) FROM hour_users WHERE {where}",
+                [bound for run in runs for bound in run],
+            ).fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return 0
+            raise
+        return int(count)
 
     def _read_hours_on_thread(self, hours: Sequence[int]) -> list[HourCounts]:
         return self._read_many(self._reader_conn(), hours)
@@ -607,6 +647,15 @@ class BackgroundCheckpoint:
         finally:
             if conn is not None:
                 conn.close()
+
+
+def lower_priority() -> None:
+    """Make the calling thread the last to get a core when the cores are busy: a count of
+    millions of rows must not take CPU time from the event loop and the writer in the same
+    process (docs/performance-uniques.md). Linux gives each thread a nice value of its own;
+    elsewhere this does nothing."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), COUNT_NICENESS)
 
 
 class _InDoubt(Exception):

@@ -239,3 +239,44 @@ def test_a_format_contradicting_the_out_extension_is_refused(
     assert not out.exists()
     done = export("--store", sqlite_url, "--format", "json", "--out", str(out))
     assert done.returncode == 0, done.stderr
+
+
+def test_export_by_day_counts_each_days_distinct_users(
+    server: InProcessTapad, store_url: str
+) -> None:
+    """HOUR is a day's first hour (2209-07-27T00). ann is in three hours of the first day:
+    one user that day, though the hours sum to four."""
+    for hour, user, kind in [
+        (HOUR, "ann", "click"),
+        (HOUR, "ben", "impression"),
+        (HOUR + 5, "ann", "impression"),
+        (HOUR + 23, "ann", "impression"),
+        (HOUR + 24, "ann", "click"),
+        (HOUR + 47, "cid", "click"),
+    ]:
+        post(server, hour, user, kind)
+    day = HOUR * MS_PER_HOUR
+    csv_out = export("--store", store_url, "--from", format_hour(HOUR + 5),
+                     "--to", format_hour(HOUR + 30), "--by", "day")  # fmt: skip
+    assert csv_out.returncode == 0, csv_out.stderr
+    assert csv_out.stdout == (
+        "day,timestamp,unique_users,clicks,impressions\n"
+        f"2209-07-27,{day},2,1,3\n"
+        f"2209-07-28,{day + 24 * MS_PER_HOUR},2,2,0\n"
+    )  # the range widened to whole days
+    assert "exported 2 days (2209-07-27T00 to 2209-07-28T23)" in csv_out.stderr
+    as_json = export("--store", store_url, "--from", format_hour(HOUR),
+                     "--to", format_hour(HOUR), "--by", "day", "--format", "json")  # fmt: skip
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout) == {
+        "days": [
+            {"day": "2209-07-27", "timestamp": day, "unique_users": 2, "clicks": 1,
+             "impressions": 3},
+        ]
+    }  # fmt: skip
+    # --by hour (the default) still gives the API's bytes
+    hourly = export("--store", store_url, "--from", format_hour(HOUR),
+                    "--to", format_hour(HOUR + 47), "--by", "hour")  # fmt: skip
+    assert hourly.stdout == api(server, HOUR, HOUR + 47, "csv")
+    bad = export("--store", store_url, "--by", "week")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr

@@ -313,3 +313,24 @@ def test_the_readme_sequence_passes_on_a_store_with_other_events(tmp_path: Path)
     assert "differs" not in out
     exact = tapad("tally", "--ledger", "ledger.json", "--exact", cwd=tmp_path)
     assert exact.returncode == 1 and "differs" in exact.stdout
+
+
+def test_tally_shows_distinct_users_over_the_hours_and_labels_the_sum(
+    tapad_server: InProcessTapad, store_url: str
+) -> None:
+    """ann in three hours, ben in two, cid in one: 3 distinct users, 6 summed over hours."""
+    hour = 2_100_500
+    for offset, users in enumerate((["ann", "ben"], ["ann", "ben"], ["ann", "cid"])):
+        for user in users:
+            ts = (hour + offset) * MS_PER_HOUR
+            status, _, _ = http(
+                "POST", f"{tapad_server.url}/analytics?timestamp={ts}&user={user}&click"
+            )
+            assert status == 200
+    table = tapad("tally", "--store", store_url)
+    assert table.returncode == 0, table.stdout + table.stderr
+    assert "distinct users over these 3 hours: 3" in table.stdout
+    assert "sum of hours" in table.stdout  # the total row, a sum
+    totals = json.loads(tapad("tally", "--store", store_url, "--json").stdout)["totals"]
+    assert totals["unique_users"] == 3 and totals["unique_users_exact"] is True
+    assert totals["unique_users_summed"] == 6

@@ -63,8 +63,8 @@ def test_hours_expire_after_the_retention_and_servers_agree_on_it(
         server.stop()
     for h in (hour, hour - 1):
         low, high = expected_ttl(h, 2)
-        for key in (f"tapad:{{{h}.0}}:u", f"tapad:{{{h}.0}}:n"):
-            assert low <= ttl(redis_server, key) <= high, key
+        for key in (f"tapad:{{{h}.0}}:u", f"tapad:{{{h}.0}}:n", f"tapad:{{{h}.0}}:h"):
+            assert low <= ttl(redis_server, key) <= high, key  # the sketch (:h) too
     assert redis_server.cli("EXISTS", f"tapad:{{{hour - 5}.0}}:u") == "0"
     assert redis_server.cli("HGET", "tapad:layout", "retention") == "2"
     assert stored_hours(redis_url) == [hour, hour - 1]
@@ -113,6 +113,6 @@ def test_retention_on_the_cluster(redis_cluster: RedisClusterProcs, cluster_url:
         )
         for k in ks
     ]
-    assert len(keys) == 2 * 3  # users + counts, a shard per master
+    assert len(keys) == 3 * 3  # users, their sketch and counts; a shard per master
     for node, key in keys:
         assert low <= ttl(node, key) <= high, key

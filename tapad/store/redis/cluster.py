@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -54,7 +55,9 @@ from tapad.store.base import (
     StoreConfigError,
     StoreError,
     StoreFault,
+    UniqueCount,
 )
+from tapad.store.redis import uniques
 from tapad.store.redis.guard import Guard, NodeReader, NodeReport
 from tapad.store.redis.keys import DISCARD, EXEC, MULTI, KeyLayout
 from tapad.store.redis.keys import Part as KeyPart
@@ -105,6 +108,7 @@ class ClusterStore:
         dedup_hours: int | None = None,
         allow_eviction: bool = False,
         check_every: float | None = None,
+        exact_uniques_limit: int | None = None,
     ) -> None:
         """``check_every``: seconds between two checks that every master keeps what it is
         given (guard.py), the first one in ``connect``; None (tools that only read): none."""
@@ -126,6 +130,12 @@ class ClusterStore:
         self._seed: Endpoint = endpoint_of(settings)
         self._start_nodes: list[Node] = list(settings.hosts)
         self._nodes: dict[Node, NodeLink] = {}
+        self._counting: dict[Node, NodeLink] = {}  # links for uniques, not the hot path's
+        self._exact_limit = (
+            exact_uniques_limit
+            if exact_uniques_limit is not None
+            else defaults.default("exact_uniques_limit")
+        )
         self._owners: list[Node] | None = None  # the slot map: owner of each slot
         self._map_lock = asyncio.Lock()
         self._reload_map = False  # a master failed: it may have been replaced (failover)
@@ -698,12 +708,69 @@ class ClusterStore:
         if self.fault is not None:
             raise StoreError(self.fault)
 
+    async def uniques(self, hours: Sequence[int]) -> UniqueCount:
+        """Per master, on a link of its own (tapad/store/redis/uniques.py)."""
+        await self._ready()
+        try:
+            return await uniques.count_uniques(
+                _ClusterCounting(self), self.layout, hours, self._exact_limit, secrets.token_hex(8)
+            )
+        except FAILURES as exc:
+            self._reload_map = True  # a slot moved or a master failed: read the map again
+            raise store_error(f"cluster {self._name}", exc) from None
+
+    def _counting_link(self, key: str) -> NodeLink:
+        addr = self._owner(key_slot(key.encode()))
+        node = self._counting.get(addr)
+        if node is None:
+            node = self._counting[addr] = NodeLink(self._seed.at(*addr), self._timeout)
+        return node
+
     async def close(self) -> None:
         if self._guard is not None:
             await self._guard.stop()
-        for node in self._nodes.values():
+        for node in [*self._nodes.values(), *self._counting.values()]:
             node.close()
         self._nodes.clear()
+        self._counting.clear()
+
+
+class _ClusterCounting:
+    """``uniques.Counting`` on a cluster: each key's commands on its master's counting link;
+    a shard's sketches are merged in the shard's own slot where the layout has tags."""
+
+    def __init__(self, store: ClusterStore) -> None:
+        self._store = store
+
+    async def each(self, keys: Sequence[str], *command: Any) -> list[Any]:
+        name, *args = command
+        by_node: dict[NodeLink, list[int]] = {}
+        for i, key in enumerate(keys):
+            by_node.setdefault(self._store._counting_link(key), []).append(i)
+
+        async def on_node(node: NodeLink, indexes: list[int]) -> list[Any]:
+            replies: list[Any] = []
+            for step in uniques.steps(indexes, uniques.KEYS_STEP):
+                link = await node.get()
+                replies += await uniques.request(link, [(name, keys[i], *args) for i in step])
+            return replies
+
+        found = await asyncio.gather(*(on_node(n, ix) for n, ix in by_node.items()))
+        replies: list[Any] = [None] * len(keys)
+        for indexes, values in zip(by_node.values(), found, strict=True):
+            for i, value in zip(indexes, values, strict=True):
+                replies[i] = value
+        return replies
+
+    async def on(self, key: str, commands: list[uniques.Command]) -> list[Any]:
+        link = await self._store._counting_link(key).get()
+        return await uniques.request(link, commands)
+
+    def merge_key(self, shard: int, token: str) -> tuple[str, bool]:
+        layout = self._store.layout
+        if layout.tags is not None:  # every hour of the shard in the tag's slot
+            return f"{layout.prefix}{{{layout.tags[shard]}}}:uniques:{token}", True
+        return f"{layout.prefix}{{uniques.{token}.{shard}}}", False
 
 
 class _Outcome:

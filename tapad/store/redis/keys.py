@@ -1,5 +1,5 @@
-"""The key schema of the Redis stores (single and cluster): per (hour, shard) a set of users
-and a hash of counts.
+"""The key schema of the Redis stores (single and cluster): per (hour, shard) a set of users,
+a hash of counts and, in ``exact`` mode, a HyperLogLog sketch of the same users.
 
 Keys of one (hour, shard) share a hash tag, so on a Redis Cluster each shard's part of a
 batch lands in one slot and is applied atomically there. Two schemes:
@@ -13,6 +13,11 @@ batch lands in one slot and is applied atomically there. Two schemes:
   a shard shares its slot, so a batch is one transaction per shard, and with as many shards
   as masters (the default for a new cluster store) one per master, however many hours it
   holds.
+
+The sketch (``...:h``, beside ``:u`` and ``:n`` under the same tag) is added to in the same
+transaction as the set, so the two always hold the same users; it is what makes distinct
+users over a long range cheap to estimate (docs/uniques.md). In ``hll`` mode the users key
+is itself a HyperLogLog, and there is no separate sketch.
 
 ``tapad:hours`` indexes the hours that have data (for ``tally``). The layout (shard count,
 unique-users mode, retention, and the tags if any) is written once to ``tapad:layout``; a
@@ -36,7 +41,8 @@ from tapad.store.redis.protocol import pack
 UNIQUE_MODES = ("exact", "hll")
 # One (hour, shard)'s events that carry ids, applied inside the batch's MULTI/EXEC: an
 # event is counted only if its id is new for its hour and user (SADD answers 1). KEYS: the
-# users, the counts and the ids of the (hour, shard), one slot; ARGV: when the ids expire,
+# users, the counts, the ids and the users' sketch of the (hour, shard), one slot (the
+# sketch is the users key itself in hll mode); ARGV: when the ids expire,
 # "SADD" or "PFADD" for the users, then (position in the batch, user, c|i, id) per event.
 # Returns the positions of the duplicates. EVAL, not EVALSHA: a NOSCRIPT inside EXEC would
 # fail alone while the rest of the transaction applied; Redis caches the script anyway.
@@ -53,6 +59,9 @@ for i = 3, #ARGV, 4 do
 end
 for i = 1, #users, 1000 do
   redis.call(ARGV[2], KEYS[1], unpack(users, i, math.min(i + 999, #users)))
+  if KEYS[4] ~= KEYS[1] then
+    redis.call('PFADD', KEYS[4], unpack(users, i, math.min(i + 999, #users)))
+  end
 end
 if clicks > 0 then redis.call('HINCRBY', KEYS[2], 'c', clicks) end
 if imps > 0 then redis.call('HINCRBY', KEYS[2], 'i', imps) end
@@ -138,6 +147,14 @@ class KeyLayout:
             return f"{self.prefix}{{{self.tags[shard]}}}:{hour}:d"
         return f"{self.prefix}{{{hour}.{shard}}}:d"
 
+    def sketch_key(self, hour: int, shard: int) -> str:
+        """The HyperLogLog of an (hour, shard)'s users: the users key itself in hll mode."""
+        if self.unique == "hll":
+            return self.users_key(hour, shard)
+        if self.tags is not None:
+            return f"{self.prefix}{{{self.tags[shard]}}}:{hour}:h"
+        return f"{self.prefix}{{{hour}.{shard}}}:h"
+
     def split(self, events: Sequence[Event]) -> dict[tuple[int, int], Part]:
         """Fold a batch per (hour, shard): users, clicks, impressions of the events without
         ids; the events with ids, each with its position, to be counted if new."""
@@ -176,10 +193,13 @@ class KeyLayout:
 
     def expire_commands(self, hour: int, shard: int) -> list[tuple[str, str, int]]:
         deadline = self.deadline(hour)
-        return [
+        commands = [
             ("EXPIREAT", self.users_key(hour, shard), deadline),
             ("EXPIREAT", self.counts_key(hour, shard), deadline),
         ]
+        if self.unique == "exact":
+            commands.append(("EXPIREAT", self.sketch_key(hour, shard), deadline))
+        return commands
 
     def trim_hours_command(self) -> tuple[str, str, str, str]:
         """Drop expired hours from the hours index (scores are hours)."""
@@ -217,6 +237,7 @@ class KeyLayout:
                 self.users_key(hour, shard),
                 self.counts_key(hour, shard),
                 self.ids_key(hour, shard),
+                self.sketch_key(hour, shard),
             )
         return keys
 
@@ -248,12 +269,15 @@ class KeyLayout:
         impressions: int,
         tagged: Sequence[Tagged] = (),
     ) -> list[bytes]:
-        """One (hour, shard) part of a batch: add its users, count its clicks and impressions;
-        the events with ids through COUNT_NEW_IDS (whose reply, a list, names duplicates)."""
+        """One (hour, shard) part of a batch: add its users (to the set and its sketch, or to
+        the HyperLogLog), count its clicks and impressions; the events with ids through
+        COUNT_NEW_IDS (whose reply, a list, names duplicates)."""
         add = "PFADD" if self.unique == "hll" else "SADD"
         commands = []
         if users:
             commands.append(pack((add, self.users_key(hour, shard), *users)))
+            if self.unique != "hll":
+                commands.append(pack(("PFADD", self.sketch_key(hour, shard), *users)))
         counts = self.counts_key(hour, shard)
         if clicks:
             commands.append(pack(("HINCRBY", counts, "c", clicks)))
@@ -263,8 +287,13 @@ class KeyLayout:
             args: list[object] = [self.ids_deadline(hour), add]
             for position, user, click, event_id in tagged:
                 args += (position, user, "c" if click else "i", event_id)
-            keys = (self.users_key(hour, shard), counts, self.ids_key(hour, shard))
-            commands.append(pack(("EVAL", COUNT_NEW_IDS, 3, *keys, *args)))
+            keys = (
+                self.users_key(hour, shard),
+                counts,
+                self.ids_key(hour, shard),
+                self.sketch_key(hour, shard),
+            )
+            commands.append(pack(("EVAL", COUNT_NEW_IDS, len(keys), *keys, *args)))
         return commands
 
     def ids_deadline(self, hour: int) -> int:

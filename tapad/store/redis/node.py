@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,7 +28,9 @@ from tapad.store.base import (
     StoreConfigError,
     StoreError,
     StoreFault,
+    UniqueCount,
 )
+from tapad.store.redis import uniques
 from tapad.store.redis.guard import Guard, NodeReader, NodeReport
 from tapad.store.redis.keys import DISCARD, EXEC, MULTI, SCAN_COUNT, KeyLayout
 from tapad.store.redis.link import FAILURES, InDoubt, NodeLink, endpoint_of, settle, store_error
@@ -60,6 +63,7 @@ class RedisStore:
         dedup_hours: int | None = None,
         allow_eviction: bool = False,
         check_every: float | None = None,
+        exact_uniques_limit: int | None = None,
     ) -> None:
         """``check_every``: seconds between two checks that the Redis keeps what it is
         given (guard.py), the first one in ``connect``; None (tools that only read): none."""
@@ -82,6 +86,14 @@ class RedisStore:
         self._guard = None if check_every is None else Guard(allow_eviction, check_every)
         self._checker = NodeReader(self._node, self._timeout)
         self._probe = b"".join((MULTI, pack(("SET", f"{settings.prefix}probe", "1")), DISCARD))
+        # Counting distinct users over a range takes many calls: on a link of its own, so
+        # the hot path's requests never queue behind them (tapad/store/redis/uniques.py).
+        self._counting = NodeLink(self._node.endpoint, self._timeout)
+        self._exact_limit = (
+            exact_uniques_limit
+            if exact_uniques_limit is not None
+            else defaults.default("exact_uniques_limit")
+        )
         self._layout_checked = False
         self._reads: dict[tuple[int, ...], tuple[bytes, int]] = {}  # see _read_request
         self.in_doubt = InDoubt()
@@ -338,10 +350,47 @@ class RedisStore:
             done(1)
         return len(todo)
 
+    # -- distinct users over a range (GET /analytics/uniques) ------------------------------
+
+    async def uniques(self, hours: Sequence[int]) -> UniqueCount:
+        await self._ready()
+        counting = _NodeCounting(self._counting, self.layout.prefix)
+        try:
+            return await uniques.count_uniques(
+                counting, self.layout, hours, self._exact_limit, secrets.token_hex(8)
+            )
+        except FAILURES as exc:
+            if not isinstance(exc, CommandError):
+                self._counting.close()
+            raise store_error(self._name, exc) from None
+
     async def close(self) -> None:
         if self._guard is not None:
             await self._guard.stop()
         self._node.close()
+        self._counting.close()
+
+
+class _NodeCounting:
+    """``uniques.Counting`` on one Redis server: every command on the counting link."""
+
+    def __init__(self, node: NodeLink, prefix: str) -> None:
+        self._node = node
+        self._prefix = prefix
+
+    async def each(self, keys: Sequence[str], *command: Any) -> list[Any]:
+        name, *args = command
+        replies: list[Any] = []
+        for step in uniques.steps(keys, uniques.KEYS_STEP):
+            link = await self._node.get()
+            replies += await uniques.request(link, [(name, key, *args) for key in step])
+        return replies
+
+    async def on(self, key: str, commands: list[uniques.Command]) -> list[Any]:
+        return await uniques.request(await self._node.get(), commands)
+
+    def merge_key(self, shard: int, token: str) -> tuple[str, bool]:
+        return f"{self._prefix}uniques:{token}:{shard}", True
 
 
 async def scan_hours(

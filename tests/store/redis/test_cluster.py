@@ -34,7 +34,7 @@ SHARDS = 3  # a new store on three masters: a shard per master
 
 
 def hour_keys(hour: int) -> str:
-    """The pattern of an hour's keys in a new store ({tag}:hour:u and :n; not markers)."""
+    """The pattern of an hour's keys in a new store ({tag}:hour:u, :h and :n; not markers)."""
     return f"tapad:{{*}}:{hour}:*"
 
 
@@ -96,9 +96,10 @@ def test_many_servers_on_a_cluster_agree_and_spread_the_hour(
         for server in servers:
             server.stop()
 
-    # A shard per master: each master holds one shard of the hour (its users and counts).
+    # A shard per master: each master holds one shard of the hour (its users, their sketch
+    # and counts).
     per_node = redis_cluster.keys_per_node(hour_keys(HOUR))
-    assert [len(keys) for keys in per_node] == [2] * SHARDS, per_node
+    assert [len(keys) for keys in per_node] == [3] * SHARDS, per_node
     tags = {key.split("}")[0] for keys in per_node for key in keys}
     assert len(tags) == SHARDS, per_node  # three shards, not one shard's keys split
     # The layout was written once, at first start, with the shards' hash tags.
@@ -152,7 +153,7 @@ def test_a_store_laid_out_before_shard_tags_is_adopted_as_it_is(
     finally:
         server.stop()
     per_node = redis_cluster.keys_per_node(f"tapad:{{{HOUR}.*")
-    assert sum(len(keys) for keys in per_node) == 2 * 16  # users + counts, 16 shards
+    assert sum(len(keys) for keys in per_node) == 3 * 16  # users, sketch, counts; 16 shards
     assert not any(redis_cluster.keys_per_node(hour_keys(HOUR)))
     layout = redis_cluster.nodes[0].cli("-c", "--raw", "HGETALL", "tapad:layout")
     assert layout.split() == ["shards", "16", "unique", "exact", "retention", "0"]
