@@ -74,14 +74,34 @@ def free_port() -> int:
 
 
 def wait_for_port(port: int, timeout: float = 10.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def accepting() -> bool:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
         with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), 0.2):
-            return
-        time.sleep(0.02)
-    raise TimeoutError(f"nothing listening on {LOOPBACK}:{port} after {timeout}s")
+            return True
+        return False
+
+    wait_until(accepting, timeout, what=f"something listening on {LOOPBACK}:{port}")
+
+
+def listening_addresses(port: int) -> list[str]:
+    """The local addresses (hex, as /proc/net/tcp spells them) with a socket listening on
+    ``port``: one per process when several share it with SO_REUSEPORT."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            local, state = row.split()[1], row.split()[3]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                found.append(local.rsplit(":", 1)[0])
+    return found
+
+
+def running(pid: int) -> bool:
+    """The process exists and is not a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 class RedisServer:
@@ -298,16 +318,15 @@ class RedisClusterProcs:
 
     def wait_ok(self, timeout: float = 30.0) -> None:
         """Until every running node says cluster_state:ok and knows every slot."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def ok() -> bool:
             infos = [n.cli("CLUSTER", "INFO") for n in self.nodes if n.proc is not None]
-            if all(
+            return all(
                 "cluster_state:ok" in info and "cluster_slots_assigned:16384" in info
                 for info in infos
-            ):
-                return
-            time.sleep(0.1)
-        raise TimeoutError("the Redis Cluster did not reach cluster_state:ok")
+            )
+
+        wait_until(ok, timeout, interval=0.1, what="the Redis Cluster reaching cluster_state:ok")
 
     def flush(self) -> None:
         for node in self.masters():

@@ -22,7 +22,7 @@ from typing import TypeVar
 import pytest
 
 from tapad.buckets import MS_PER_HOUR, current_hour
-from tests.support import TapadServer, http
+from tests.support import TapadServer, http, wait_until
 
 selenium = pytest.importorskip("selenium", reason="pip install -e '.[test]'")
 from selenium import webdriver  # noqa: E402
@@ -49,14 +49,7 @@ T = TypeVar("T")
 
 def wait_for(what: str, check: Callable[[], T | None], timeout: float = 30.0) -> T:
     """Poll ``check`` until it gives something truthy; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s (last: {value!r})")
-        time.sleep(0.05)
+    return wait_until(check, timeout, interval=0.05, what=what)
 
 
 class Browser:
@@ -212,6 +205,7 @@ def test_dashboard_fits_a_phone_in_light_and_dark(
         phone.quit()
 
 
+@pytest.mark.timeout(120)  # a browser over a day of loadgen data
 def test_screenshot_on_loadgen_data(server: TapadServer, browser: Browser, tmp_path: Path) -> None:
     """The README's picture: a day of ``tapad loadgen post`` traffic on the dashboard."""
     done = subprocess.run(

@@ -42,7 +42,7 @@ async def serve(script: Script, test: Callable[[str], object]) -> tuple[object, 
                         return
                     writer.write(chunk)
                     await writer.drain()
-                    await asyncio.sleep(0.001)
+                    await asyncio.sleep(0.001)  # on purpose: each chunk arrives on its own
         finally:
             writer.close()
 

@@ -8,6 +8,8 @@ import socket
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.reliability.tools import Traffic, rss_kib
 from tests.support import LOOPBACK, RedisServer, TapadServer, http
 
@@ -22,6 +24,7 @@ STORE_TIMEOUT = 5.0  # long, so an answer that waited for the store is told by i
 COMMIT_DEADLINE = 10.0
 
 
+@pytest.mark.timeout(120)  # a hung store under load until the queue is full
 def test_past_max_pending_post_gets_503_at_once(tmp_path: Path) -> None:
     redis = RedisServer(tmp_path / "redis").start()
     srv = TapadServer(redis.url, "--max-pending", "40", "--store-timeout", str(STORE_TIMEOUT),
@@ -55,6 +58,7 @@ def test_past_max_pending_post_gets_503_at_once(tmp_path: Path) -> None:
     assert metric(text, "tapad_pending_events") <= 40
 
 
+@pytest.mark.timeout(180)  # samples memory over a sustained overload
 def test_memory_stays_flat_under_sustained_overload(tmp_path: Path) -> None:
     redis = RedisServer(tmp_path / "redis").start()
     srv = TapadServer(redis.url, "--max-pending", "100").start()

@@ -139,7 +139,7 @@ def test_a_store_fault_mid_run_is_one_log_line_and_healthz_503(tmp_path: Path, k
             posts = [await fetch(s, "POST", f"{url}/analytics?timestamp={TS}&user=u{i}&click")
                      for i in range(20)]  # fmt: skip
             health = await fetch(s, "GET", f"{url}/healthz")
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # one turn of the loop between the two probes
             health_again = await fetch(s, "GET", f"{url}/healthz")
         return [*posts, health, health_again]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from tapad.buckets import MS_PER_HOUR, current_hour
 from tapad.store.base import Event, HourCounts
 from tapad.store.sqlite import SQLiteStore
 from tapad.store.sqlite_retention import DELETE_ROWS
-from tests.support import TapadServer, http, parse_counts
+from tests.support import TapadServer, http, parse_counts, wait_until, wait_until_async
 
 
 def rows_per_hour(path: Path) -> dict[int, int]:
@@ -141,10 +140,9 @@ def test_posts_go_on_while_a_large_hour_is_swept(tmp_path: Path) -> None:
         try:
             await fill(store, [events(h - 5, 2000, f"b{b}-") for b in range(20)])  # 40,000 rows
             sweep = asyncio.ensure_future(store.sweep())
-            deadline = time.monotonic() + 60
-            while rows_per_hour(path).get(h - 5) == 40_000:  # until the first step is in
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.001)
+            await wait_until_async(  # until the first step is in
+                lambda: rows_per_hour(path).get(h - 5) != 40_000, 60, interval=0.001
+            )
             await store.write([Event(h, "during-the-sweep", True)])
             assert rows_per_hour(path).get(h - 5, 0) > 0, "the write waited for the whole sweep"
             assert await sweep == 40_001
@@ -170,10 +168,12 @@ def test_serve_with_retention_on_sqlite(tmp_path: Path) -> None:
 
     server = TapadServer(url, "--retention-hours", "2").start()
     try:
-        deadline = time.monotonic() + 30
-        while set(rows_per_hour(tmp_path / "t.db")) != {now - 1, now}:
-            assert time.monotonic() < deadline, rows_per_hour(tmp_path / "t.db")
-            time.sleep(0.05)
+        wait_until(
+            lambda: set(rows_per_hour(tmp_path / "t.db")) == {now - 1, now},
+            30,
+            interval=0.05,
+            what="the old hours removed",
+        )
 
         def get(hour: int) -> dict[str, int]:
             status, _, body = http("GET", f"{server.url}/analytics?timestamp={hour * MS_PER_HOUR}")

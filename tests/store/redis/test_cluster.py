@@ -209,6 +209,7 @@ def test_read_hours_sums_each_hour_over_every_master(cluster_url: str) -> None:
     assert (seven.unique_users, seven.clicks, seven.impressions) == (70, 46, 24)
 
 
+@pytest.mark.timeout(120)  # two servers started on the cluster
 def test_a_server_with_another_layout_refuses_to_start(cluster_url: str) -> None:
     TapadServer(cluster_url, "--shards", "8").start().stop()
     adopted = TapadServer(cluster_url).start()  # no explicit values: adopts shards=8
@@ -245,10 +246,12 @@ def test_a_server_starts_before_its_cluster_and_serves_once_it_is_up(tmp_path: P
         status, headers, _ = http("POST", f"{server.url}/analytics?timestamp={NOW_MS}&user=a&click")
         assert status == 503 and "Retry-After" in headers
         cluster.start()
-        deadline = time.monotonic() + 20
-        while http("GET", f"{server.url}/healthz")[0] != 200:
-            assert time.monotonic() < deadline, "never became healthy"
-            time.sleep(0.2)
+        wait_until(
+            lambda: http("GET", f"{server.url}/healthz")[0] == 200,
+            20,
+            interval=0.2,
+            what="healthy",
+        )
         assert post(server.url, NOW_MS, "a", "click") == 200
         assert counts(server.url, NOW_MS) == {"unique_users": 1, "clicks": 1, "impressions": 0}
     finally:
@@ -359,7 +362,7 @@ def test_a_master_dies_and_its_replica_takes_over(tmp_path: Path) -> None:
                 i += 1
             else:
                 assert status == 503 and "Retry-After" in headers
-                time.sleep(0.2)
+                time.sleep(0.2)  # a client's back-off after a 503, as Retry-After asks
         assert counts(server.url, NOW_MS) == {
             "unique_users": len(truth),
             "clicks": sum(truth.values()),
@@ -466,6 +469,7 @@ def test_a_master_that_hangs_mid_batch_fails_only_its_own_posts(tmp_path: Path) 
         cluster.stop()
 
 
+@pytest.mark.timeout(240)  # its own cluster, a master stopped past its node timeout
 def test_over_http_only_posts_whose_part_is_in_doubt_get_504(tmp_path: Path) -> None:
     """The same wired through the HTTP handler: whichever way the POSTs fall into batches,
     every 200 is stored on a master that kept answering, nothing else is stored there, and
