@@ -55,7 +55,7 @@ from run import (
     wait_for_port,
 )  # fmt: skip
 
-from tapad.store import open_store
+from tapad.store import StoreOptions, open_store
 from tapad.store.base import Event
 from tapad.store.sqlite import ADD_TO_HOUR
 
@@ -136,7 +136,7 @@ async def fill(url: str, unique: str, hour: int, start: int, stop: int) -> None:
     if url.startswith("sqlite:///"):
         fill_sqlite(url.removeprefix("sqlite:///"), hour, start, stop)
         return
-    store = open_store(url, timeout=120.0, unique=unique)
+    store = open_store(url, StoreOptions(timeout=120.0, unique=unique))
     await store.connect()
     try:
         for first in range(start, stop, FILL_BATCH):

@@ -290,10 +290,10 @@ def client_cpu(url: str, batches: int = 1500) -> dict[str, float]:
     other load on the machine): one 32-event batch written, one hour read."""
     import asyncio
 
-    from tapad.store import Event, open_store
+    from tapad.store import Event, StoreOptions, open_store
 
     async def run() -> dict[str, float]:
-        store = open_store(url, timeout=5.0)
+        store = open_store(url, StoreOptions(timeout=5.0))
         await store.connect()
         hour = int(time.time()) // 3600
         rng = random.Random(1)

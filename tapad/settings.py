@@ -1,8 +1,21 @@
 """The one table of ``tapad serve`` settings: name, default, environment variable, help.
 
-The typer options, ``ServeSettings``, the stores' defaults and the README's configuration
-table all come from here, so a default is changed in one place (as datasette does).
-``python -m tapad.settings`` prints the README's table; a test fails when the two disagree.
+Every default lives here and nowhere else, so it is changed in one place (as datasette
+does). The rest follows the table:
+
+- ``tapad serve``'s options are built from it (tapad/cli.py, ``options_from_table``) and
+  handed on as one mapping, ``ServeSettings(**options)``;
+- ``ServeSettings`` (tapad/server/config.py) has one field per entry, defaulting to
+  ``default(name)``;
+- the stores take one ``StoreOptions`` (tapad/store/options.py), built by
+  ``ServeSettings.store_options()``, whose defaults are the table's too;
+- the README's configuration table is ``python -m tapad.settings``'s output, and
+  tests/test_settings.py fails when the two disagree.
+
+Adding a serve option is one entry here, a field of the same name in ``ServeSettings``
+(tests/test_settings.py checks there is one), and the code that uses it; then paste the
+regenerated table into the README. The option's type is its default's; give ``kind`` when
+the default is None, and ``choices`` for a fixed set of words.
 """
 
 from __future__ import annotations
@@ -21,10 +34,16 @@ class Setting:
     min: int | float | None = None
     max: int | float | None = None
     default_text: str | None = None  # how the README states a default of None
+    kind: type | None = None  # the value's type; None: the default's
+    choices: tuple[str, ...] | None = None  # the words it takes (any case), if a fixed set
 
     @property
     def flag(self) -> str:
         return self.option or "--" + self.name.replace("_", "-")
+
+    @property
+    def value_type(self) -> type:
+        return self.kind or type(self.default)
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -90,6 +109,7 @@ SETTINGS: tuple[Setting, ...] = (
         min=1,
         max=4096,
         default_text="the store's; else 1 (Redis), one per master (cluster)",
+        kind=int,
     ),
     Setting(
         "unique",
@@ -97,6 +117,8 @@ SETTINGS: tuple[Setting, ...] = (
         "Unique users: exact (a set) or hll (HyperLogLog per hour and shard, ~0.81% error, "
         "at most ~14 KB; Redis only). Default: the store's, else exact.",
         default_text="the store's; else `exact`",
+        kind=str,
+        choices=("exact", "hll"),
     ),
     Setting(
         "retention_hours",
@@ -106,6 +128,7 @@ SETTINGS: tuple[Setting, ...] = (
         "TAPAD_RETENTION_HOURS",
         min=1,
         default_text="the store's; else for ever",
+        kind=int,
     ),
 )
 
@@ -113,7 +136,7 @@ BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 
 
 def default(name: str) -> Any:
-    """The default of one setting, for code outside the CLI (stores, ServeSettings)."""
+    """The default of one setting, for ``ServeSettings`` and ``StoreOptions``."""
     return BY_NAME[name].default
 
 

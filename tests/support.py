@@ -21,7 +21,8 @@ from typing import Any, TypeVar
 from aiohttp import web
 from aiohttp.test_utils import BaseTestServer
 
-from tapad.server.run import ServeSettings, assemble, store_for
+from tapad.server.config import ServeSettings
+from tapad.server.run import assemble, store_for
 
 LOOPBACK = "127.0.0.1"
 

@@ -20,6 +20,7 @@ from tapad.store import (
     HourCounts,
     StoreConfigError,
     StoreError,
+    StoreOptions,
     open_store,
     parse_store_url,
     redact,
@@ -50,7 +51,7 @@ async def read_store(
             raise TallyError(
                 f"no database at {settings.path} (check --store; tapad serve creates it)"
             )
-        store = open_store(url, timeout=5.0)
+        store = open_store(url, StoreOptions(timeout=5.0))
     except StoreConfigError as exc:
         raise TallyError(str(exc)) from None
     try:

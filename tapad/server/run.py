@@ -6,21 +6,19 @@ import asyncio
 import logging
 import signal
 import socket
-import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from aiohttp import web
 
 from tapad.adapters.aiohttp import listening_sockets, name_server
 from tapad.server.app import TapadHandler
+from tapad.server.config import ServeSettings, StartupError
 from tapad.server.guard import BoundedServer, quiet_client_errors
 from tapad.server.measured_store import MeasuredStore
 from tapad.server.metrics import Metrics
 from tapad.server.outage import Outage
 from tapad.server.reader import CoalescingReader
 from tapad.server.writer import GroupCommitter
-from tapad.settings import default
 from tapad.store import Store, StoreConfigError, StoreError, open_store, redact
 
 log = logging.getLogger("tapad.server")
@@ -32,40 +30,9 @@ SERVER_NAME = "tapad"  # the Server header: no versions for an attacker to look 
 KEEPALIVE_GRACE = 5.0
 
 
-@dataclass(frozen=True)
-class ServeSettings:
-    """What ``tapad serve`` was asked for; defaults from the one table (tapad/settings.py)."""
-
-    host: str = default("host")
-    port: int = default("port")
-    store_url: str = default("store_url")
-    store_timeout: float = default("store_timeout")
-    commit_deadline: float = default("commit_deadline")
-    max_pending: int = default("max_pending")
-    max_connections: int = default("max_connections")
-    max_batch: int = 2048  # not a setting: the committer's batch cap
-    shutdown_timeout: float = default("shutdown_timeout")
-    workers: int = default("workers")
-    shards: int | None = default("shards")
-    unique: str | None = default("unique")
-    retention_hours: int | None = default("retention_hours")
-    reuse_port: bool = False  # not a setting: set for the worker processes
-
-
-class StartupError(Exception):
-    """The server cannot start; ``str()`` is the one line the user sees."""
-
-
 def store_for(settings: ServeSettings) -> Store:
     """The store ``settings`` name, not yet connected (``tapad serve`` and in-process tests)."""
-    return open_store(
-        settings.store_url,
-        timeout=settings.store_timeout,
-        commit_deadline=settings.commit_deadline,
-        shards=settings.shards,
-        unique=settings.unique,
-        retention_hours=settings.retention_hours,
-    )
+    return open_store(settings.store_url, settings.store_options())
 
 
 async def run_server(
@@ -220,9 +187,3 @@ def assemble(store: Store, settings: ServeSettings) -> tuple[BoundedServer, Tapa
         access_log=None,
     )
     return server, handler
-
-
-def configure_logging(level: int = logging.INFO) -> None:
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )

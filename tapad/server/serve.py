@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 
 from tapad.eventloop import install_uvloop
-from tapad.server.run import ServeSettings, run_server
+from tapad.server.config import ServeSettings
+from tapad.server.run import run_server
 from tapad.server.workers import supervise
 
 

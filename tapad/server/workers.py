@@ -29,7 +29,8 @@ from dataclasses import dataclass, field, replace
 
 from tapad.eventloop import install_uvloop
 from tapad.server import metrics_folder
-from tapad.server.run import ServeSettings, StartupError, run_server
+from tapad.server.config import ServeSettings, StartupError
+from tapad.server.run import run_server
 from tapad.store import StoreConfigError
 
 log = logging.getLogger("tapad.workers")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tapad.server.writer import GroupCommitter
 from tapad.store.base import Event, HourCounts
+from tapad.store.options import StoreOptions
 from tapad.store.sqlite import SQLiteStore
 from tests.support import wait_until_async
 
@@ -25,7 +26,7 @@ def test_a_cancelled_post_leaves_its_batch_answered_and_committed(tmp_path: Path
     path = tmp_path / "tapad.db"
 
     async def main() -> tuple[list[object], HourCounts, int]:
-        store = SQLiteStore(str(path), timeout=30, synchronous="normal")
+        store = SQLiteStore(str(path), StoreOptions(timeout=30), synchronous="normal")
         await store.connect()
         committer = GroupCommitter(store)
         committer.start()

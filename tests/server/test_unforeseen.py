@@ -21,7 +21,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tapad.server.run import ServeSettings, assemble
+from tapad.server.config import ServeSettings
+from tapad.server.run import assemble
 from tapad.store.base import CommitUnknown, Event, HourCounts, StoreConfigError
 from tapad.store.sqlite import SQLiteStore
 from tests.support import RedisServer, TapadServer, http

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tapad.store import CommitUnknown, Event, HourCounts, StoreError, open_store
+from tapad.store import CommitUnknown, Event, HourCounts, StoreError, StoreOptions, open_store
 from tapad.store.redis.link import InDoubt
 from tapad.store.redis.node import RedisStore
 from tests.store.proxy import Proxy
@@ -35,7 +35,7 @@ async def until(condition: Callable[[], bool], timeout: float = 10) -> None:
 
 
 def open_redis(url: str, deadline: float) -> RedisStore:
-    store = open_store(url, timeout=TIMEOUT, commit_deadline=deadline)
+    store = open_store(url, StoreOptions(timeout=TIMEOUT, commit_deadline=deadline))
     assert isinstance(store, RedisStore)
     return store
 

@@ -11,6 +11,7 @@ import pytest
 
 from tapad.buckets import MS_PER_HOUR, current_hour
 from tapad.store.base import Event, HourCounts
+from tapad.store.options import StoreOptions
 from tapad.store.sqlite import SQLiteStore
 from tapad.store.sqlite_retention import DELETE_ROWS
 from tests.support import TapadServer, http, parse_counts, wait_until, wait_until_async
@@ -59,7 +60,11 @@ def test_sweep_removes_hours_past_retention_keeps_the_rest_and_shrinks_the_file(
 
     async def go() -> None:
         store = SQLiteStore(
-            str(path), synchronous="normal", retention_hours=2, clock=clock, sweep_every=None
+            str(path),
+            StoreOptions(retention_hours=2),
+            synchronous="normal",
+            clock=clock,
+            sweep_every=None,
         )
         await store.connect()
         try:
@@ -105,8 +110,8 @@ def test_an_existing_file_is_converted_to_incremental_vacuum(tmp_path: Path) -> 
 
         store = SQLiteStore(
             str(path),
+            StoreOptions(retention_hours=1),
             synchronous="normal",
-            retention_hours=1,
             clock=Clock(h * 3600 + 60),
             sweep_every=None,
         )
@@ -131,8 +136,8 @@ def test_posts_go_on_while_a_large_hour_is_swept(tmp_path: Path) -> None:
     async def go() -> None:
         store = SQLiteStore(
             str(path),
+            StoreOptions(retention_hours=1),
             synchronous="normal",
-            retention_hours=1,
             clock=Clock(h * 3600 + 60),
             sweep_every=None,
         )

@@ -41,7 +41,6 @@ import logging
 from collections.abc import Sequence
 from typing import Any, cast
 
-from tapad import settings as defaults
 from tapad.adapters.redis_py import key_slot
 from tapad.store.base import (
     CommitUnknown,
@@ -52,6 +51,7 @@ from tapad.store.base import (
     StoreError,
     StoreFault,
 )
+from tapad.store.options import StoreOptions
 from tapad.store.redis.keys import EXEC, MULTI, KeyLayout
 from tapad.store.redis.link import (
     FAILURES,
@@ -89,22 +89,19 @@ class ClusterStore:
     def __init__(
         self,
         settings: StoreSettings,
-        *,
-        timeout: float | None = None,
-        commit_deadline: float | None = None,
-        shards: int | None = None,
-        unique: str | None = None,
-        retention_hours: int | None = None,
+        options: StoreOptions = StoreOptions(),
     ) -> None:
         if not settings.hosts:
             raise StoreConfigError(f"store URL {settings.redacted()!r} names no cluster node")
         self.layout = KeyLayout(
-            settings.prefix, shards, unique, default_shards=0, retention_hours=retention_hours
+            settings.prefix,
+            options.shards,
+            options.unique,
+            default_shards=0,
+            retention_hours=options.retention_hours,
         )  # 0: as many shards as masters, once the slot map says how many (new stores only)
-        self._timeout = timeout if timeout is not None else defaults.default("store_timeout")
-        self._deadline = (
-            commit_deadline if commit_deadline is not None else defaults.default("commit_deadline")
-        )
+        self._timeout = options.timeout
+        self._deadline = options.commit_deadline
         self._name = settings.redacted()
         self._seed: Endpoint = endpoint_of(settings)
         self._start_nodes: list[Node] = list(settings.hosts)

@@ -16,7 +16,6 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from tapad import settings as defaults
 from tapad.store.base import (
     CommitUnknown,
     Event,
@@ -25,6 +24,7 @@ from tapad.store.base import (
     StoreError,
     StoreFault,
 )
+from tapad.store.options import StoreOptions
 from tapad.store.redis.keys import EXEC, MULTI, KeyLayout
 from tapad.store.redis.link import FAILURES, InDoubt, NodeLink, endpoint_of, settle, store_error
 from tapad.store.redis.protocol import CommandError, LinkClosed, LinkLost, RedisLink, ReplyError
@@ -40,20 +40,17 @@ class RedisStore:
     def __init__(
         self,
         settings: StoreSettings,
-        *,
-        timeout: float | None = None,
-        commit_deadline: float | None = None,
-        shards: int | None = None,
-        unique: str | None = None,
-        retention_hours: int | None = None,
+        options: StoreOptions = StoreOptions(),
     ) -> None:
         self.layout = KeyLayout(
-            settings.prefix, shards, unique, default_shards=1, retention_hours=retention_hours
+            settings.prefix,
+            options.shards,
+            options.unique,
+            default_shards=1,
+            retention_hours=options.retention_hours,
         )
-        self._timeout = timeout if timeout is not None else defaults.default("store_timeout")
-        self._deadline = (
-            commit_deadline if commit_deadline is not None else defaults.default("commit_deadline")
-        )
+        self._timeout = options.timeout
+        self._deadline = options.commit_deadline
         self._name = settings.redacted()
         self._node = NodeLink(endpoint_of(settings), self._timeout)
         self._layout_checked = False

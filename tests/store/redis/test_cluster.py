@@ -15,7 +15,7 @@ import pytest
 
 from tapad.adapters.redis_py import key_slot
 from tapad.server.writer import GroupCommitter
-from tapad.store import Event, PartialWrite, StoreError, open_store
+from tapad.store import Event, PartialWrite, StoreError, StoreOptions, open_store
 from tapad.store.redis.cluster import ClusterStore
 from tapad.store.redis.keys import KeyLayout
 from tests.support import (
@@ -381,7 +381,7 @@ def test_a_batch_for_a_master_that_is_down_records_nothing_anywhere(tmp_path: Pa
     try:
 
         async def go() -> None:
-            store = open_store(cluster.url, timeout=1.0)
+            store = open_store(cluster.url, StoreOptions(timeout=1.0))
             try:
                 await store.connect()
                 await store.write([Event(HOUR - 1, "warm-up", True)])  # links to every master
@@ -428,7 +428,7 @@ def test_a_master_that_hangs_mid_batch_fails_only_its_own_posts(tmp_path: Path) 
     try:
 
         async def go() -> list[tuple[Event, object]]:
-            store = open_store(cluster.url, timeout=1.0, commit_deadline=2.0)
+            store = open_store(cluster.url, StoreOptions(timeout=1.0, commit_deadline=2.0))
             assert isinstance(store, ClusterStore)
             await store.connect()
             committer = GroupCommitter(store)
@@ -533,7 +533,7 @@ def test_connecting_to_a_stalled_master_does_not_hold_up_the_others(tmp_path: Pa
     healthy = next(u for u in users if master_of(u) != victim.port)
 
     async def go() -> None:
-        store = open_store(cluster.url, timeout=1.0, commit_deadline=2.0)
+        store = open_store(cluster.url, StoreOptions(timeout=1.0, commit_deadline=2.0))
         assert isinstance(store, ClusterStore)
         try:
             await store.connect()
