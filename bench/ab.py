@@ -106,7 +106,7 @@ def main() -> int:
                 print(f"[{n + 1}] {args.method.upper():4} {name:12} {line}", flush=True)
 
         def median(name: str, field: str) -> float:
-            return statistics.median(getattr(s, field) for s in samples[name])
+            return float(statistics.median(getattr(s, field) for s in samples[name]))
 
         first = specs[0][0]
         for name in samples:

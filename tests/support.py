@@ -71,10 +71,13 @@ async def wait_until_async(
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
-def wait_for_port(port: int, timeout: float = 10.0, proc: subprocess.Popen | None = None) -> None:
+def wait_for_port(
+    port: int, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     def accepting() -> bool:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
@@ -115,7 +118,12 @@ class RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.extra = extra
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "not running"
+        return self.proc.pid
 
     @property
     def url(self) -> str:
@@ -191,8 +199,13 @@ class TapadServer:
         self.port = port or free_port()
         self.cwd = cwd
         self.env = env
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.log = b""
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "not running"
+        return self.proc.pid
 
     @property
     def url(self) -> str:
@@ -388,7 +401,7 @@ class Nginx:
         self.conf.write_text(
             render_nginx_conf(conf_text, upstreams, f"{LOOPBACK}:{self.port}", self.workdir)
         )
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -401,7 +414,7 @@ class Nginx:
         )
         return [NGINX, "-p", str(self.workdir), "-c", str(self.conf), "-g", globals_, *extra]
 
-    def test_config(self) -> subprocess.CompletedProcess:
+    def test_config(self) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.args("-t"), capture_output=True, text=True, timeout=30)
 
     def start(self) -> Nginx:

@@ -47,7 +47,7 @@ NETWORK_SCHEMES = {"http", "https", "ws", "wss", "ftp"}
 T = TypeVar("T")
 
 
-def wait_for(what: str, check: Callable[[], T | None], timeout: float = 30.0) -> T:
+def wait_for(what: str, check: Callable[[], T], timeout: float = 30.0) -> T:
     """Poll ``check`` until it gives something truthy; fail naming ``what`` after ``timeout``."""
     return wait_until(check, timeout, interval=0.05, what=what)
 
@@ -74,8 +74,8 @@ class Browser:
         self.console: list[dict[str, object]] = []
 
     def collect_logs(self) -> None:
-        self.console += self.driver.get_log("browser")
-        for entry in self.driver.get_log("performance"):
+        self.console += self.driver.get_log("browser")  # type: ignore[no-untyped-call]
+        for entry in self.driver.get_log("performance"):  # type: ignore[no-untyped-call]
             message = json.loads(entry["message"])["message"]
             if message["method"] == "Network.requestWillBeSent":
                 self.requests.append(message["params"]["request"]["url"])
@@ -150,7 +150,11 @@ def test_dashboard_shows_the_current_hour_live_and_the_last_day(
 
     for label, points in (("7 days", 168), ("48 h", 48), ("24 h", 24)):
         browser.driver.find_element(By.XPATH, f'//button[text()="{label}"]').click()
-        wait_for(f"{points} points after choosing {label}", lambda p=points: browser.points() == p)
+
+        def shows(p: int = points) -> bool:
+            return browser.points() == p
+
+        wait_for(f"{points} points after choosing {label}", shows)
         assert len(browser.driver.find_elements(By.CSS_SELECTOR, "#hours tbody tr")) == points
 
     browser.collect_logs()

@@ -56,8 +56,8 @@ def imported_names(path: Path) -> set[str]:
             for alias in node.names:  # ``from tapad.store import url``: a submodule
                 if f"{base}.{alias.name}" in MODULES:
                     names.add(f"{base}.{alias.name}")
-        for child in ast.iter_child_nodes(node):
-            visit(child)
+        for inner in ast.iter_child_nodes(node):
+            visit(inner)
 
     visit(tree)
     return names

@@ -85,8 +85,10 @@ def test_store_options_default_to_the_table() -> None:
 
 
 def test_serve_settings_hand_every_store_option_on() -> None:
-    given = {"store_timeout": 1.5, "commit_deadline": 7.0, "shards": 3, "unique": "hll"}
-    options = ServeSettings(**given, retention_hours=9).store_options()
+    settings = ServeSettings(
+        store_timeout=1.5, commit_deadline=7.0, shards=3, unique="hll", retention_hours=9
+    )
+    options = settings.store_options()
     assert options == StoreOptions(timeout=1.5, commit_deadline=7.0, shards=3, unique="hll",
                                    retention_hours=9)  # fmt: skip
 

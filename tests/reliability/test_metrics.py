@@ -21,19 +21,21 @@ from tests.support import (
     wait_until,
 )
 
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+
+def scrape(url: str) -> Samples:
     """Every sample of /metrics by (name, labels)."""
     status, headers, text = http("GET", f"{url}/metrics")
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
-    samples = {}
+    samples: Samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return samples
 
 
-def requests(samples: dict, method: str, status: str) -> float:
+def requests(samples: Samples, method: str, status: str) -> float:
     key = ("tapad_http_request_duration_seconds_count", (("method", method), ("status", status)))
     return samples.get(key, 0.0)
 
@@ -46,7 +48,8 @@ def fresh_post(url: str, user: str) -> int:
         headers={"Connection": "close"},
     )
     with urllib.request.urlopen(req, timeout=10) as resp:
-        return resp.status
+        status: int = resp.status
+        return status
 
 
 def test_metrics_count_requests_batches_and_store_errors(tmp_path: Path) -> None:

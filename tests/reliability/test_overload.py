@@ -72,11 +72,11 @@ def test_memory_stays_flat_under_sustained_overload(tmp_path: Path) -> None:
             idle.append(socket.create_connection((LOOPBACK, srv.port), timeout=5))
         # warm: every buffer and pool has reached its working size
         traffic.wait_for(lambda t: len(t.answers) >= 3000)
-        warm, answered = rss_kib(srv.proc.pid), len(traffic.answers)
+        warm, answered = rss_kib(srv.pid), len(traffic.answers)
         samples = []
         for _ in range(6):
             time.sleep(1)  # the sampling period of a measurement over time, not a wait
-            samples.append(rss_kib(srv.proc.pid))
+            samples.append(rss_kib(srv.pid))
         answered = len(traffic.answers) - answered
         traffic.stop()
     finally:

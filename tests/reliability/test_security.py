@@ -195,6 +195,7 @@ def test_serve_binds_loopback_by_default(tmp_path: Path) -> None:
         text=True,
     )  # fmt: skip
     try:
+        assert proc.stdout is not None
         line = proc.stdout.readline()
         assert line.startswith(f"tapad listening on http://127.0.0.1:{port} ")
         listening = wait_until(lambda: listening_addresses(port), 10, interval=0.05)

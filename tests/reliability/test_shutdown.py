@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -51,7 +52,7 @@ def test_graceful_stop_under_load_answers_everything_it_committed(
     assert set(traffic.statuses()) <= {200, 0}, traffic.statuses()  # 0: refused after close
 
 
-def test_sigterm_with_requests_stuck_on_a_hung_store_exits_0_in_bound(tmp_path) -> None:
+def test_sigterm_with_requests_stuck_on_a_hung_store_exits_0_in_bound(tmp_path: Path) -> None:
     redis = RedisServer(tmp_path / "redis").start()
     # A batch sent to the hung store stays in doubt for the whole commit deadline, far longer
     # than the shutdown timeout: the POSTs waiting on it are stuck when SIGTERM comes.

@@ -15,12 +15,13 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from tapad.server.reader import CoalescingReader
 from tapad.server.writer import GroupCommitter
-from tapad.store.base import Event, HourCounts, StoreError
+from tapad.store.base import Event, HourCounts, PartialWrite, StoreError
 from tapad.store.sqlite import SQLiteStore
 from tests.support import wait_until_async
 
@@ -86,15 +87,16 @@ class JoinInFlightReader:
         return task
 
 
+R = TypeVar("R")
 ReaderFactory = Callable[[SlowReadStore], CoalescingReader | JoinInFlightReader]
 
 
 def run_with_store(
-    tmp_path: Path, scenario: Callable[[SlowReadStore, GroupCommitter], Awaitable[object]]
-) -> object:
+    tmp_path: Path, scenario: Callable[[SlowReadStore, GroupCommitter], Awaitable[R]]
+) -> R:
     """Run ``scenario`` with a fresh slow store and a group committer on it."""
 
-    async def main() -> object:
+    async def main() -> R:
         store = SlowReadStore(tmp_path / "tapad.db")
         await store.connect()
         committer = GroupCommitter(store)
@@ -108,11 +110,13 @@ def run_with_store(
     return asyncio.run(main())
 
 
-def post(committer: GroupCommitter, user: str) -> Awaitable[None]:
+def post(committer: GroupCommitter, user: str) -> Awaitable[PartialWrite | None]:
     return committer.submit(Event(HOUR, user, True))
 
 
-async def stale_after_ack(reader_factory: ReaderFactory, store, committer) -> tuple[int, int]:
+async def stale_after_ack(
+    reader_factory: ReaderFactory, store: SlowReadStore, committer: GroupCommitter
+) -> tuple[int, int]:
     """GET, then POST (acknowledged) while that read is in flight, then GET again.
 
     Returns (clicks the second GET saw, clicks acknowledged before it was sent).

@@ -55,6 +55,7 @@ def test_environment_variables_configure_serve(tmp_path: Path) -> None:
         text=True,
     )
     try:
+        assert proc.stdout is not None
         line = proc.stdout.readline()
         assert line.startswith(f"tapad listening on http://127.0.0.1:{port} store sqlite:///")
         assert http("POST", f"http://127.0.0.1:{port}/analytics?timestamp=5&user=a&click")[0] == 200

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -68,7 +68,7 @@ class Kept(logging.Handler):
 
 
 @pytest.fixture
-def kept() -> Kept:
+def kept() -> Iterator[Kept]:
     handler = Kept()
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger = logging.getLogger("tapad")

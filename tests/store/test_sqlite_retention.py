@@ -29,7 +29,8 @@ def counter_hours(path: Path) -> list[int]:
 
 def pragma(path: Path, name: str) -> int:
     with contextlib.closing(sqlite3.connect(path)) as conn:  # sqlite3's own "with" never closes
-        return conn.execute(f"PRAGMA {name}").fetchone()[0]
+        value: int = conn.execute(f"PRAGMA {name}").fetchone()[0]
+        return value
 
 
 def events(hour: int, users: int, prefix: str = "u") -> list[Event]:
