@@ -45,7 +45,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from run import (
+from common import (
     BENCH,
     LOOPBACK,
     Processes,
@@ -53,7 +53,7 @@ from run import (
     free_port,
     redis_server_args,
     wait_for_port,
-)  # fmt: skip
+)
 
 from tapad.store import StoreOptions, open_store
 from tapad.store.base import Event

@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from run import redis_server_args
+from common import redis_server_args
 
 from tapad.server import query
 from tapad.server.metrics import Metrics

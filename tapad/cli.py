@@ -106,7 +106,7 @@ def serve(**options: Any) -> None:
     """Run the HTTP server."""
     from tapad.server.config import ServeSettings, StartupError
     from tapad.server.logs import configure_logging
-    from tapad.server.serve import serve as run
+    from tapad.server.workers import serve as run
 
     configure_logging()
     settings = ServeSettings(**options)

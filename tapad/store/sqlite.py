@@ -40,6 +40,7 @@ from tapad.store.base import (
     CommitUnknown,
     Event,
     HourCounts,
+    InDoubt,
     StoreConfigError,
     StoreError,
     aggregate,
@@ -120,6 +121,8 @@ class SQLiteStore:
         self.retention_hours = options.retention_hours  # None: keep every hour
         self._clock = clock  # Unix time; tests and bench/retention.py move it
         self._sweep_every = sweep_every  # None: no sweeps of its own, the caller calls sweep()
+        self.in_doubt = InDoubt()  # stays zero: a commit's outcome is known once it returns
+        self.fault: str | None = None  # never set: SQLite has no partly applied batch
         self._sweeper: asyncio.Task[None] | None = None
         self._checkpointer: BackgroundCheckpoint | None = None
 

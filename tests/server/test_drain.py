@@ -21,7 +21,8 @@ import uvloop
 from aiohttp import web
 
 from tapad.server.config import ServeSettings
-from tapad.server.run import assemble, close_gently, store_for
+from tapad.server.drain import close_gently
+from tapad.server.run import assemble, store_for
 from tests.support import LOOPBACK, TapadServer, free_port, wait_until
 
 POST = b"POST /analytics?timestamp=1764374400000&user=ada&click HTTP/1.1\r\nHost: t\r\n\r\n"

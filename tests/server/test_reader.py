@@ -43,6 +43,8 @@ class SlowReadStore:
         self.delay = delay
         self.reads = 0
         self.snapshots = 0  # reads whose snapshot is taken (their answer still to come)
+        self.in_doubt = self.inner.in_doubt
+        self.fault: str | None = None
 
     async def connect(self) -> None:
         await self.inner.connect()

@@ -14,8 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from tapad.store import CommitUnknown, Event, HourCounts, StoreError, StoreOptions, open_store
-from tapad.store.redis.link import InDoubt
+from tapad.store import (
+    CommitUnknown,
+    Event,
+    HourCounts,
+    InDoubt,
+    StoreError,
+    StoreOptions,
+    open_store,
+)
 from tapad.store.redis.node import RedisStore
 from tests.store.proxy import Proxy
 from tests.support import LOOPBACK, RedisServer, wait_until, wait_until_async

@@ -46,19 +46,20 @@ from tapad.store.base import (
     CommitUnknown,
     Event,
     HourCounts,
+    InDoubt,
     PartialWrite,
     StoreConfigError,
     StoreError,
     StoreFault,
 )
 from tapad.store.options import StoreOptions
+from tapad.store.redis.connect import endpoint_of
 from tapad.store.redis.keys import EXEC, MULTI, KeyLayout
+from tapad.store.redis.layout_check import check_layout
 from tapad.store.redis.link import (
     FAILURES,
-    InDoubt,
     NodeLink,
     applied,
-    endpoint_of,
     kill_and_read,
     store_error,
 )
@@ -173,8 +174,10 @@ class ClusterStore:
             if not self._layout_checked:
                 if not self.layout.shards:
                     self.layout.shards = len(self._masters())
-                await self.layout.check(
-                    lambda cmds: self._on_key(self.layout.layout_key, cmds), self._choose_tags
+                await check_layout(
+                    self.layout,
+                    lambda cmds: self._on_key(self.layout.layout_key, cmds),
+                    self._choose_tags,
                 )
                 tags = self.layout.tags
                 self._tag_slots = None if tags is None else [key_slot(t.encode()) for t in tags]

@@ -20,13 +20,16 @@ from tapad.store.base import (
     CommitUnknown,
     Event,
     HourCounts,
+    InDoubt,
     StoreConfigError,
     StoreError,
     StoreFault,
 )
 from tapad.store.options import StoreOptions
+from tapad.store.redis.connect import endpoint_of
 from tapad.store.redis.keys import EXEC, MULTI, KeyLayout
-from tapad.store.redis.link import FAILURES, InDoubt, NodeLink, endpoint_of, settle, store_error
+from tapad.store.redis.layout_check import check_layout
+from tapad.store.redis.link import FAILURES, NodeLink, settle, store_error
 from tapad.store.redis.protocol import CommandError, LinkClosed, LinkLost, RedisLink, ReplyError
 from tapad.store.url import StoreSettings
 
@@ -71,7 +74,9 @@ class RedisStore:
             async with asyncio.timeout(self._timeout):
                 link = await self._node.get()
                 if not self._layout_checked:
-                    await self.layout.check(lambda cmds: link.request(b"".join(cmds), len(cmds)))
+                    await check_layout(
+                        self.layout, lambda cmds: link.request(b"".join(cmds), len(cmds))
+                    )
                     self._layout_checked = True
                     self._reads.clear()  # made before the store's layout was known
             return link
