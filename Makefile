@@ -1,4 +1,4 @@
-.PHONY: install lint format test test-latest test-python313 typecheck bench serve lock
+.PHONY: install lint format test test-fast test-latest test-python313 typecheck bench serve lock
 
 install:
 	python3 -m venv .venv
@@ -22,6 +22,11 @@ format:
 
 test:
 	bash scripts/test
+
+# Everything but the tests marked slow (the Docker stack, the benchmark's smoke run): the loop
+# while developing. CI runs them all.
+test-fast:
+	.venv/bin/python -m pytest -q -m "not slow"
 
 # The suite against the newest releases of every dependency, ignoring the upper bounds and the
 # lock file: how a bound is checked before it is raised. Its own venv, so .venv stays as locked.

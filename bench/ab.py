@@ -29,17 +29,15 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import shutil
 import statistics
 import sys
-import tempfile
 import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import find_tool, free_port, redis_server_args, scratch, wait_for_port
 from cpu import Sample, measure
-from run import Processes, find_tool, free_port, redis_server_args, wait_for_port
 
 
 def store_calls(url: str) -> float | None:
@@ -73,9 +71,7 @@ def main() -> int:
         print(f"missing: {', '.join(missing)} (apt-get install -y wrk redis-server util-linux)")
         return 2
     os.environ["PYTHONSAFEPATH"] = "1"  # PYTHONPATH wins over the current folder: see above
-    workdir = Path(tempfile.mkdtemp(prefix="tapad-ab-"))
-    procs = Processes(workdir)
-    try:
+    with scratch("tapad-ab-") as (workdir, procs):
         rport = free_port()
         wait_for_port(rport, procs.start("redis", redis_server_args(rport, workdir), "1"))
         servers: dict[str, tuple[int, str]] = {}
@@ -106,7 +102,7 @@ def main() -> int:
                 print(f"[{n + 1}] {args.method.upper():4} {name:12} {line}", flush=True)
 
         def median(name: str, field: str) -> float:
-            return statistics.median(getattr(s, field) for s in samples[name])
+            return float(statistics.median(getattr(s, field) for s in samples[name]))
 
         first = specs[0][0]
         for name in samples:
@@ -121,9 +117,6 @@ def main() -> int:
                 f"  I/O calls {median(name, 'syscalls'):5.2f} per request"
                 f"  p99 {median(name, 'p99_ms'):5.2f} ms"
             )
-    finally:
-        procs.stop_all()
-        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

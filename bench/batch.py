@@ -36,8 +36,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
+from common import Processes, find_tool, free_port, redis_server_args, wait_for_port
 from cpu import measure, threads_running
-from run import Processes, find_tool, free_port, redis_server_args, wait_for_port
 
 from tapad.loadgen.http import Connection, Endpoint
 from tapad.loadgen.traffic import Mix, Traffic

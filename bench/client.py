@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 from batch import make_bodies, measure_batches, measure_singles
-from run import Processes, find_tool, free_port, redis_server_args, wait_for_port
+from common import Processes, find_tool, free_port, redis_server_args, wait_for_port
 
 from tapad.client import Client
 from tapad.usernames.generate import generate_usernames

@@ -20,10 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,13 +29,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import (
+from common import (
     BENCH,
     MIX_LUA,
-    Processes,
     find_tool,
     free_port,
     redis_server_args,
+    scratch,
     wait_for_port,
 )  # fmt: skip
 
@@ -160,9 +158,7 @@ def main() -> int:
     if missing or (os.cpu_count() or 1) < 2:
         print(f"needs 2 cores and: wrk, redis-server, taskset (missing: {missing})")
         return 2
-    workdir = Path(tempfile.mkdtemp(prefix="tapad-cpu-"))
-    procs = Processes(workdir)
-    try:
+    with scratch("tapad-cpu-") as (workdir, procs):
         rport = free_port()
         redis = procs.start(
             "redis",
@@ -217,9 +213,6 @@ def main() -> int:
                 for name, (pid, url) in servers.items():
                     line = measure(pid, url, method, args.seconds).line()
                     print(f"[{n + 1}] {method.upper():4} {name:12} {line}", flush=True)
-    finally:
-        procs.stop_all()
-        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

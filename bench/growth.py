@@ -45,7 +45,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from run import (
+from common import (
     BENCH,
     LOOPBACK,
     Processes,
@@ -53,9 +53,9 @@ from run import (
     free_port,
     redis_server_args,
     wait_for_port,
-)  # fmt: skip
+)
 
-from tapad.store import open_store
+from tapad.store import StoreOptions, open_store
 from tapad.store.base import Event
 from tapad.store.sqlite import ADD_TO_HOUR
 
@@ -136,7 +136,7 @@ async def fill(url: str, unique: str, hour: int, start: int, stop: int) -> None:
     if url.startswith("sqlite:///"):
         fill_sqlite(url.removeprefix("sqlite:///"), hour, start, stop)
         return
-    store = open_store(url, timeout=120.0, unique=unique)
+    store = open_store(url, StoreOptions(timeout=120.0, unique=unique))
     await store.connect()
     try:
         for first in range(start, stop, FILL_BATCH):

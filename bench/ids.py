@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 from batch import Result, drive, measure_batches
+from common import Processes, find_tool, free_port, redis_server_args, wait_for_port
 from cpu import measure
-from run import Processes, find_tool, free_port, redis_server_args, wait_for_port
 
 from tapad.loadgen.traffic import Mix, Traffic
 from tapad.usernames.generate import generate_usernames

@@ -34,12 +34,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from run import redis_server_args
+from common import redis_server_args
 
 from tapad.server import query
 from tapad.server.metrics import Metrics
 from tapad.store import open_store
 from tapad.store.base import Event
+from tapad.store.redis.node import RedisStore
 
 HOUR = 494_000
 
@@ -47,7 +48,8 @@ HOUR = 494_000
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def cpu_us(fn: Callable[[], object], number: int) -> float:
@@ -76,6 +78,7 @@ async def redis_figures(url: str) -> list[tuple[str, float]]:
         for _ in range(50)
     ]
     store = open_store(url)
+    assert isinstance(store, RedisStore), "a redis:// URL opens a RedisStore"
     await store.connect()
     client = Redis.from_url(url)
     layout = store.layout
@@ -122,7 +125,8 @@ async def redis_figures(url: str) -> list[tuple[str, float]]:
 
 
 def main() -> int:
-    if os.cpu_count() and os.cpu_count() >= 2 and shutil.which("taskset"):
+    cpus = os.cpu_count()
+    if cpus and cpus >= 2 and shutil.which("taskset"):
         os.sched_setaffinity(0, {0})
         pin = ["taskset", "-c", "1"]
     else:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import collections
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import MIX_LUA, Processes, find_tool, free_port, redis_server_args, wait_for_port
+from common import MIX_LUA, find_tool, free_port, redis_server_args, scratch, wait_for_port
 
 KEYS = (
     "TapadHandler.__call__",
@@ -82,12 +81,10 @@ def main() -> int:
     if missing:
         print(f"missing: {', '.join(missing)} (py-spy: pip install py-spy)", file=sys.stderr)
         return 2
-    workdir = Path(tempfile.mkdtemp(prefix="tapad-profile-"))
-    procs = Processes(workdir)
     pin = (os.cpu_count() or 1) >= 2
     server_cpus, client = ("0", "1") if pin else (None, None)
     raw = Path(tempfile.gettempdir()) / f"tapad-profile-{args.store}-{args.method}.txt"
-    try:
+    with scratch("tapad-profile-") as (workdir, procs):
         if args.store == "redis":
             rport = free_port()
             redis = procs.start(
@@ -139,9 +136,6 @@ def main() -> int:
         print(f"tapad on {args.store}, {args.method.upper()}, under py-spy: {rate[0].strip()}")
         print(summarise(raw, args.top))
         print(f"\nraw py-spy samples: {raw}")
-    finally:
-        procs.stop_all()
-        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import Processes, free_port, redis_server_args, wait_for_port
+from common import Processes, free_port, redis_server_args, wait_for_port
 
 
 def pack(*args: object) -> bytes:

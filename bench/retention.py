@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from tapad.store.base import Event
+from tapad.store.options import StoreOptions
 from tapad.store.sqlite import SQLiteStore
 from tapad.usernames.generate import generate_usernames
 
@@ -38,8 +39,8 @@ async def one_day(path: Path, args: argparse.Namespace, retention: int | None) -
     now = [START_HOUR * 3600.0]
     store = SQLiteStore(
         str(path),
+        StoreOptions(retention_hours=retention),
         synchronous="normal",
-        retention_hours=retention,
         clock=lambda: now[0],
         sweep_every=None,  # swept below, once an hour of simulated time
     )

@@ -42,7 +42,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -54,12 +53,22 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import IO
+from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / "bench"
-LOOPBACK = "127.0.0.1"
-MIX_LUA = BENCH / "wrk" / "mix.lua"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (
+    BENCH,
+    LOOPBACK,
+    MIX_LUA,
+    ROOT,
+    Processes,
+    find_tool,
+    free_port,
+    redis_server_args,
+    wait_for_port,
+)  # fmt: skip
+
 NGINX_CONF = BENCH / "nginx.conf"
 
 HINTS = {
@@ -170,7 +179,7 @@ class Row:
     skipped: str = ""
 
     def median(self, attr: str) -> float:
-        return statistics.median(getattr(run, attr) for run in self.runs)
+        return float(statistics.median(getattr(run, attr) for run in self.runs))
 
     @property
     def errors(self) -> int:
@@ -182,75 +191,6 @@ class Row:
 
 
 # ---- tools and processes -------------------------------------------------------------
-
-
-def find_tool(name: str) -> str | None:
-    """``shutil.which``, also looking in the sbin folders a non-root PATH often lacks."""
-    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin:/sbin")
-
-
-def redis_server_args(port: int, workdir: Path | str) -> list[str]:
-    """A throwaway redis-server on loopback without persistence: what every bench measures on."""
-    return [
-        find_tool("redis-server") or "redis-server", "--port", str(port), "--bind", LOOPBACK,
-        "--dir", str(workdir), "--save", "", "--appendonly", "no",
-    ]  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"exited with {proc.returncode} before listening")
-        with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), 0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on port {port} after {timeout:.0f}s")
-
-
-class Processes:
-    """Every process the benchmark starts, each in its own session so it can be stopped
-    with its children (tapad --workers forks), and nothing else."""
-
-    def __init__(self, logdir: Path) -> None:
-        self.logdir = logdir
-        self.procs: list[tuple[subprocess.Popen, IO[bytes]]] = []
-
-    def start(
-        self, name: str, cmd: list[str], cpus: str | None, cwd: Path | None = None
-    ) -> subprocess.Popen:
-        if cpus is not None:
-            cmd = ["taskset", "-c", cpus, *cmd]  # taskset execs: the pid is the command's
-        log = (self.logdir / f"{name}.log").open("wb")
-        proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True
-        )
-        self.procs.append((proc, log))
-        return proc
-
-    def stop(self, proc: subprocess.Popen) -> None:
-        for sig, wait in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
-            if proc.poll() is not None:
-                break
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(wait)
-        # a worker the supervisor left behind is still in the session: end it too
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-
-    def stop_all(self) -> None:
-        for proc, log in reversed(self.procs):
-            self.stop(proc)
-            log.close()
-        self.procs.clear()
 
 
 def log_tail(path: Path, lines: int = 3) -> str:
@@ -266,7 +206,8 @@ def http(method: str, url: str) -> int:
     try:
         with urllib.request.urlopen(req, timeout=5) as resp:
             resp.read()
-            return resp.status
+            status: int = resp.status
+            return status
     except urllib.error.HTTPError as err:
         return err.code
 
@@ -360,7 +301,9 @@ class Bench:
         suffix = "?synchronous=normal" if target.store == "sqlite-normal" else ""
         return f"sqlite:///{path}{suffix}"
 
-    def start_tapad(self, name: str, target: Target, db: int) -> tuple[str, subprocess.Popen]:
+    def start_tapad(
+        self, name: str, target: Target, db: int
+    ) -> tuple[str, subprocess.Popen[bytes]]:
         port = free_port()
         cmd = [sys.executable, "-m", "tapad", "serve", "--host", LOOPBACK, "--port", str(port)]
         cmd += ["--store", self.store_url(target, db)]
@@ -453,7 +396,7 @@ class Bench:
                     )
         return list(rows.values())
 
-    def measure_loadgen(self, yard_url: str) -> dict:
+    def measure_loadgen(self, yard_url: str) -> dict[str, Any]:
         """``tapad loadgen post`` against the yardstick, timed from outside."""
         args = self.args
         help_run = subprocess.run(
@@ -493,7 +436,7 @@ class Bench:
             "source": "its own report" if rps is not None else "requests / wall time",
         }
 
-    def measure_memory(self) -> dict:
+    def measure_memory(self) -> dict[str, Any]:
         """One worker's resident memory while 1,000,000 POSTs go through it (Redis store)."""
         args = self.args
         target = Target("memory", "memory", "tapad", "redis")
@@ -571,7 +514,7 @@ def fmt_ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def render_markdown(report: dict) -> str:
+def render_markdown(report: dict[str, Any]) -> str:
     rows: list[Row] = report["rows"]
     yard = {r.method: r for r in rows if r.target == "yardstick" and r.runs}
     out = [
@@ -617,7 +560,7 @@ def render_markdown(report: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def check_goals(rows: list[Row], loadgen: dict, memory: dict) -> list[str]:
+def check_goals(rows: list[Row], loadgen: dict[str, Any], memory: dict[str, Any]) -> list[str]:
     by = {(r.target, r.method): r for r in rows if r.runs}
     lines = []
 
@@ -663,7 +606,7 @@ def check_goals(rows: list[Row], loadgen: dict, memory: dict) -> list[str]:
     return lines
 
 
-def growth_goals(growth: dict) -> list[str]:
+def growth_goals(growth: dict[str, Any]) -> list[str]:
     """POST rate with the hour at its fullest / on an empty hour (bench/growth.py)."""
     if "steps" not in growth:
         return [f"growth: {growth.get('skipped', 'not measured')}"]
@@ -678,7 +621,7 @@ def growth_goals(growth: dict) -> list[str]:
     return lines
 
 
-def scaling_goals(scaling: dict) -> list[str]:
+def scaling_goals(scaling: dict[str, Any]) -> list[str]:
     """One worker on a 3-master cluster vs on one Redis, and commands per batch."""
     name = "cluster (3 masters, 3 shards)"  # a new store's layout (bench/scaling.py)
     single, cluster = scaling.get("redis"), scaling.get(name)
@@ -705,7 +648,7 @@ def run_script(cmd: list[str], timeout: float) -> tuple[int, str]:
     return out.returncode, out.stdout + out.stderr
 
 
-def measure_growth(args: argparse.Namespace, outdir: Path) -> dict:
+def measure_growth(args: argparse.Namespace, outdir: Path) -> dict[str, Any]:
     folder = outdir / "growth"
     cmd = [str(BENCH / "growth.py"), "--out", str(folder), "--sizes", args.growth_sizes]
     cmd += ["--rounds", str(args.repeats), "--seconds", str(max(1, args.duration // 2))]
@@ -733,7 +676,7 @@ def measure_growth(args: argparse.Namespace, outdir: Path) -> dict:
     return {"steps": steps, "table": (folder / "growth.md").read_text(), "folder": str(folder)}
 
 
-def measure_scaling(args: argparse.Namespace) -> dict:
+def measure_scaling(args: argparse.Namespace) -> dict[str, Any]:
     seconds = str(max(1, args.duration))
     users = "10000" if args.quick else "1000000"
     rounds = "1" if args.quick else "3"
@@ -744,7 +687,8 @@ def measure_scaling(args: argparse.Namespace) -> dict:
     start = out.find("\n{")
     if code != 0 or (start < 0 and not out.startswith("{")):
         return {"skipped": f"bench/scaling.py failed: {out.strip().splitlines()[-1:]}"}
-    return json.loads(out[max(start, 0) :].strip())
+    found: dict[str, Any] = json.loads(out[max(start, 0) :].strip())
+    return found
 
 
 def render_chart(rows: list[Row], path: Path) -> str | None:
@@ -766,10 +710,13 @@ def render_chart(rows: list[Row], path: Path) -> str | None:
     for i, method in enumerate(METHODS):
         ratios, p99s = [], []
         for name in names:
-            row = next((r for r in rows if r.target == name and r.method == method), None)
-            ok = row is not None and row.runs and method in yard
-            ratios.append(row.median("rps") / yard[method].median("rps") if ok else 0)
-            p99s.append(row.median("p99_ms") if ok else 0)
+            got = next((r for r in rows if r.target == name and r.method == method), None)
+            if got is not None and got.runs and method in yard:
+                ratios.append(got.median("rps") / yard[method].median("rps"))
+                p99s.append(got.median("p99_ms"))
+            else:
+                ratios.append(0)
+                p99s.append(0)
         xs = [x + (i - 0.5) * width for x in range(len(names))]
         bars = left.bar(xs, [min(r, top) for r in ratios], width, label=method)
         left.bar_label(bars, labels=[f"{r:.2f}" for r in ratios], fontsize=7, padding=1)
@@ -894,7 +841,7 @@ def main(argv: list[str] | None = None) -> int:
         if bench.server_cpus is not None
         else "none (--no-pin, a single core, or no taskset)"
     )
-    report: dict = {
+    report: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join(["python bench/run.py", *(sys.argv[1:] if argv is None else argv)]),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -905,8 +852,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"benchmark: {len(targets)} targets, results in {outdir}", flush=True)
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    loadgen: dict = {"skipped": "--no-loadgen"} if args.no_loadgen else {}
-    memory: dict = {"skipped": "--no-memory"} if args.no_memory else {}
+    loadgen: dict[str, Any] = {"skipped": "--no-loadgen"} if args.no_loadgen else {}
+    memory: dict[str, Any] = {"skipped": "--no-memory"} if args.no_memory else {}
     try:
         if any(t.store == "redis" for t in targets if t.name not in skipped) or (
             not args.no_memory and find_tool("redis-server")

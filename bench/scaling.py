@@ -40,6 +40,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
@@ -53,7 +54,8 @@ def free_port(below: int = 0) -> int:
     if not below:
         with socket.socket() as sock:
             sock.bind((LOOPBACK, 0))
-            return sock.getsockname()[1]
+            port: int = sock.getsockname()[1]
+            return port
     while True:
         port = random.randint(20000, below - 10001)
         if port_free(port) and port_free(port + 10000):
@@ -86,14 +88,14 @@ class Procs:
     """Every process started here, stopped in reverse order at the end."""
 
     def __init__(self) -> None:
-        self.procs: list[subprocess.Popen] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, args: list[str], **kw) -> subprocess.Popen:
+    def start(self, args: list[str], **kw: Any) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
         self.procs.append(proc)
         return proc
 
-    def stop(self, proc: subprocess.Popen) -> None:
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
         if proc.poll() is None:
             proc.terminate()
             try:
@@ -158,7 +160,9 @@ def redis_cpu(ports: list[int]) -> float:
     for port in ports:
         info = cli(port, "INFO", "cpu")
         for name in ("used_cpu_user", "used_cpu_sys"):
-            total += float(re.search(rf"^{name}:([\d.]+)", info, re.M).group(1))
+            found = re.search(rf"^{name}:([\d.]+)", info, re.M)
+            assert found is not None, f"redis INFO has no {name}"
+            total += float(found.group(1))
     return total
 
 
@@ -275,6 +279,7 @@ def memory(port: int, users: int) -> dict[str, float]:
         client.pfadd("hll", *chunk)
     set_bytes = client.memory_usage("set", samples=0)
     hll_bytes = client.memory_usage("hll", samples=0)
+    assert set_bytes is not None and hll_bytes is not None, "MEMORY USAGE of a key just made"
     client.flushall()
     client.close()
     return {
@@ -290,10 +295,10 @@ def client_cpu(url: str, batches: int = 1500) -> dict[str, float]:
     other load on the machine): one 32-event batch written, one hour read."""
     import asyncio
 
-    from tapad.store import Event, open_store
+    from tapad.store import Event, StoreOptions, open_store
 
     async def run() -> dict[str, float]:
-        store = open_store(url, timeout=5.0)
+        store = open_store(url, StoreOptions(timeout=5.0))
         await store.connect()
         hour = int(time.time()) // 3600
         rng = random.Random(1)

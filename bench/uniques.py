@@ -41,7 +41,7 @@ from typing import Any
 import aiohttp
 
 from tapad.buckets import MS_PER_HOUR, current_hour
-from tapad.store import Event, open_store
+from tapad.store import Event, StoreOptions, open_store
 
 LOOPBACK = "127.0.0.1"
 BATCH = 10_000
@@ -68,7 +68,7 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30)
 
 
 async def fill(url: str, first: int, hours: int, users: int) -> None:
-    store = open_store(url, timeout=30)
+    store = open_store(url, StoreOptions(timeout=30))
     await store.connect()
     try:
         for h in range(hours):

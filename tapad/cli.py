@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
 from collections.abc import Callable
-from enum import StrEnum
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from tapad.loadgen.verify import HLL_TOLERANCE
-from tapad.settings import BY_NAME, default
+from tapad.settings import BY_NAME, SETTINGS, Setting, default
 from tapad.store import StoreConfigError
 
 # Every Typer app of the command: -h as well as --help, and help printed as written (rich
@@ -72,106 +74,62 @@ StoreOption = Annotated[
 ]
 
 
-class UniqueMode(StrEnum):
-    exact = "exact"
-    hll = "hll"
-
-
-# What each serve option takes, as its help shows it (typer's own is "<int range>" and such).
-SERVE_METAVARS = {
-    "host": "ADDRESS",
-    "port": "PORT",
-    "store_url": "URL",
-    "store_timeout": "SECONDS",
-    "commit_deadline": "SECONDS",
-    "max_pending": "EVENTS",
-    "max_connections": "N",
-    "shutdown_timeout": "SECONDS",
-    "workers": "N",
-    "shards": "N",
-    "unique": "exact|hll",
-    "retention_hours": "HOURS",
-    "access_log": None,  # a flag: it takes no value
-}
-
-
-def serve_option(name: str, **extra: Any) -> Any:
-    """The typer option of one setting, from the one table (tapad/settings.py)."""
-    setting = BY_NAME[name]
-    return typer.Option(
+def serve_parameter(setting: Setting) -> inspect.Parameter:
+    """The keyword parameter, annotated with its typer option, of one setting of the table."""
+    words: Any = StrEnum  # the functional API, with a name known only at run time
+    kind = (  # typer offers a fixed set of words as an Enum's values
+        words(setting.name, {w: w for w in setting.choices})
+        if setting.choices
+        else setting.value_type
+    )
+    option = typer.Option(
         setting.flag,
-        metavar=SERVE_METAVARS.get(name, "VALUE"),
+        metavar=setting.metavar,
         envvar=setting.env,
         show_envvar=setting.env is not None,
         help=setting.help,
         min=setting.min,
         max=setting.max,
-        **extra,
+        case_sensitive=False,
     )
+    return inspect.Parameter(
+        setting.name,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=setting.default,
+        annotation=Annotated[kind if setting.default is not None else kind | None, option],
+    )
+
+
+def options_from_table(command: Callable[..., None]) -> Callable[..., None]:
+    """``command(**options)`` with one typer option per setting of the table (typer reads a
+    command's options from its signature); a word from ``choices`` arrives as a plain str."""
+
+    @functools.wraps(command)
+    def with_options(**options: Any) -> None:
+        command(**{k: v.value if isinstance(v, Enum) else v for k, v in options.items()})
+
+    parameters = [serve_parameter(setting) for setting in SETTINGS]
+    with_options.__signature__ = inspect.Signature(parameters, return_annotation=None)  # type: ignore[attr-defined]
+    with_options.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": None}
+    return with_options
 
 
 @app.command()
-def serve(
-    host: Annotated[str, serve_option("host")] = default("host"),
-    port: Annotated[int, serve_option("port")] = default("port"),
-    store_url: Annotated[str, serve_option("store_url")] = default("store_url"),
-    store_timeout: Annotated[float, serve_option("store_timeout")] = default("store_timeout"),
-    commit_deadline: Annotated[float, serve_option("commit_deadline")] = default("commit_deadline"),
-    max_pending: Annotated[int, serve_option("max_pending")] = default("max_pending"),
-    max_connections: Annotated[int, serve_option("max_connections")] = default("max_connections"),
-    shutdown_timeout: Annotated[float, serve_option("shutdown_timeout")] = default(
-        "shutdown_timeout"
-    ),
-    workers: Annotated[int, serve_option("workers")] = default("workers"),
-    shards: Annotated[int | None, serve_option("shards")] = default("shards"),
-    unique: Annotated[UniqueMode | None, serve_option("unique", case_sensitive=False)] = default(
-        "unique"
-    ),
-    retention_hours: Annotated[int | None, serve_option("retention_hours")] = default(
-        "retention_hours"
-    ),
-    dedup_hours: Annotated[int, serve_option("dedup_hours")] = default("dedup_hours"),
-    allow_eviction: Annotated[bool, serve_option("allow_eviction")] = default("allow_eviction"),
-    access_log: Annotated[bool, serve_option("access_log")] = default("access_log"),
-    accept_past: Annotated[int | None, serve_option("accept_past")] = default("accept_past"),
-    accept_future: Annotated[int | None, serve_option("accept_future")] = default("accept_future"),
-    cors_origins: Annotated[str | None, serve_option("cors_origins")] = default("cors_origins"),
-    exact_uniques_limit: Annotated[int, serve_option("exact_uniques_limit")] = default(
-        "exact_uniques_limit"
-    ),
-) -> None:
+@options_from_table
+def serve(**options: Any) -> None:
     """Run the HTTP server."""
+    from tapad.server.config import ServeSettings, StartupError
     from tapad.server.cors import BadOrigins, parse_origins
-    from tapad.server.run import ServeSettings, StartupError, configure_logging
-    from tapad.server.serve import serve as run
+    from tapad.server.logs import configure_logging
+    from tapad.server.workers import serve as run
 
-    if cors_origins is not None:
+    if options["cors_origins"] is not None:
         try:
-            parse_origins(cors_origins)  # refused here in one line, not in each worker
+            parse_origins(options["cors_origins"])  # refused here in one line, not in each worker
         except BadOrigins as exc:
             raise fail(str(exc), 2) from None
     configure_logging()
-    settings = ServeSettings(
-        host=host,
-        port=port,
-        store_url=store_url,
-        store_timeout=store_timeout,
-        commit_deadline=commit_deadline,
-        max_pending=max_pending,
-        max_connections=max_connections,
-        shutdown_timeout=shutdown_timeout,
-        workers=workers,
-        shards=shards,
-        unique=unique.value if unique is not None else None,
-        retention_hours=retention_hours,
-        dedup_hours=dedup_hours,
-        allow_eviction=allow_eviction,
-        access_log=access_log,
-        accept_past=accept_past,
-        accept_future=accept_future,
-        cors_origins=cors_origins,
-        exact_uniques_limit=exact_uniques_limit,
-    )
+    settings = ServeSettings(**options)
     try:
         run(settings)
     except (StoreConfigError, StartupError) as exc:

@@ -1,8 +1,21 @@
 """The one table of ``tapad serve`` settings: name, default, environment variable, help.
 
-The typer options, ``ServeSettings``, the stores' defaults and the README's configuration
-table all come from here, so a default is changed in one place (as datasette does).
-``python -m tapad.settings`` prints the README's table; a test fails when the two disagree.
+Every default lives here and nowhere else, so it is changed in one place (as datasette
+does). The rest follows the table:
+
+- ``tapad serve``'s options are built from it (tapad/cli.py, ``options_from_table``) and
+  handed on as one mapping, ``ServeSettings(**options)``;
+- ``ServeSettings`` (tapad/server/config.py) has one field per entry, defaulting to
+  ``default(name)``;
+- the stores take one ``StoreOptions`` (tapad/store/options.py), built by
+  ``ServeSettings.store_options()``, whose defaults are the table's too;
+- the README's configuration table is ``python -m tapad.settings``'s output, and
+  tests/test_settings.py fails when the two disagree.
+
+Adding a serve option is one entry here, a field of the same name in ``ServeSettings``
+(tests/test_settings.py checks there is one), and the code that uses it; then paste the
+regenerated table into the README. The option's type is its default's; give ``kind`` when
+the default is None, and ``choices`` for a fixed set of words.
 """
 
 from __future__ import annotations
@@ -21,10 +34,17 @@ class Setting:
     min: int | float | None = None
     max: int | float | None = None
     default_text: str | None = None  # how the README states a default of None
+    kind: type | None = None  # the value's type; None: the default's
+    choices: tuple[str, ...] | None = None  # the words it takes (any case), if a fixed set
+    metavar: str | None = None  # what the option takes, as its help shows it (None: a flag)
 
     @property
     def flag(self) -> str:
         return self.option or "--" + self.name.replace("_", "-")
+
+    @property
+    def value_type(self) -> type:
+        return self.kind or type(self.default)
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -33,8 +53,17 @@ SETTINGS: tuple[Setting, ...] = (
         "127.0.0.1",
         "Address to listen on (0.0.0.0 to listen on every interface).",
         "TAPAD_HOST",
+        metavar="ADDRESS",
     ),
-    Setting("port", 8080, "Port to listen on.", "TAPAD_PORT", min=0, max=65535),
+    Setting(
+        "port",
+        8080,
+        "Port to listen on.",
+        "TAPAD_PORT",
+        min=0,
+        max=65535,
+        metavar="PORT",
+    ),
     Setting(
         "store_url",
         "sqlite:///tapad-data/tapad.db",
@@ -42,6 +71,7 @@ SETTINGS: tuple[Setting, ...] = (
         "unix:///path.sock or redis+cluster://host:port,...",
         "TAPAD_STORE",
         option="--store",
+        metavar="URL",
     ),
     Setting(
         "store_timeout",
@@ -51,6 +81,7 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds before a store call counts as failed (the request gets 503); a POST waits "
         "at most about two of these (the batch ahead of it, then its own).",
         min=0.05,
+        metavar="SECONDS",
     ),
     Setting(
         "commit_deadline",
@@ -58,21 +89,28 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds a batch whose commit is in doubt may take to resolve before its POSTs "
         "answer 504 (outcome unknown).",
         min=0.05,
+        metavar="SECONDS",
     ),
     Setting(
-        "max_pending", 50_000, "Events waiting for commit before POST answers 503 at once.", min=1
+        "max_pending",
+        50_000,
+        "Events waiting for commit before POST answers 503 at once.",
+        min=1,
+        metavar="EVENTS",
     ),
     Setting(
         "max_connections",
         10_000,
         "Open connections per process; past it a new one is closed at once.",
         min=1,
+        metavar="N",
     ),
     Setting(
         "shutdown_timeout",
         10.0,
         "Seconds to finish requests in flight on SIGTERM or SIGINT.",
         min=0.0,
+        metavar="SECONDS",
     ),
     Setting(
         "workers",
@@ -81,6 +119,7 @@ SETTINGS: tuple[Setting, ...] = (
         "restarted, SIGTERM drains them all.",
         "TAPAD_WORKERS",
         min=1,
+        metavar="N",
     ),
     Setting(
         "shards",
@@ -90,6 +129,8 @@ SETTINGS: tuple[Setting, ...] = (
         min=1,
         max=4096,
         default_text="the store's; else 1 (Redis), one per master (cluster)",
+        kind=int,
+        metavar="N",
     ),
     Setting(
         "unique",
@@ -97,6 +138,9 @@ SETTINGS: tuple[Setting, ...] = (
         "Unique users: exact (a set) or hll (HyperLogLog per hour and shard, ~0.81% error, "
         "at most ~14 KB; Redis only). Default: the store's, else exact.",
         default_text="the store's; else `exact`",
+        kind=str,
+        choices=("exact", "hll"),
+        metavar="exact|hll",
     ),
     Setting(
         "dedup_hours",
@@ -105,6 +149,7 @@ SETTINGS: tuple[Setting, ...] = (
         "than the hour is kept): a retry with the same id within it is counted once.",
         "TAPAD_DEDUP_HOURS",
         min=1,
+        metavar="HOURS",
     ),
     Setting(
         "retention_hours",
@@ -114,6 +159,8 @@ SETTINGS: tuple[Setting, ...] = (
         "TAPAD_RETENTION_HOURS",
         min=1,
         default_text="the store's; else for ever",
+        kind=int,
+        metavar="HOURS",
     ),
     Setting(
         "cors_origins",
@@ -123,6 +170,8 @@ SETTINGS: tuple[Setting, ...] = (
         "to them, 204 to their preflight OPTIONS. Pixels and beacons need none.",
         "TAPAD_CORS_ORIGINS",
         default_text="none (no CORS headers; OPTIONS answers 405)",
+        kind=str,
+        metavar="ORIGINS",
     ),
     Setting(
         "allow_eviction",
@@ -146,6 +195,8 @@ SETTINGS: tuple[Setting, ...] = (
         "TAPAD_ACCEPT_PAST",
         min=1,
         default_text="any",
+        kind=int,
+        metavar="HOURS",
     ),
     Setting(
         "accept_future",
@@ -155,6 +206,8 @@ SETTINGS: tuple[Setting, ...] = (
         "TAPAD_ACCEPT_FUTURE",
         min=0,
         default_text="any",
+        kind=int,
+        metavar="MINUTES",
     ),
     Setting(
         "exact_uniques_limit",
@@ -163,6 +216,7 @@ SETTINGS: tuple[Setting, ...] = (
         "many user entries in all, merged in short steps; past it, a HyperLogLog estimate "
         "(docs/uniques.md).",
         min=0,
+        metavar="MEMBERS",
     ),
 )
 
@@ -170,7 +224,7 @@ BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 
 
 def default(name: str) -> Any:
-    """The default of one setting, for code outside the CLI (stores, ServeSettings)."""
+    """The default of one setting, for ``ServeSettings`` and ``StoreOptions``."""
     return BY_NAME[name].default
 
 

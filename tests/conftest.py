@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import InProcessTapad, RedisServer
+from tests.support import InProcessTapad, RedisClusterProcs, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +33,8 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Each store in turn, fresh for this test."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/tapad.db"
-    return request.getfixturevalue("redis_url")
+    url: str = request.getfixturevalue("redis_url")
+    return url
 
 
 @pytest.fixture
@@ -46,10 +47,8 @@ def tapad_server(store_url: str) -> Iterator[InProcessTapad]:
 
 
 @pytest.fixture(scope="session")
-def redis_cluster(tmp_path_factory: pytest.TempPathFactory):
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterProcs]:
     """A real three-master Redis Cluster for the session."""
-    from tests.support import RedisClusterProcs
-
     cluster = RedisClusterProcs(tmp_path_factory.mktemp("cluster"))
     try:
         cluster.start()
@@ -61,7 +60,8 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture
-def cluster_url(redis_cluster) -> str:
+def cluster_url(redis_cluster: RedisClusterProcs) -> str:
     """The session Redis Cluster, emptied for this test."""
     redis_cluster.flush()
-    return redis_cluster.url
+    url: str = redis_cluster.url
+    return url

@@ -21,7 +21,8 @@ from typing import Any, TypeVar
 from aiohttp import web
 from aiohttp.test_utils import BaseTestServer
 
-from tapad.server.run import ServeSettings, assemble, store_for
+from tapad.server.config import ServeSettings
+from tapad.server.run import assemble, store_for
 
 LOOPBACK = "127.0.0.1"
 
@@ -70,18 +71,41 @@ async def wait_until_async(
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
-def wait_for_port(port: int, timeout: float = 10.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def wait_for_port(
+    port: int, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    def accepting() -> bool:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
         with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), 0.2):
-            return
-        time.sleep(0.02)
-    raise TimeoutError(f"nothing listening on {LOOPBACK}:{port} after {timeout}s")
+            return True
+        return False
+
+    wait_until(accepting, timeout, what=f"something listening on {LOOPBACK}:{port}")
+
+
+def listening_addresses(port: int) -> list[str]:
+    """The local addresses (hex, as /proc/net/tcp spells them) with a socket listening on
+    ``port``: one per process when several share it with SO_REUSEPORT."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            local, state = row.split()[1], row.split()[3]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                found.append(local.rsplit(":", 1)[0])
+    return found
+
+
+def running(pid: int) -> bool:
+    """The process exists and is not a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 class RedisServer:
@@ -94,7 +118,12 @@ class RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.extra = extra
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "not running"
+        return self.proc.pid
 
     @property
     def url(self) -> str:
@@ -170,8 +199,13 @@ class TapadServer:
         self.port = port or free_port()
         self.cwd = cwd
         self.env = env
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.log = b""
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "not running"
+        return self.proc.pid
 
     @property
     def url(self) -> str:
@@ -298,16 +332,15 @@ class RedisClusterProcs:
 
     def wait_ok(self, timeout: float = 30.0) -> None:
         """Until every running node says cluster_state:ok and knows every slot."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def ok() -> bool:
             infos = [n.cli("CLUSTER", "INFO") for n in self.nodes if n.proc is not None]
-            if all(
+            return all(
                 "cluster_state:ok" in info and "cluster_slots_assigned:16384" in info
                 for info in infos
-            ):
-                return
-            time.sleep(0.1)
-        raise TimeoutError("the Redis Cluster did not reach cluster_state:ok")
+            )
+
+        wait_until(ok, timeout, interval=0.1, what="the Redis Cluster reaching cluster_state:ok")
 
     def flush(self) -> None:
         for node in self.masters():
@@ -368,7 +401,7 @@ class Nginx:
         self.conf.write_text(
             render_nginx_conf(conf_text, upstreams, f"{LOOPBACK}:{self.port}", self.workdir)
         )
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -381,7 +414,7 @@ class Nginx:
         )
         return [NGINX, "-p", str(self.workdir), "-c", str(self.conf), "-g", globals_, *extra]
 
-    def test_config(self) -> subprocess.CompletedProcess:
+    def test_config(self) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.args("-t"), capture_output=True, text=True, timeout=30)
 
     def start(self) -> Nginx:

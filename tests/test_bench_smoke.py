@@ -20,8 +20,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # CI runs it; `make test-fast` leaves it out
 
 
+@pytest.mark.timeout(600)  # the whole benchmark, quick: about 3 minutes under load
 def test_quick_benchmark_run_writes_a_table(tmp_path: Path) -> None:
     if shutil.which("wrk") is None:
         pytest.skip("wrk is not installed (apt-get install -y wrk): bench/run.py needs it")

@@ -22,7 +22,7 @@ from typing import TypeVar
 import pytest
 
 from tapad.buckets import MS_PER_HOUR, current_hour
-from tests.support import TapadServer, http
+from tests.support import TapadServer, http, wait_until
 
 selenium = pytest.importorskip("selenium", reason="pip install -e '.[test]'")
 from selenium import webdriver  # noqa: E402
@@ -47,16 +47,9 @@ NETWORK_SCHEMES = {"http", "https", "ws", "wss", "ftp"}
 T = TypeVar("T")
 
 
-def wait_for(what: str, check: Callable[[], T | None], timeout: float = 30.0) -> T:
+def wait_for(what: str, check: Callable[[], T], timeout: float = 30.0) -> T:
     """Poll ``check`` until it gives something truthy; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s (last: {value!r})")
-        time.sleep(0.05)
+    return wait_until(check, timeout, interval=0.05, what=what)
 
 
 class Browser:
@@ -81,8 +74,8 @@ class Browser:
         self.console: list[dict[str, object]] = []
 
     def collect_logs(self) -> None:
-        self.console += self.driver.get_log("browser")
-        for entry in self.driver.get_log("performance"):
+        self.console += self.driver.get_log("browser")  # type: ignore[no-untyped-call]
+        for entry in self.driver.get_log("performance"):  # type: ignore[no-untyped-call]
             message = json.loads(entry["message"])["message"]
             if message["method"] == "Network.requestWillBeSent":
                 self.requests.append(message["params"]["request"]["url"])
@@ -173,7 +166,11 @@ def test_dashboard_shows_the_current_hour_live_and_the_last_day(
 
     for label, points in (("7 days", 168), ("48 h", 48), ("24 h", 24)):
         browser.driver.find_element(By.XPATH, f'//button[text()="{label}"]').click()
-        wait_for(f"{points} points after choosing {label}", lambda p=points: browser.points() == p)
+
+        def shows(p: int = points) -> bool:
+            return browser.points() == p
+
+        wait_for(f"{points} points after choosing {label}", shows)
         assert len(browser.driver.find_elements(By.CSS_SELECTOR, "#hours tbody tr")) == points
 
     assert console_errors(browser, server) == []
@@ -294,6 +291,7 @@ def test_an_empty_store_says_how_to_send_a_first_event(
     assert console_errors(browser, server) == []
 
 
+@pytest.mark.timeout(120)  # a browser over a day of loadgen data
 def test_screenshot_on_loadgen_data(server: TapadServer, browser: Browser, tmp_path: Path) -> None:
     """The README's picture: a day of ``tapad loadgen post`` traffic on the dashboard."""
     done = subprocess.run(

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tapad.server.run import KEEPALIVE_GRACE
+from tapad.server.drain import KEEPALIVE_GRACE
 from tests.support import (
     LOOPBACK,
     NGINX,

@@ -56,8 +56,8 @@ def imported_names(path: Path) -> set[str]:
             for alias in node.names:  # ``from tapad.store import url``: a submodule
                 if f"{base}.{alias.name}" in MODULES:
                     names.add(f"{base}.{alias.name}")
-        for child in ast.iter_child_nodes(node):
-            visit(child)
+        for inner in ast.iter_child_nodes(node):
+            visit(inner)
 
     visit(tree)
     return names
@@ -140,6 +140,64 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
 
 def test_no_import_cycles_in_tapad() -> None:
     assert package_cycles(internal_graph()) == []
+
+
+# The package's layers, bottom first: a module imports from its own package and from lower
+# layers only, never upward and never sideways into another package of its layer.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("tapad", "tapad.buckets", "tapad.settings", "tapad.eventloop", "tapad.adapters"),
+    ("tapad.store",),
+    ("tapad.hour_rows", "tapad.usernames"),
+    ("tapad.loadgen",),
+    ("tapad.server", "tapad.commands"),
+    ("tapad.cli",),
+    ("tapad.__main__",),
+)
+# Within tapad.server, what starts and stops the server sits on top of what it wires.
+SERVER_WIRING = ("tapad.server.run", "tapad.server.workers")
+
+
+def layer_of(module: str) -> tuple[int, str]:
+    """(layer, package) of a module: the longest package of LAYERS it is in."""
+    found = [
+        (i, package)
+        for i, packages in enumerate(LAYERS)
+        for package in packages
+        if module == package or module.startswith(package + ".")
+    ]
+    assert found, f"{module} is in no layer of LAYERS"
+    return max(found, key=lambda f: len(f[1]))
+
+
+def test_nothing_imports_upward_or_sideways() -> None:
+    wrong = []
+    for module, targets in internal_graph().items():
+        layer, package = layer_of(module)
+        for target in targets:
+            their_layer, their_package = layer_of(target)
+            if their_package != package and their_layer >= layer:
+                wrong.append(f"{module} -> {target}")
+    assert wrong == []
+
+
+def test_the_layer_rule_finds_an_upward_import() -> None:
+    assert layer_of("tapad.store.redis.node") == (1, "tapad.store")
+    assert layer_of("tapad.server.app")[0] > layer_of("tapad.store.base")[0]
+
+
+def test_only_the_wiring_imports_the_wiring() -> None:
+    """The hot path and the parts it is made of never import what starts the server."""
+    for module, targets in internal_graph().items():
+        if module.startswith("tapad.server.") and module not in SERVER_WIRING:
+            assert not targets & set(SERVER_WIRING), module
+
+
+def test_the_store_interface_depends_on_no_store() -> None:
+    graph = internal_graph()
+    assert graph["tapad.store.base"] == set()
+    assert graph["tapad.store.options"] == {"tapad.settings"}
+    for module in ("tapad.store.sqlite", "tapad.store.url", "tapad.store.base"):
+        assert not any(t.startswith("tapad.store.redis") for t in graph[module]), module
 
 
 def test_load_tools_import_nothing_of_the_server() -> None:

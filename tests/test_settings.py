@@ -10,20 +10,32 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import typer
 from typer.models import OptionInfo
+from typer.testing import CliRunner
 
 from tapad import cli
-from tapad.server.run import ServeSettings
+from tapad.server.config import ServeSettings
 from tapad.settings import BY_NAME, SETTINGS, default, markdown_table
-from tapad.store import open_store
+from tapad.store import StoreOptions, open_store
 from tapad.store.redis.cluster import ClusterStore
 from tapad.store.redis.node import RedisStore
 from tapad.store.sqlite import SQLiteStore
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
-# store parameter -> the setting that gives its default
-STORE_PARAMETERS = {"timeout": "store_timeout", "commit_deadline": "commit_deadline"}
+# StoreOptions field -> the setting (and ServeSettings field) that gives it
+STORE_OPTIONS = {
+    "timeout": "store_timeout",
+    "commit_deadline": "commit_deadline",
+    "shards": "shards",
+    "unique": "unique",
+    "retention_hours": "retention_hours",
+    "dedup_hours": "dedup_hours",
+    "allow_eviction": "allow_eviction",
+    "exact_uniques_limit": "exact_uniques_limit",
+}
+NOT_SETTINGS = {"check_every"}  # StoreOptions fields the server sets itself (ServeSettings)
 
 
 def serve_options() -> dict[str, tuple[OptionInfo, Any]]:
@@ -53,16 +65,55 @@ def test_serve_settings_defaults_come_from_the_table() -> None:
         assert fields[setting.name] == setting.default, setting.name
 
 
+def test_serve_hands_on_the_options_as_one_mapping_of_plain_values() -> None:
+    seen: dict[str, Any] = {}
+
+    def command(**options: Any) -> None:
+        seen.update(options)
+
+    single = typer.Typer()
+    single.command()(cli.options_from_table(command))
+    result = CliRunner().invoke(single, ["--unique", "HLL", "--port", "9", "--shards", "3"])
+    assert result.exit_code == 0, result.output
+    expected = {s.name: s.default for s in SETTINGS} | {"unique": "hll", "port": 9, "shards": 3}
+    assert seen == expected
+    assert type(seen["unique"]) is str  # not the Enum typer offers the words with
+    ServeSettings(**seen)  # every option has its field
+
+
+def test_store_options_default_to_the_table() -> None:
+    fields = {f.name: f.default for f in dataclasses.fields(StoreOptions)}
+    assert set(fields) == set(STORE_OPTIONS) | NOT_SETTINGS
+    for field, setting in STORE_OPTIONS.items():
+        assert fields[field] == default(setting), field
+
+
+def test_serve_settings_hand_every_store_option_on() -> None:
+    settings = ServeSettings(
+        store_timeout=1.5,
+        commit_deadline=7.0,
+        shards=3,
+        unique="hll",
+        retention_hours=9,
+        dedup_hours=5,
+        allow_eviction=True,
+        exact_uniques_limit=11,
+        store_check_every=2.0,
+    )
+    options = settings.store_options()
+    assert options == StoreOptions(timeout=1.5, commit_deadline=7.0, shards=3, unique="hll",
+                                   retention_hours=9, dedup_hours=5, allow_eviction=True,
+                                   exact_uniques_limit=11, check_every=2.0)  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "opener", [open_store, SQLiteStore, RedisStore, ClusterStore], ids=lambda f: f.__name__
 )
-def test_store_defaults_come_from_the_table(opener: Callable[..., Any]) -> None:
-    """A store's timeout and deadline default to the table's (given there, or None for it)."""
+def test_stores_take_one_options_object(opener: Callable[..., Any]) -> None:
+    """No store parameter has a default of its own: they come in one StoreOptions."""
     parameters = inspect.signature(opener).parameters
-    assert "timeout" in parameters
-    for parameter, setting in STORE_PARAMETERS.items():
-        if parameter in parameters:
-            assert parameters[parameter].default in (None, default(setting)), (opener, parameter)
+    assert parameters["options"].default == StoreOptions()
+    assert not set(parameters) & {"timeout", "commit_deadline", *STORE_OPTIONS}
 
 
 @pytest.mark.parametrize(
@@ -85,8 +136,6 @@ def test_readme_configuration_table_matches_the_code() -> None:
 
 def test_serve_help_shows_the_table() -> None:
     """What a user sees: ``tapad serve --help`` names every option (wide terminal, no colour)."""
-    from typer.testing import CliRunner
-
     result = CliRunner().invoke(cli.app, ["serve", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     for setting in SETTINGS:

@@ -27,6 +27,7 @@ from tapad.store import (
     Store,
     StoreConfigError,
     StoreError,
+    StoreOptions,
     open_store,
     parse_store_url,
     redact,
@@ -61,7 +62,7 @@ def open_existing(url: str) -> Store:
             raise ExportError(
                 f"no database at {settings.path} (check --store; tapad serve creates it)"
             )
-        return open_store(url, timeout=STORE_TIMEOUT)
+        return open_store(url, StoreOptions(timeout=STORE_TIMEOUT))
     except StoreConfigError as exc:
         raise ExportError(str(exc)) from None
 

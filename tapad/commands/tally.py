@@ -20,6 +20,7 @@ from tapad.store import (
     HourCounts,
     StoreConfigError,
     StoreError,
+    StoreOptions,
     UniqueCount,
     open_store,
     parse_store_url,
@@ -60,7 +61,7 @@ async def read_store(url: str, hour: int | None, extra_hours: set[int]) -> Tally
             raise TallyError(
                 f"no database at {settings.path} (check --store; tapad serve creates it)"
             )
-        store = open_store(url, timeout=5.0)
+        store = open_store(url, StoreOptions(timeout=5.0))
     except StoreConfigError as exc:
         raise TallyError(str(exc)) from None
     try:

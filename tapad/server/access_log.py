@@ -20,13 +20,13 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
+from tapad.server.config import SUMMARY_EVERY
 from tapad.server.metrics import Metrics, Totals
 from tapad.words import counted
 
 access_log = logging.getLogger("tapad.access")
 log = logging.getLogger("tapad.server")
 
-SUMMARY_EVERY = 60.0  # seconds between summary lines (tests pass a shorter one)
 SECRET_PARAMETERS = frozenset({"key"})  # query parameters whose value is never logged
 
 

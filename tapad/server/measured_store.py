@@ -15,6 +15,7 @@ from tapad.store.base import (
     Duplicates,
     Event,
     HourCounts,
+    InDoubt,
     Store,
     StoreCondition,
     StoreConfigError,
@@ -41,20 +42,23 @@ class MeasuredStore:
         self._write_seconds = self._seconds["write"]
         self._read_error = self._errors["read"].inc
         self._read_seconds = self._seconds["read"]
-        # How the store settled batches whose reply was lost, if it counts them (Redis does).
-        self._in_doubt = getattr(store, "in_doubt", None)
+        # How the store settled batches whose reply was lost (zeros on SQLite).
+        self._in_doubt = store.in_doubt
         self._settled = [metrics.in_doubt.labels(o) for o in IN_DOUBT_OUTCOMES]
         self._settled_seen = self._settled_counts()
-        self._changes_seen = getattr(self._in_doubt, "changes", None)
+        self._changes_seen = self._in_doubt.changes
 
     @property
     def unique_mode(self) -> str:
         return self._store.unique_mode
 
     @property
-    def inner(self) -> Store:
-        """The store measured (for what only it knows, such as in-doubt outcome counts)."""
-        return self._store
+    def in_doubt(self) -> InDoubt:
+        return self._store.in_doubt
+
+    @property
+    def fault(self) -> str | None:
+        return self._store.fault
 
     async def _measure(self, op: str, call: Awaitable[T]) -> T:
         start = perf_counter()
@@ -78,20 +82,16 @@ class MeasuredStore:
             raise
         finally:
             self._write_seconds(perf_counter() - start)
-            if self._in_doubt is not None:
-                self._count_settled()
+            self._count_settled()
 
     def _settled_counts(self) -> tuple[int, ...]:
-        in_doubt = self._in_doubt
-        if in_doubt is None:
-            return (0,) * len(IN_DOUBT_OUTCOMES)
-        return tuple(getattr(in_doubt, outcome, 0) for outcome in IN_DOUBT_OUTCOMES)
+        return tuple(getattr(self._in_doubt, outcome) for outcome in IN_DOUBT_OUTCOMES)
 
     def _count_settled(self) -> None:
         """Carry the store's in-doubt counts over to the metric (once per batch: cheap,
-        and one attribute compared when the store counts its changes, as Redis does)."""
-        changes = getattr(self._in_doubt, "changes", None)
-        if changes is not None and changes == self._changes_seen:
+        one attribute compared while nothing changed)."""
+        changes = self._in_doubt.changes
+        if changes == self._changes_seen:
             return
         self._changes_seen = changes
         now = self._settled_counts()

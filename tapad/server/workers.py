@@ -1,4 +1,5 @@
-"""``tapad serve --workers N``: one supervisor, N worker processes on one port.
+"""``tapad serve``: one server process (``serve``), or with ``--workers N`` one supervisor
+and N worker processes on one port.
 
 Python runs one event loop per process on one core, so a host with several cores
 runs several workers. Each worker is a forked process with its own event loop and
@@ -29,7 +30,8 @@ from dataclasses import dataclass, field, replace
 
 from tapad.eventloop import install_uvloop
 from tapad.server import metrics_folder
-from tapad.server.run import ServeSettings, StartupError, run_server
+from tapad.server.config import ServeSettings, StartupError
+from tapad.server.run import run_server
 from tapad.store import StoreConfigError
 
 log = logging.getLogger("tapad.workers")
@@ -269,3 +271,12 @@ def supervise(settings: ServeSettings) -> None:
         raise StartupError("--workers needs a fixed --port: each worker binds the same port")
     with metrics_folder.shared_folder():  # before the fork: every worker writes its metrics there
         Supervisor(settings).run()
+
+
+def serve(settings: ServeSettings) -> None:
+    """Run until SIGTERM or SIGINT; raise StartupError if the server cannot start."""
+    if settings.workers > 1:  # a supervisor and N worker processes on one port
+        supervise(settings)
+        return
+    install_uvloop()
+    asyncio.run(run_server(settings))

@@ -1,19 +1,24 @@
 """The one small interface every store implements.
 
-The server only ever needs four things from a store: apply a batch of events
-atomically, read one hour, say whether it is alive, and close. ``tally`` also
-lists the hours that have data; ``delete`` removes hours. Keeping the interface
-this small is what lets SQLite, Redis and Redis Cluster stand behind the same hot path.
-lists the hours that have data, and ``GET /analytics/uniques`` counts the distinct
-users of a range of hours. Keeping the interface this small is what lets
-SQLite, Redis and Redis Cluster stand behind the same hot path.
+What the server needs from a store: connect, apply a batch of events atomically (and say
+which of them carried an id it already held), read hours (several in one round trip), say
+whether it is alive (``ping``) and whether it keeps what it is given (``condition``,
+``probe_write``), and close; it shows ``unique_mode`` at startup and exports ``in_doubt``,
+how batches whose reply was lost turned out. ``fault`` is the line /healthz gives for a
+store in a state only an operator can fix. ``tally`` and ``export`` also list the hours
+that have data, ``tapad delete`` removes hours, and ``GET /analytics/uniques`` counts the
+distinct users of a range of hours. Keeping the interface this small is what lets SQLite,
+Redis and Redis Cluster stand behind the same hot path.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
+
+log = logging.getLogger("tapad.store")
 
 
 class Event(NamedTuple):
@@ -116,7 +121,43 @@ class StoreConfigError(Exception):
     """The store refuses this configuration (bad URL, mismatched layout); retrying won't help."""
 
 
+@dataclass
+class InDoubt:
+    """How a store's in-doubt batches (reply lost after sending) turned out. Tests
+    assert on them; the server exports them. A store that never loses a reply after
+    sending (SQLite) keeps them at zero."""
+
+    applied: int = 0
+    not_applied: int = 0
+    unknown: int = 0
+    settling: int = 0  # batches being settled right now (while > 0, the store is silent)
+    # settled() calls so far: one int to compare after every batch (not part of equality)
+    changes: int = field(default=0, compare=False, repr=False)
+
+    def settled(self, name: str, outcome: str, events: int, waited: float) -> None:
+        """Count one in-doubt batch (or cluster part) and log it in one line."""
+        setattr(self, outcome, getattr(self, outcome) + 1)
+        self.changes += 1
+        level = logging.WARNING if outcome == "unknown" else logging.INFO
+        log.log(
+            level,
+            "in-doubt batch on %s (%d events) settled after %.2fs: %s",
+            name,
+            events,
+            waited,
+            outcome.replace("_", " "),
+        )
+
+
 class Store(Protocol):
+    @property
+    def in_doubt(self) -> InDoubt:
+        """How batches whose reply was lost turned out (the server exports the counts)."""
+
+    @property
+    def fault(self) -> str | None:
+        """Set with a StoreFault: what /healthz says until an operator fixes the store."""
+
     @property
     def unique_mode(self) -> str:
         """ "exact" or "hll" (read-only: the store's layout decides it)."""

@@ -38,7 +38,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from tapad import settings
 from tapad.buckets import oldest_kept_hour
 from tapad.store import sqlite_retention as retention
 from tapad.store.base import (
@@ -47,12 +46,14 @@ from tapad.store.base import (
     Duplicates,
     Event,
     HourCounts,
+    InDoubt,
     StoreCondition,
     StoreConfigError,
     StoreError,
     UniqueCount,
     aggregate,
 )
+from tapad.store.options import StoreOptions
 
 T = TypeVar("T")
 log = logging.getLogger("tapad.store")
@@ -125,12 +126,9 @@ class SQLiteStore:
     def __init__(
         self,
         path: str,
+        options: StoreOptions = StoreOptions(),
         *,
-        timeout: float = settings.default("store_timeout"),
         synchronous: str = "full",
-        commit_deadline: float = settings.default("commit_deadline"),
-        retention_hours: int | None = None,
-        dedup_hours: int = settings.default("dedup_hours"),
         clock: Callable[[], float] = time.time,
         sweep_every: float | None = retention.SWEEP_EVERY,
     ) -> None:
@@ -139,8 +137,8 @@ class SQLiteStore:
                 f"sqlite synchronous={synchronous!r}: use one of {', '.join(SYNCHRONOUS)}"
             )
         self.path = Path(path)
-        self._timeout = timeout
-        self._commit_deadline = max(commit_deadline, timeout)
+        self._timeout = timeout = options.timeout
+        self._commit_deadline = max(options.commit_deadline, timeout)
         self._synchronous = synchronous
         self._wait_for_lock = f"PRAGMA busy_timeout = {int(timeout * 1000)}"
         self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="tapad-sqlite-write")
@@ -150,12 +148,14 @@ class SQLiteStore:
         self._reader: sqlite3.Connection | None = None  # on the read thread
         self._counter: sqlite3.Connection | None = None  # on the uniques thread
         self._loop_reader: sqlite3.Connection | None = None  # on the event loop, never waits
-        if retention_hours is not None and retention_hours < 1:
+        if options.retention_hours is not None and options.retention_hours < 1:
             raise StoreConfigError("retention must be at least 1 hour")
-        self.retention_hours = retention_hours  # None: keep every hour
-        self.dedup_hours = dedup_hours  # ids are forgotten this long after their hour ends
+        self.retention_hours = options.retention_hours  # None: keep every hour
+        self.dedup_hours = options.dedup_hours  # ids are forgotten this long after their hour ends
         self._clock = clock  # Unix time; tests and bench/retention.py move it
         self._sweep_every = sweep_every  # None: no sweeps of its own, the caller calls sweep()
+        self.in_doubt = InDoubt()  # stays zero: a commit's outcome is known once it returns
+        self.fault: str | None = None  # never set: SQLite has no partly applied batch
         self._sweeper: asyncio.Task[None] | None = None
         self._checkpointer: BackgroundCheckpoint | None = None
 

@@ -84,7 +84,7 @@ def test_a_refused_connection_is_closed_before_any_request() -> None:
 
 
 def test_every_answer_names_the_server_as_told() -> None:
-    original = aiohttp.web_response.SERVER_SOFTWARE
+    original = aiohttp.web_response.SERVER_SOFTWARE  # type: ignore[attr-defined]
 
     async def main() -> None:
         async with serving(web.Server(hello)) as port:

@@ -66,7 +66,7 @@ def soak(stack: Stack, cycles: int, up: int, down: int, rate: float) -> int:
             start = time.monotonic()
             stack.compose("up", "-d", "--scale", f"analyticsserver={down}")
             took = time.monotonic() - start
-            time.sleep(SETTLE)
+            time.sleep(SETTLE)  # load runs on the smaller stack on purpose before the next cycle
             done += 1
             print(f"{time.strftime('%H:%M:%S')} scale-down {done}: {took:.1f} s", flush=True)
             if load.poll() is not None:

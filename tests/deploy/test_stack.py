@@ -34,9 +34,10 @@ import pytest
 
 from tapad.buckets import hour_start_ms
 from tapad.loadgen.ledger import load_ledger
-from tests.support import LOOPBACK, free_port, http
+from tests.support import LOOPBACK, free_port, http, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow  # CI runs it; `make test-fast` leaves it out
 OFFICIAL = {
     "PYTHON_IMAGE": "python:3.11-slim",
     "REDIS_IMAGE": "redis:7.4-alpine",
@@ -55,14 +56,10 @@ def run(
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 120) -> Any:
     """Poll ``check`` until it returns something true; fail naming ``what`` after timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.5)
+    try:
+        return wait_until(check, timeout, interval=0.5, what=what)
+    except TimeoutError:
+        pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def docker_daemon_problem() -> str | None:

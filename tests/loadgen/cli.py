@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 
 
-def tapad(*args: str, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+def tapad(
+    *args: str, cwd: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "tapad", *args],
         capture_output=True,
@@ -17,7 +19,7 @@ def tapad(*args: str, cwd: Path | None = None, timeout: float = 60) -> subproces
     )
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
     """A user error: non-zero exit, exactly one line on stderr, no traceback, names the cause."""
     assert result.returncode != 0, result.stdout
     lines = result.stderr.strip().splitlines()

@@ -61,7 +61,7 @@ class ScriptedServer:
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
                 if action == "stall":
-                    time.sleep(outer.stall_seconds)
+                    time.sleep(outer.stall_seconds)  # the stall asked for, kept up on purpose
                     action = 200
                 try:
                     self.send_response(int(action))

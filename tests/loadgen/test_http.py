@@ -8,16 +8,18 @@ trickling in one at a time) and every way of getting it wrong is met for real.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import pytest
 
 from tapad.loadgen.http import Answer, Connection, Endpoint, HttpError
 
+R = TypeVar("R")
 Script = Callable[[int], list[bytes]]  # n-th request -> the writes that answer it ("" closes)
 
 
-async def serve(script: Script, test: Callable[[str], object]) -> tuple[object, list[bytes], int]:
+async def serve(script: Script, test: Callable[[str], Awaitable[R]]) -> tuple[R, list[bytes], int]:
     """Run ``test(base_url)`` against a server answering with ``script``.
 
     Returns what the test returned, the requests the server saw, and how many
@@ -42,7 +44,7 @@ async def serve(script: Script, test: Callable[[str], object]) -> tuple[object, 
                         return
                     writer.write(chunk)
                     await writer.drain()
-                    await asyncio.sleep(0.001)
+                    await asyncio.sleep(0.001)  # on purpose: each chunk arrives on its own
         finally:
             writer.close()
 

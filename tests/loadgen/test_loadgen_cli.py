@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -15,7 +16,7 @@ from tests.loadgen.scripted import ScriptedServer
 from tests.support import InProcessTapad, free_port, http, parse_counts
 
 
-def run_json(*args: str) -> tuple[int, dict]:
+def run_json(*args: str) -> tuple[int, dict[str, Any]]:
     result = tapad("loadgen", *args, "--json")
     assert "Traceback" not in result.stderr, result.stderr
     return result.returncode, json.loads(result.stdout)

@@ -96,7 +96,7 @@ def test_hostile_request_gets_4xx_or_closed(server: TapadServer, data: bytes) ->
 
 
 def test_pipelined_flood_is_answered_in_order_with_bounded_memory(server: TapadServer) -> None:
-    before = rss_kib(server.proc.pid)
+    before = rss_kib(server.pid)
     count = 3000
     request = b"GET /analytics?timestamp=5 HTTP/1.1\r\nHost: x\r\n\r\n"
     with socket.create_connection((LOOPBACK, server.port), timeout=10) as sock:
@@ -109,7 +109,7 @@ def test_pipelined_flood_is_answered_in_order_with_bounded_memory(server: TapadS
                 break
             received += chunk
     assert received.count(b"HTTP/1.1 200 OK") == count
-    assert rss_kib(server.proc.pid) - before < 20_000
+    assert rss_kib(server.pid) - before < 20_000
     answers_normally(server)
 
 

@@ -5,28 +5,37 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 import urllib.request
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.reliability.tools import TS
-from tests.support import InProcessTapad, RedisServer, TapadServer, http
+from tests.support import (
+    InProcessTapad,
+    RedisServer,
+    TapadServer,
+    http,
+    listening_addresses,
+    running,
+    wait_until,
+)
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def scrape(url: str) -> Samples:
     """Every sample of /metrics by (name, labels)."""
     status, headers, text = http("GET", f"{url}/metrics")
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
-    samples = {}
+    samples: Samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return samples
 
 
-def requests(samples: dict, method: str, status: str) -> float:
+def requests(samples: Samples, method: str, status: str) -> float:
     key = ("tapad_http_request_duration_seconds_count", (("method", method), ("status", status)))
     return samples.get(key, 0.0)
 
@@ -39,7 +48,8 @@ def fresh_post(url: str, user: str) -> int:
         headers={"Connection": "close"},
     )
     with urllib.request.urlopen(req, timeout=10) as resp:
-        return resp.status
+        status: int = resp.status
+        return status
 
 
 def test_metrics_count_requests_batches_and_store_errors(tmp_path: Path) -> None:
@@ -89,11 +99,13 @@ def test_metrics_add_up_across_workers_and_survive_a_dead_worker(
     srv = TapadServer(sqlite_url, "--workers", "2", env={**env_without, **env})
     srv.start()
     try:
-        deadline = time.monotonic() + 20
-        while len([f for f in metric_files(tmpdir) if f.name.startswith("histogram_")]) < 2:
-            assert time.monotonic() < deadline, "two workers never started"
-            time.sleep(0.05)
-        time.sleep(0.5)
+        wait_until(
+            lambda: len([f for f in metric_files(tmpdir) if f.name.startswith("histogram_")]) >= 2,
+            20,
+            interval=0.05,
+            what="two workers started",
+        )
+        wait_until(lambda: len(listening_addresses(srv.port)) == 2, 20, what="two workers listen")
         for i in range(200):
             assert fresh_post(srv.url, f"w{i}") == 200
         pids = {int(f.stem.split("_")[-1]) for f in metric_files(tmpdir)}
@@ -103,10 +115,12 @@ def test_metrics_add_up_across_workers_and_survive_a_dead_worker(
 
         victim = pids.pop()
         os.kill(victim, signal.SIGKILL)  # the supervisor starts another one
-        deadline = time.monotonic() + 20
-        while len({f.stem.split("_")[-1] for f in metric_files(tmpdir)}) < 3:
-            assert time.monotonic() < deadline, "the dead worker was not replaced"
-            time.sleep(0.05)
+        wait_until(
+            lambda: len({f.stem.split("_")[-1] for f in metric_files(tmpdir)}) >= 3,
+            20,
+            interval=0.05,
+            what="the dead worker replaced",
+        )
         for i in range(20):
             assert fresh_post(srv.url, f"after{i}") == 200
         samples = scrape(srv.url)
@@ -136,7 +150,9 @@ def test_a_killed_supervisors_metrics_folder_is_removed_by_the_next_one(
 
     someone_elses = tmpdir / f"tapad-metrics-{os.getpid()}-alive"  # a live supervisor's
     someone_elses.mkdir()
-    time.sleep(1)  # the killed supervisor's workers follow it (PDEATHSIG) and free the port
+    # the killed supervisor's workers follow it (PDEATHSIG) and let go of the store
+    workers = {int(f.stem.split("_")[-1]) for f in left.iterdir()}
+    wait_until(lambda: not any(running(pid) for pid in workers), what="the workers gone")
     srv = TapadServer(sqlite_url, "--workers", "2", env=env).start()
     try:
         assert not left.exists()

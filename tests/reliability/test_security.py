@@ -7,14 +7,22 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.reliability.tools import TS
-from tests.support import LOOPBACK, RedisServer, TapadServer, free_port, http, parse_counts
+from tests.support import (
+    LOOPBACK,
+    RedisServer,
+    TapadServer,
+    free_port,
+    http,
+    listening_addresses,
+    parse_counts,
+    wait_until,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 USER = "tapad-app"
@@ -143,6 +151,7 @@ def make_cert(folder: Path) -> tuple[Path, Path]:
     return cert, key
 
 
+@pytest.mark.timeout(120)  # makes a certificate, starts redis with TLS
 def test_tls_with_auth_through_a_rediss_url(tmp_path: Path) -> None:
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed (apt-get install -y openssl)")
@@ -186,17 +195,10 @@ def test_serve_binds_loopback_by_default(tmp_path: Path) -> None:
         text=True,
     )  # fmt: skip
     try:
+        assert proc.stdout is not None
         line = proc.stdout.readline()
         assert line.startswith(f"tapad listening on http://127.0.0.1:{port} ")
-        listening = []
-        deadline = time.monotonic() + 10
-        while not listening and time.monotonic() < deadline:
-            for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-                for row in Path(table).read_text().splitlines()[1:]:
-                    local, state = row.split()[1], row.split()[3]
-                    if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
-                        listening.append(local.rsplit(":", 1)[0])
-            time.sleep(0.05)
+        listening = wait_until(lambda: listening_addresses(port), 10, interval=0.05)
         assert listening == ["0100007F"], listening  # 127.0.0.1 only, no 0.0.0.0 or ::
     finally:
         proc.terminate()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +25,7 @@ def stored_after_restart(store_url: str) -> dict[str, int]:
         again.stop()
 
 
+@pytest.mark.timeout(120)  # load, then a drain
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_graceful_stop_under_load_answers_everything_it_committed(
     store_url: str, sig: signal.Signals
@@ -50,7 +52,7 @@ def test_graceful_stop_under_load_answers_everything_it_committed(
     assert set(traffic.statuses()) <= {200, 0}, traffic.statuses()  # 0: refused after close
 
 
-def test_sigterm_with_requests_stuck_on_a_hung_store_exits_0_in_bound(tmp_path) -> None:
+def test_sigterm_with_requests_stuck_on_a_hung_store_exits_0_in_bound(tmp_path: Path) -> None:
     redis = RedisServer(tmp_path / "redis").start()
     # A batch sent to the hung store stays in doubt for the whole commit deadline, far longer
     # than the shutdown timeout: the POSTs waiting on it are stuck when SIGTERM comes.
@@ -76,6 +78,7 @@ def test_sigterm_with_requests_stuck_on_a_hung_store_exits_0_in_bound(tmp_path) 
     assert "Traceback" not in srv.log.decode()
 
 
+@pytest.mark.timeout(120)  # load, a kill, a restart
 def test_sigkill_under_load_loses_nothing_acknowledged(store_url: str) -> None:
     srv = TapadServer(store_url).start()
     traffic = Traffic(srv.url, concurrency=24, limit=40_000).start()
@@ -95,6 +98,7 @@ def test_sigkill_under_load_loses_nothing_acknowledged(store_url: str) -> None:
     assert acked <= counts["clicks"] <= acked + unanswered, (acked, unanswered, counts)
 
 
+@pytest.mark.timeout(120)  # load on three workers, then a drain
 def test_sigterm_under_load_with_workers_exits_0_and_answers_what_it_committed(
     sqlite_url: str,
 ) -> None:

@@ -118,7 +118,7 @@ def test_sqlite_locked_by_another_process_gets_503_and_recovers(tmp_path: Path) 
         mark = len(traffic.answers)
         blocker.execute("BEGIN EXCLUSIVE")  # another writer holds the lock
         traffic.wait_for(lambda t: t.statuses().get(503, 0) >= 10, timeout=10)
-        time.sleep(1.0)
+        time.sleep(1.0)  # the lock held on purpose: a second of traffic during the outage
         check_outage(after(traffic, mark))
         blocker.execute("ROLLBACK")
         check_recovered(traffic, srv.url, 0)

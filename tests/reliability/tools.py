@@ -88,7 +88,7 @@ class Traffic:
                     )
             except (TimeoutError, aiohttp.ClientError, OSError):
                 answer = Answer(0, time.monotonic() - start)
-                await asyncio.sleep(0.05)  # server gone: do not spin
+                await asyncio.sleep(0.05)  # server gone: the load does not spin (a back-off)
             finally:
                 self.in_flight -= 1
             answer.user = user
@@ -96,7 +96,7 @@ class Traffic:
                 self.acknowledged.add(user)
             self.answers.append(answer)
             if answer.status == 503:
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0.005)  # a client's back-off after a 503, not a wait
 
 
 def rss_kib(pid: int) -> int:

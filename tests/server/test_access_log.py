@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from tapad.server.access_log import redact_target
-from tapad.server.run import ServeSettings, run_server
+from tapad.server.config import ServeSettings
+from tapad.server.run import run_server
 from tests.support import LOOPBACK, TapadServer, free_port, http, wait_until_async
 
 

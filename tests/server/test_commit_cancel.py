@@ -14,7 +14,9 @@ from pathlib import Path
 
 from tapad.server.writer import GroupCommitter
 from tapad.store.base import Event, HourCounts
+from tapad.store.options import StoreOptions
 from tapad.store.sqlite import SQLiteStore
+from tests.support import wait_until_async
 
 POSTS = 64
 GONE = (0, 17, 63)  # first, middle and last of the batch
@@ -24,7 +26,7 @@ def test_a_cancelled_post_leaves_its_batch_answered_and_committed(tmp_path: Path
     path = tmp_path / "tapad.db"
 
     async def main() -> tuple[list[object], HourCounts, int]:
-        store = SQLiteStore(str(path), timeout=30, synchronous="normal")
+        store = SQLiteStore(str(path), StoreOptions(timeout=30), synchronous="normal")
         await store.connect()
         committer = GroupCommitter(store)
         committer.start()
@@ -36,14 +38,14 @@ def test_a_cancelled_post_leaves_its_batch_answered_and_committed(tmp_path: Path
                 asyncio.ensure_future(committer.submit(Event(1, f"u{i}", True)))
                 for i in range(POSTS)
             ]
-            for _ in range(100):  # until the committer has taken the whole batch
-                await asyncio.sleep(0)
-                if not committer._batches:
-                    break
+            await wait_until_async(
+                lambda: not committer._batches, what="the committer taking the whole batch"
+            )
             assert committer.pending == POSTS and not committer._batches
             for i in GONE:
                 posts[i].cancel()
-            await asyncio.sleep(0.05)  # the cancellations have run; the batch still waits
+            assert all(posts[i].cancelled() for i in GONE)  # the batch still waits
+            await asyncio.sleep(0)  # one turn of the loop: the cancellations' callbacks run
             blocker.execute("ROLLBACK")
             async with asyncio.timeout(30):
                 outcomes = await asyncio.gather(*posts, return_exceptions=True)

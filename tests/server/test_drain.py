@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,8 +20,10 @@ import pytest
 import uvloop
 from aiohttp import web
 
-from tapad.server.run import ServeSettings, assemble, close_gently, store_for
-from tests.support import LOOPBACK, TapadServer, free_port
+from tapad.server.config import ServeSettings
+from tapad.server.drain import close_gently
+from tapad.server.run import assemble, store_for
+from tests.support import LOOPBACK, TapadServer, free_port, wait_until
 
 POST = b"POST /analytics?timestamp=1764374400000&user=ada&click HTTP/1.1\r\nHost: t\r\n\r\n"
 
@@ -50,14 +51,15 @@ def test_a_request_on_an_idle_keepalive_connection_after_sigterm_is_answered(
         assert first.startswith(b"HTTP/1.1 200") and b"Connection: close" not in first
         # The connection is idle, kept alive, when the server is told to stop.
         server.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while True:  # new connections are refused (a balancer moves on to another server)
+
+        def refused() -> bool:  # new connections are refused (a balancer moves on)
             try:
                 socket.create_connection((LOOPBACK, server.port), timeout=1).close()
             except ConnectionRefusedError:
-                break
-            assert time.monotonic() < deadline, "still accepting connections after SIGTERM"
-            time.sleep(0.05)
+                return True
+            return False
+
+        wait_until(refused, 10, interval=0.05, what="new connections refused after SIGTERM")
         # A request the client sends on its idle connection now is answered, not dropped,
         # and the answer tells the client to close the connection.
         idle.sendall(POST)

@@ -50,10 +50,13 @@ def hours_json(server: InProcessTapad, query: str) -> list[dict[str, object]]:
     status, headers, body = http("GET", f"{server.url}/analytics/hours?{query}")
     assert status == 200, body
     assert headers["Content-Type"] == "application/json"
-    return json.loads(body)["hours"]
+    hours: list[dict[str, object]] = json.loads(body)["hours"]
+    return hours
 
 
-def row(hour: int, unique_users: int = 0, clicks: int = 0, impressions: int = 0) -> dict:
+def row(
+    hour: int, unique_users: int = 0, clicks: int = 0, impressions: int = 0
+) -> dict[str, object]:
     return {
         "hour": format_hour(hour),
         "timestamp": hour * MS_PER_HOUR,

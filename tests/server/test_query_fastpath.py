@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from tapad.buckets import MAX_TIMESTAMP_MS
 from tapad.server import query as q
+from tapad.store.base import Event
 
 ANY_CHAR = st.characters(codec=None, categories=None)
 NAMES = st.sampled_from(["timestamp", "user", "click", "impression", "event", "x", ""])
@@ -36,7 +37,7 @@ QUERIES = st.one_of(
 def full_post(query: str) -> object:
     try:
         params = q.split_query(query)
-        return q.Event(q.parse_timestamp(params), q.parse_user(params), q.parse_kind(params))
+        return Event(q.parse_timestamp(params), q.parse_user(params), q.parse_kind(params))
     except q.BadRequest as exc:
         return exc
 

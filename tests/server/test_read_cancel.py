@@ -14,6 +14,7 @@ from pathlib import Path
 from tapad.server.reader import CoalescingReader
 from tapad.store.base import Event, HourCounts
 from tests.server.test_reader import SlowReadStore
+from tests.support import wait_until_async
 
 HOUR = 7
 GETS = 48
@@ -28,8 +29,8 @@ def test_a_cancelled_get_leaves_its_read_answered(tmp_path: Path) -> None:
             await store.write([Event(HOUR, "a", True), Event(HOUR, "b", False)])
             reader = CoalescingReader(store)
             gets = [asyncio.ensure_future(reader.read(HOUR)) for _ in range(GETS)]
-            while store.reads == 0:  # the read is out, every GET waits for it
-                await asyncio.sleep(0.001)
+            # the read is out, every GET waits for it
+            await wait_until_async(lambda: store.reads, what="the read in flight")
             for i in GONE:
                 gets[i].cancel()
             async with asyncio.timeout(30):

@@ -15,13 +15,15 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from tapad.server.reader import CoalescingReader
 from tapad.server.writer import GroupCommitter
-from tapad.store.base import Event, HourCounts, StoreError
+from tapad.store.base import Event, HourCounts, PartialWrite, StoreError
 from tapad.store.sqlite import SQLiteStore
+from tests.support import wait_until_async
 
 HOUR = 494_000  # any hour will do; the store starts empty
 READ_DELAY = 0.05  # seconds between a read's snapshot and its answer
@@ -40,6 +42,9 @@ class SlowReadStore:
         self.inner = SQLiteStore(str(path), synchronous="normal")
         self.delay = delay
         self.reads = 0
+        self.snapshots = 0  # reads whose snapshot is taken (their answer still to come)
+        self.in_doubt = self.inner.in_doubt
+        self.fault: str | None = None
 
     async def connect(self) -> None:
         await self.inner.connect()
@@ -53,7 +58,8 @@ class SlowReadStore:
     async def read_hours(self, hours: Sequence[int]) -> list[HourCounts]:
         self.reads += 1
         counts = await self.inner.read_hours(hours)  # the snapshot is taken now...
-        await asyncio.sleep(self.delay)  # ...and the answer comes back later
+        self.snapshots += 1
+        await asyncio.sleep(self.delay)  # ...and the answer comes back later: the slow store
         return counts
 
     async def hours(self) -> list[int]:
@@ -83,15 +89,16 @@ class JoinInFlightReader:
         return task
 
 
+R = TypeVar("R")
 ReaderFactory = Callable[[SlowReadStore], CoalescingReader | JoinInFlightReader]
 
 
 def run_with_store(
-    tmp_path: Path, scenario: Callable[[SlowReadStore, GroupCommitter], Awaitable[object]]
-) -> object:
+    tmp_path: Path, scenario: Callable[[SlowReadStore, GroupCommitter], Awaitable[R]]
+) -> R:
     """Run ``scenario`` with a fresh slow store and a group committer on it."""
 
-    async def main() -> object:
+    async def main() -> R:
         store = SlowReadStore(tmp_path / "tapad.db")
         await store.connect()
         committer = GroupCommitter(store)
@@ -105,18 +112,20 @@ def run_with_store(
     return asyncio.run(main())
 
 
-def post(committer: GroupCommitter, user: str) -> Awaitable[None]:
+def post(committer: GroupCommitter, user: str) -> Awaitable[PartialWrite | None]:
     return committer.submit(Event(HOUR, user, True))
 
 
-async def stale_after_ack(reader_factory: ReaderFactory, store, committer) -> tuple[int, int]:
+async def stale_after_ack(
+    reader_factory: ReaderFactory, store: SlowReadStore, committer: GroupCommitter
+) -> tuple[int, int]:
     """GET, then POST (acknowledged) while that read is in flight, then GET again.
 
     Returns (clicks the second GET saw, clicks acknowledged before it was sent).
     """
     reader = reader_factory(store)
     first = reader.read(HOUR)  # its read is now on its way, snapshot: no events
-    await asyncio.sleep(READ_DELAY / 5)
+    await wait_until_async(lambda: store.snapshots, what="the first read's snapshot")
     await post(committer, "alice")  # acknowledged: committed to SQLite
     second = await reader.read(HOUR)  # arrived after the ack: must see alice
     # The first read's snapshot was taken before alice was posted: a read really was in flight
@@ -161,7 +170,7 @@ async def concurrent_load(
         for i in range(25):
             await post(committer, f"user-{n}-{i}")
             acked += 1
-            await asyncio.sleep(rng.uniform(0, READ_DELAY / 4))
+            await asyncio.sleep(rng.uniform(0, READ_DELAY / 4))  # random interleaving, on purpose
 
     async def getter() -> None:
         nonlocal stale, gets
@@ -171,7 +180,7 @@ async def concurrent_load(
             gets += 1
             if counts.clicks < before:
                 stale += 1
-            await asyncio.sleep(rng.uniform(0, READ_DELAY / 4))
+            await asyncio.sleep(rng.uniform(0, READ_DELAY / 4))  # random interleaving, on purpose
 
     await asyncio.gather(*(writer(n) for n in range(4)), *(getter() for _ in range(20)))
     final = await reader.read(HOUR)
@@ -247,10 +256,9 @@ def test_a_cancelled_get_does_not_wedge_its_hour(tmp_path: Path) -> None:
             return await reader.read(HOUR)
 
         gone = asyncio.ensure_future(get())
-        while store.reads == 0:  # its read is in flight
-            await asyncio.sleep(0.001)
+        await wait_until_async(lambda: store.reads, what="its read in flight")
         waiting = asyncio.ensure_future(get())  # joins the open read behind it
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one turn of the loop: it joins
         gone.cancel()
         await post(committer, "carol")
         async with asyncio.timeout(5):
@@ -272,11 +280,11 @@ def test_a_get_arriving_after_a_cancelled_one_does_not_inherit_its_cancellation(
             return await reader.read(HOUR)
 
         first = reader.read(HOUR)  # in flight
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one turn of the loop: the read leaves
         gone = asyncio.ensure_future(get())  # waits on the open read
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one turn: it waits
         gone.cancel()
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one turn: the cancellation runs
         await post(committer, "erin")
         async with asyncio.timeout(5):
             assert (await get()).clicks == 1  # answered, not cancelled
@@ -351,7 +359,7 @@ def test_a_cancelled_range_does_not_wedge_the_reader(tmp_path: Path) -> None:
             return await reader.read_range(range(HOUR - 1, HOUR + 1))
 
         gone = asyncio.ensure_future(hours())
-        await asyncio.sleep(READ_DELAY / 5)  # its read is in flight
+        await wait_until_async(lambda: store.reads, what="its read in flight")
         gone.cancel()
         await post(committer, "ivy")
         async with asyncio.timeout(5):

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.support import RedisServer, TapadServer, free_port, http, parse_counts
+from tests.support import RedisServer, TapadServer, free_port, http, parse_counts, wait_until
 
 
 def run_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
@@ -76,6 +75,7 @@ def test_environment_variables_configure_serve(tmp_path: Path) -> None:
         text=True,
     )
     try:
+        assert proc.stdout is not None
         line = proc.stdout.readline()
         assert line.startswith(f"tapad listening on http://127.0.0.1:{port} store sqlite:///")
         assert http("POST", f"http://127.0.0.1:{port}/analytics?timestamp=5&user=a&click")[0] == 200
@@ -109,10 +109,12 @@ def test_store_down_at_start_gives_503_then_recovers(tmp_path: Path) -> None:
         assert http("GET", f"{srv.url}/analytics?timestamp=5")[0] == 503
 
         redis.start()
-        deadline = time.monotonic() + 10
-        while http("GET", f"{srv.url}/healthz")[0] != 200:
-            assert time.monotonic() < deadline, "server did not notice the store came back"
-            time.sleep(0.1)
+        wait_until(
+            lambda: http("GET", f"{srv.url}/healthz")[0] == 200,
+            10,
+            interval=0.1,
+            what="the server noticing the store came back",
+        )
         assert http("POST", f"{srv.url}/analytics?timestamp=5&user=a&click")[0] == 200
         _, _, body = http("GET", f"{srv.url}/analytics?timestamp=5")
         assert parse_counts(body) == {"unique_users": 1, "clicks": 1, "impressions": 0}

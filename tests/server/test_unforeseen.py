@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -21,7 +21,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tapad.server.run import ServeSettings, assemble
+from tapad.server.config import ServeSettings
+from tapad.server.run import assemble
 from tapad.store.base import CommitUnknown, Event, HourCounts, StoreConfigError
 from tapad.store.sqlite import SQLiteStore
 from tests.support import RedisServer, TapadServer, http
@@ -67,7 +68,7 @@ class Kept(logging.Handler):
 
 
 @pytest.fixture
-def kept() -> Kept:
+def kept() -> Iterator[Kept]:
     handler = Kept()
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger = logging.getLogger("tapad")
@@ -139,7 +140,7 @@ def test_a_store_fault_mid_run_is_one_log_line_and_healthz_503(tmp_path: Path, k
             posts = [await fetch(s, "POST", f"{url}/analytics?timestamp={TS}&user=u{i}&click")
                      for i in range(20)]  # fmt: skip
             health = await fetch(s, "GET", f"{url}/healthz")
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # one turn of the loop between the two probes
             health_again = await fetch(s, "GET", f"{url}/healthz")
         return [*posts, health, health_again]
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -63,7 +64,7 @@ def post(url: str, user: str, kind: str = "click") -> int:
 
 
 @pytest.fixture
-def workers3(redis_url: str):
+def workers3(redis_url: str) -> Iterator[TapadServer]:
     server = TapadServer(redis_url, "--workers", "3").start()
     assert server.proc is not None
     wait_until(lambda: len(listening_pids(server.port)) == 3)

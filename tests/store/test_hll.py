@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tapad.store import Event, open_store
+from tapad.store import Event, StoreOptions, open_store
 from tests.support import RedisServer, TapadServer, http, parse_counts
 
 NOW_MS = int(time.time() * 1000)
@@ -18,7 +18,7 @@ USERS = 40_000
 
 async def fill(url: str, unique: str, users: range, repeat: int = 1) -> dict[str, int]:
     """Write ``users`` (each ``repeat`` times) into the current hour; return the store's read."""
-    store = open_store(url, timeout=5.0, unique=unique)
+    store = open_store(url, StoreOptions(timeout=5.0, unique=unique))
     try:
         await store.connect()
         assert store.unique_mode == unique

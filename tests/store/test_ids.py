@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tapad.buckets import current_hour
-from tapad.store import Event, HourCounts, open_store
+from tapad.store import Event, HourCounts, StoreOptions, open_store
 from tapad.store.sqlite import SQLiteStore
 from tests.support import RedisServer
 
@@ -66,7 +66,7 @@ async def test_a_batch_of_known_ids_only_changes_nothing(any_store_url: str) -> 
 async def test_sqlite_forgets_ids_after_dedup_hours(tmp_path: Path) -> None:
     now = [HOUR * 3600.0 + 10]
     store = SQLiteStore(
-        str(tmp_path / "t.db"), dedup_hours=2, clock=lambda: now[0], sweep_every=None
+        str(tmp_path / "t.db"), StoreOptions(dedup_hours=2), clock=lambda: now[0], sweep_every=None
     )
     await store.connect()
     try:
@@ -86,7 +86,7 @@ def test_redis_ids_expire_after_dedup_hours(redis_server: RedisServer) -> None:
     redis_server.flush()
 
     async def go() -> None:
-        store = open_store(redis_server.url, dedup_hours=5)
+        store = open_store(redis_server.url, StoreOptions(dedup_hours=5))
         await store.connect()
         try:
             await store.write([Event(HOUR, "alice", True, "x")])

@@ -14,11 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from tapad.store import CommitUnknown, Event, HourCounts, StoreError, open_store
-from tapad.store.redis.link import InDoubt
+from tapad.store import (
+    CommitUnknown,
+    Event,
+    HourCounts,
+    InDoubt,
+    StoreError,
+    StoreOptions,
+    open_store,
+)
 from tapad.store.redis.node import RedisStore
 from tests.store.proxy import Proxy
-from tests.support import LOOPBACK, RedisServer
+from tests.support import LOOPBACK, RedisServer, wait_until, wait_until_async
 
 TIMEOUT = 0.3  # the store timeout of these tests: a paused Redis is past it quickly
 
@@ -31,14 +38,11 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 async def until(condition: Callable[[], bool], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition never held"
-        await asyncio.sleep(0.01)
+    await wait_until_async(condition, timeout, interval=0.01)
 
 
 def open_redis(url: str, deadline: float) -> RedisStore:
-    store = open_store(url, timeout=TIMEOUT, commit_deadline=deadline)
+    store = open_store(url, StoreOptions(timeout=TIMEOUT, commit_deadline=deadline))
     assert isinstance(store, RedisStore)
     return store
 
@@ -107,10 +111,12 @@ def test_redis_silent_past_the_deadline_is_commit_unknown(own_redis: RedisServer
             await store.close()
 
     assert asyncio.run(main()) == InDoubt(unknown=1)
-    deadline = time.monotonic() + 10
-    while own_redis.cli("HGET", "tapad:{4.0}:n", "c") != "1":
-        assert time.monotonic() < deadline, "the batch Redis had was never applied"
-        time.sleep(0.05)
+    wait_until(
+        lambda: own_redis.cli("HGET", "tapad:{4.0}:n", "c") == "1",
+        10,
+        interval=0.05,
+        what="the batch Redis had applied",
+    )
 
 
 def test_a_batch_never_sent_fails_at_once(own_redis: RedisServer) -> None:
@@ -121,7 +127,9 @@ def test_a_batch_never_sent_fails_at_once(own_redis: RedisServer) -> None:
         try:
             await store.write([Event(1, "warm-up", True)])
             own_redis.stop()
-            await asyncio.sleep(0.2)  # the link sees the connection close
+            await wait_until_async(
+                lambda: store._node.ready() is None, what="the link seeing the connection close"
+            )
             started = time.monotonic()
             with pytest.raises(StoreError) as failed:
                 await store.write([Event(5, "a", True)])

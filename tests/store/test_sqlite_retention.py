@@ -5,16 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
 
 from tapad.buckets import MS_PER_HOUR, current_hour
 from tapad.store.base import Event, HourCounts
+from tapad.store.options import StoreOptions
 from tapad.store.sqlite import SQLiteStore
 from tapad.store.sqlite_retention import DELETE_ROWS
-from tests.support import TapadServer, http, parse_counts
+from tests.support import TapadServer, http, parse_counts, wait_until, wait_until_async
 
 
 def rows_per_hour(path: Path) -> dict[int, int]:
@@ -29,7 +29,8 @@ def counter_hours(path: Path) -> list[int]:
 
 def pragma(path: Path, name: str) -> int:
     with contextlib.closing(sqlite3.connect(path)) as conn:  # sqlite3's own "with" never closes
-        return conn.execute(f"PRAGMA {name}").fetchone()[0]
+        value: int = conn.execute(f"PRAGMA {name}").fetchone()[0]
+        return value
 
 
 def events(hour: int, users: int, prefix: str = "u") -> list[Event]:
@@ -60,7 +61,11 @@ def test_sweep_removes_hours_past_retention_keeps_the_rest_and_shrinks_the_file(
 
     async def go() -> None:
         store = SQLiteStore(
-            str(path), synchronous="normal", retention_hours=2, clock=clock, sweep_every=None
+            str(path),
+            StoreOptions(retention_hours=2),
+            synchronous="normal",
+            clock=clock,
+            sweep_every=None,
         )
         await store.connect()
         try:
@@ -106,8 +111,8 @@ def test_an_existing_file_is_converted_to_incremental_vacuum(tmp_path: Path) -> 
 
         store = SQLiteStore(
             str(path),
+            StoreOptions(retention_hours=1),
             synchronous="normal",
-            retention_hours=1,
             clock=Clock(h * 3600 + 60),
             sweep_every=None,
         )
@@ -132,8 +137,8 @@ def test_posts_go_on_while_a_large_hour_is_swept(tmp_path: Path) -> None:
     async def go() -> None:
         store = SQLiteStore(
             str(path),
+            StoreOptions(retention_hours=1),
             synchronous="normal",
-            retention_hours=1,
             clock=Clock(h * 3600 + 60),
             sweep_every=None,
         )
@@ -141,10 +146,9 @@ def test_posts_go_on_while_a_large_hour_is_swept(tmp_path: Path) -> None:
         try:
             await fill(store, [events(h - 5, 2000, f"b{b}-") for b in range(20)])  # 40,000 rows
             sweep = asyncio.ensure_future(store.sweep())
-            deadline = time.monotonic() + 60
-            while rows_per_hour(path).get(h - 5) == 40_000:  # until the first step is in
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.001)
+            await wait_until_async(  # until the first step is in
+                lambda: rows_per_hour(path).get(h - 5) != 40_000, 60, interval=0.001
+            )
             await store.write([Event(h, "during-the-sweep", True)])
             assert rows_per_hour(path).get(h - 5, 0) > 0, "the write waited for the whole sweep"
             assert await sweep == 40_001
@@ -170,10 +174,12 @@ def test_serve_with_retention_on_sqlite(tmp_path: Path) -> None:
 
     server = TapadServer(url, "--retention-hours", "2").start()
     try:
-        deadline = time.monotonic() + 30
-        while set(rows_per_hour(tmp_path / "t.db")) != {now - 1, now}:
-            assert time.monotonic() < deadline, rows_per_hour(tmp_path / "t.db")
-            time.sleep(0.05)
+        wait_until(
+            lambda: set(rows_per_hour(tmp_path / "t.db")) == {now - 1, now},
+            30,
+            interval=0.05,
+            what="the old hours removed",
+        )
 
         def get(hour: int) -> dict[str, int]:
             status, _, body = http("GET", f"{server.url}/analytics?timestamp={hour * MS_PER_HOUR}")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
-from tapad.store import Event, HourCounts, StoreConfigError, open_store
+from tapad.store import Event, HourCounts, StoreConfigError, StoreOptions, open_store
 from tests.support import RedisServer, TapadServer, http, parse_counts
 
 run = asyncio.run
@@ -64,8 +65,8 @@ def test_data_outlives_the_store_object(store_url: str) -> None:
     assert run(reopen_and_read(store_url)) == HourCounts(3, 2, 2)
 
 
-async def layout(url: str, **kwargs: object) -> str:
-    store = open_store(url, **kwargs)
+async def layout(url: str, **options: Any) -> str:
+    store = open_store(url, StoreOptions(**options))
     try:
         await store.connect()
         return store.unique_mode

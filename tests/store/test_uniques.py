@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
-from tapad.store import Event, UniqueCount, open_store
+from tapad.store import Event, StoreOptions, UniqueCount, open_store
 from tests.support import RedisClusterProcs, RedisServer
 
 run = asyncio.run
@@ -18,9 +19,9 @@ async def write_and_count(
     url: str,
     batches: Sequence[Sequence[Event]],
     hours: Sequence[int],
-    **options: object,
+    **options: Any,
 ) -> UniqueCount:
-    store = open_store(url, **options)  # type: ignore[arg-type]
+    store = open_store(url, StoreOptions(**options))
     await store.connect()
     try:
         for batch in batches:

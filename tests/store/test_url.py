@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from tapad.store import StoreConfigError, open_store, parse_store_url, redact
+from tapad.store import StoreConfigError, StoreOptions, open_store, parse_store_url, redact
 
 
 def test_sqlite_relative_and_absolute() -> None:
@@ -49,7 +49,7 @@ def test_redaction_hides_passwords() -> None:
 
 def test_sqlite_refuses_hll() -> None:
     with pytest.raises(StoreConfigError):
-        open_store("sqlite:///x.db", unique="hll")
+        open_store("sqlite:///x.db", StoreOptions(unique="hll"))
 
 
 @pytest.mark.parametrize(

@@ -64,7 +64,7 @@ class NameSource:
         try:
             action = self.plan(n)
             if action == "slow":
-                time.sleep(self.slow_seconds)
+                time.sleep(self.slow_seconds)  # a slow source on purpose, for timeouts
             elif isinstance(action, int):
                 return action, "text/plain", b"injected failure\n"
             names = self.names(n)

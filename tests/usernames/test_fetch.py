@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ from tapad.usernames.fetch import DEFAULT_URL, FetchError, fetch_usernames
 from tests.loadgen.cli import assert_one_line_error, assert_plain, tapad
 from tests.support import free_port
 from tests.usernames.source import NameSource
+
+Plan = Callable[[int], str | int]  # n-th request -> its answer (see NameSource)
 
 
 @pytest.mark.parametrize("shape", ["json", "text"])
@@ -86,7 +89,9 @@ def test_a_source_that_repeats_itself_stops_and_keeps_what_it_got(tmp_path: Path
     ("html", lambda n: "ok", ("HTML",)),
     ("json", lambda n: 404, ("HTTP 404",)),
 ])  # fmt: skip
-def test_answers_that_will_never_be_names_stop_at_once(shape, plan, words, tmp_path) -> None:
+def test_answers_that_will_never_be_names_stop_at_once(
+    shape: str, plan: Plan, words: tuple[str, ...], tmp_path: Path
+) -> None:
     with NameSource(shape=shape, plan=plan) as source:
         result = tapad("usernames", "fetch", "--url", source.url, "--count", "5",
                        "--out", str(tmp_path / "n.txt"))  # fmt: skip

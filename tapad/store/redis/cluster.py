@@ -42,7 +42,6 @@ import secrets
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
-from tapad import settings as defaults
 from tapad.adapters.redis_py import key_slot
 from tapad.store.base import (
     NO_DUPLICATES,
@@ -50,6 +49,7 @@ from tapad.store.base import (
     Duplicates,
     Event,
     HourCounts,
+    InDoubt,
     PartialWrite,
     StoreCondition,
     StoreConfigError,
@@ -57,16 +57,17 @@ from tapad.store.base import (
     StoreFault,
     UniqueCount,
 )
+from tapad.store.options import StoreOptions
 from tapad.store.redis import uniques
+from tapad.store.redis.connect import endpoint_of
 from tapad.store.redis.guard import Guard, NodeReader, NodeReport
 from tapad.store.redis.keys import DISCARD, EXEC, MULTI, KeyLayout
 from tapad.store.redis.keys import Part as KeyPart
+from tapad.store.redis.layout_check import check_layout
 from tapad.store.redis.link import (
     FAILURES,
-    InDoubt,
     NodeLink,
     applied,
-    endpoint_of,
     kill_and_read,
     store_error,
 )
@@ -99,43 +100,28 @@ class ClusterStore:
     def __init__(
         self,
         settings: StoreSettings,
-        *,
-        timeout: float | None = None,
-        commit_deadline: float | None = None,
-        shards: int | None = None,
-        unique: str | None = None,
-        retention_hours: int | None = None,
-        dedup_hours: int | None = None,
-        allow_eviction: bool = False,
-        check_every: float | None = None,
-        exact_uniques_limit: int | None = None,
+        options: StoreOptions = StoreOptions(),
     ) -> None:
-        """``check_every``: seconds between two checks that every master keeps what it is
+        """``options.check_every``: seconds between two checks that every master keeps what it is
         given (guard.py), the first one in ``connect``; None (tools that only read): none."""
         if not settings.hosts:
             raise StoreConfigError(f"store URL {settings.redacted()!r} names no cluster node")
         self.layout = KeyLayout(  # shards 0: one per master, once the slot map says how many
             settings.prefix,
-            shards,
-            unique,
+            options.shards,
+            options.unique,
             default_shards=0,
-            retention_hours=retention_hours,
-            dedup_hours=dedup_hours or defaults.default("dedup_hours"),
+            retention_hours=options.retention_hours,
+            dedup_hours=options.dedup_hours,
         )
-        self._timeout = timeout if timeout is not None else defaults.default("store_timeout")
-        self._deadline = (
-            commit_deadline if commit_deadline is not None else defaults.default("commit_deadline")
-        )
+        self._timeout = options.timeout
+        self._deadline = options.commit_deadline
         self._name = settings.redacted()
         self._seed: Endpoint = endpoint_of(settings)
         self._start_nodes: list[Node] = list(settings.hosts)
         self._nodes: dict[Node, NodeLink] = {}
         self._counting: dict[Node, NodeLink] = {}  # links for uniques, not the hot path's
-        self._exact_limit = (
-            exact_uniques_limit
-            if exact_uniques_limit is not None
-            else defaults.default("exact_uniques_limit")
-        )
+        self._exact_limit = options.exact_uniques_limit
         self._owners: list[Node] | None = None  # the slot map: owner of each slot
         self._map_lock = asyncio.Lock()
         self._reload_map = False  # a master failed: it may have been replaced (failover)
@@ -144,7 +130,11 @@ class ClusterStore:
         self._tag_slots: list[int] | None = None  # the slot of each shard's tag (tagged layouts)
         self.in_doubt = InDoubt()
         self.fault: str | None = None  # set by an error inside EXEC: see StoreFault
-        self._guard = None if check_every is None else Guard(allow_eviction, check_every)
+        self._guard = (
+            None
+            if options.check_every is None
+            else Guard(options.allow_eviction, options.check_every)
+        )
         self._checkers: dict[Node, NodeReader] = {}
 
     @property
@@ -205,8 +195,10 @@ class ClusterStore:
             if not self._layout_checked:
                 if not self.layout.shards:
                     self.layout.shards = len(self._masters())
-                await self.layout.check(
-                    lambda cmds: self._on_key(self.layout.layout_key, cmds), self._choose_tags
+                await check_layout(
+                    self.layout,
+                    lambda cmds: self._on_key(self.layout.layout_key, cmds),
+                    self._choose_tags,
                 )
                 tags = self.layout.tags
                 self._tag_slots = None if tags is None else [key_slot(t.encode()) for t in tags]

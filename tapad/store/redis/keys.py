@@ -32,7 +32,7 @@ from __future__ import annotations
 import re
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
 from tapad.store.base import Event, HourCounts, StoreConfigError, aggregate
@@ -325,50 +325,6 @@ class KeyLayout:
             pack(("HSETNX", self.layout_key, "retention", str(self.retention))),
             pack(("HGETALL", self.layout_key)),
         ]
-
-    async def check(
-        self,
-        send: Callable[[list[bytes]], Awaitable[list[Any]]],
-        choose_tags: Callable[[int], list[str]] | None = None,
-    ) -> None:
-        """Adopt the store's layout, writing ours first if it has none; refuse a mismatch.
-        ``send`` runs commands on the node holding the layout key and returns the replies.
-
-        With ``choose_tags`` (a cluster: the hash tag of each of n shards), a store without
-        a layout gets one with tags, written whole in one transaction so that two servers
-        starting at once cannot mix their values. A layout already there is adopted as it
-        is: without tags, its keys keep the {hour.shard} scheme."""
-        if choose_tags is not None:
-            (existing,) = await send([pack(("EXISTS", self.layout_key))])
-            if not existing:
-                tags = choose_tags(self.shards)
-                await send(
-                    [
-                        MULTI,
-                        *self.check_commands()[:-1],
-                        pack(("HSETNX", self.layout_key, "tags", ",".join(tags))),
-                        EXEC,
-                    ]
-                )
-        raw = (await send(self.check_commands()))[-1]
-        theirs = {raw[i].decode(): raw[i + 1].decode() for i in range(0, len(raw), 2)}
-        for name, value in self.asked.items():
-            if value is not None and theirs.get(name) != value:
-                raise StoreConfigError(
-                    f"the store was set up with shards={theirs.get('shards')} "
-                    f"unique={theirs.get('unique')} retention={theirs.get('retention')} "
-                    f"(hours; 0: for ever), this server asks for {name}={value}: "
-                    "start it with the store's values, or use another key prefix (?prefix=)"
-                )
-        self.shards = int(theirs["shards"])
-        self.unique = theirs["unique"]
-        self.retention = int(theirs["retention"])
-        self.tags = theirs["tags"].split(",") if "tags" in theirs else None
-        if self.tags is not None and len(self.tags) != self.shards:
-            raise StoreConfigError(
-                f"the store's layout is inconsistent: shards={self.shards} but "
-                f"{len(self.tags)} tags ({self.layout_key} tags={theirs['tags']})"
-            )
 
     def hours_command(self) -> bytes:
         return pack(("ZREVRANGE", self.hours_key, 0, -1))

@@ -17,23 +17,26 @@ import secrets
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from tapad import settings as defaults
 from tapad.store.base import (
     NO_DUPLICATES,
     CommitUnknown,
     Duplicates,
     Event,
     HourCounts,
+    InDoubt,
     StoreCondition,
     StoreConfigError,
     StoreError,
     StoreFault,
     UniqueCount,
 )
+from tapad.store.options import StoreOptions
 from tapad.store.redis import uniques
+from tapad.store.redis.connect import endpoint_of
 from tapad.store.redis.guard import Guard, NodeReader, NodeReport
 from tapad.store.redis.keys import DISCARD, EXEC, MULTI, SCAN_COUNT, KeyLayout
-from tapad.store.redis.link import FAILURES, InDoubt, NodeLink, endpoint_of, settle, store_error
+from tapad.store.redis.layout_check import check_layout
+from tapad.store.redis.link import FAILURES, NodeLink, settle, store_error
 from tapad.store.redis.protocol import (
     CommandError,
     LinkClosed,
@@ -54,46 +57,35 @@ class RedisStore:
     def __init__(
         self,
         settings: StoreSettings,
-        *,
-        timeout: float | None = None,
-        commit_deadline: float | None = None,
-        shards: int | None = None,
-        unique: str | None = None,
-        retention_hours: int | None = None,
-        dedup_hours: int | None = None,
-        allow_eviction: bool = False,
-        check_every: float | None = None,
-        exact_uniques_limit: int | None = None,
+        options: StoreOptions = StoreOptions(),
     ) -> None:
-        """``check_every``: seconds between two checks that the Redis keeps what it is
-        given (guard.py), the first one in ``connect``; None (tools that only read): none."""
+        """``options.check_every``: seconds between two checks that the Redis keeps what it
+        is given (guard.py), the first one in ``connect``; None (tools that only read): none."""
         self.layout = KeyLayout(
             settings.prefix,
-            shards,
-            unique,
+            options.shards,
+            options.unique,
             default_shards=1,
-            retention_hours=retention_hours,
-            dedup_hours=dedup_hours or defaults.default("dedup_hours"),
+            retention_hours=options.retention_hours,
+            dedup_hours=options.dedup_hours,
         )
-        self._timeout = timeout if timeout is not None else defaults.default("store_timeout")
-        self._deadline = (
-            commit_deadline if commit_deadline is not None else defaults.default("commit_deadline")
-        )
+        self._timeout = options.timeout
+        self._deadline = options.commit_deadline
         self._name = settings.redacted()
         endpoint = endpoint_of(settings)
         self._node = NodeLink(endpoint, self._timeout)
         self._where = endpoint.path or f"{endpoint.host}:{endpoint.port}"
-        self._guard = None if check_every is None else Guard(allow_eviction, check_every)
+        self._guard = (
+            None
+            if options.check_every is None
+            else Guard(options.allow_eviction, options.check_every)
+        )
         self._checker = NodeReader(self._node, self._timeout)
         self._probe = b"".join((MULTI, pack(("SET", f"{settings.prefix}probe", "1")), DISCARD))
         # Counting distinct users over a range takes many calls: on a link of its own, so
         # the hot path's requests never queue behind them (tapad/store/redis/uniques.py).
         self._counting = NodeLink(self._node.endpoint, self._timeout)
-        self._exact_limit = (
-            exact_uniques_limit
-            if exact_uniques_limit is not None
-            else defaults.default("exact_uniques_limit")
-        )
+        self._exact_limit = options.exact_uniques_limit
         self._layout_checked = False
         self._reads: dict[tuple[int, ...], tuple[bytes, int]] = {}  # see _read_request
         self.in_doubt = InDoubt()
@@ -112,7 +104,9 @@ class RedisStore:
             async with asyncio.timeout(self._timeout):
                 link = await self._node.get()
                 if not self._layout_checked:
-                    await self.layout.check(lambda cmds: link.request(b"".join(cmds), len(cmds)))
+                    await check_layout(
+                        self.layout, lambda cmds: link.request(b"".join(cmds), len(cmds))
+                    )
                     self._layout_checked = True
                     self._reads.clear()  # made before the store's layout was known
             return link
