@@ -198,7 +198,7 @@ def main() -> int:
                     )
 
         def median(key: tuple[str, str, str], field: str) -> float:
-            return statistics.median(getattr(r, field) for r in results[key])
+            return float(statistics.median(getattr(r, field) for r in results[key]))
 
         print(f"\nmedians of {args.rounds} rounds of {args.seconds} s; servers on one core")
         print(

@@ -185,7 +185,7 @@ def main() -> int:
         phase(f"{args.stored:,} ids")
 
         def median(key: tuple[str, str, str, str], name: str) -> float:
-            return statistics.median(getattr(r, name) for r in results[key])
+            return float(statistics.median(getattr(r, name) for r in results[key]))
 
         print(f"\nmedians of {args.rounds} rounds of {args.seconds} s; servers on one core")
         print(

@@ -88,7 +88,7 @@ async def redis_figures(url: str) -> list[tuple[str, float]]:
         events = batches[next(it) % len(batches)]
         async with client.pipeline(transaction=True) as pipe:
             hours: dict[str, int] = {}
-            for (hour, shard), (users, clicks, imps) in layout.split(events).items():
+            for (hour, shard), (users, clicks, imps, _) in layout.split(events).items():
                 pipe.sadd(layout.users_key(hour, shard), *users)
                 if clicks:
                     pipe.hincrby(layout.counts_key(hour, shard), "c", clicks)

@@ -54,12 +54,13 @@ def timed_write_batch(self: store.SQLiteStore, *args: Any) -> None:
         thread_times.append((start, time.perf_counter()))
 
 
-async def timed_write(self: store.SQLiteStore, events: Sequence[Event]) -> None:
+async def timed_write(self: store.SQLiteStore, events: Sequence[Event]) -> frozenset[int]:
     called = time.perf_counter()
-    await write(self, events)
+    duplicates = await write(self, events)
     back = time.perf_counter()
     run, done = thread_times[-1] if thread_times else (called, called)
     batches.append((len(events), called, run, done, back))
+    return duplicates
 
 
 def summary() -> str:

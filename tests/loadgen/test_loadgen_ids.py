@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -16,7 +17,7 @@ from tests.loadgen.scripted import ScriptedServer
 from tests.support import InProcessTapad
 
 
-def run_json(*args: str) -> tuple[int, dict]:
+def run_json(*args: str) -> tuple[int, dict[str, Any]]:
     result = tapad("loadgen", *args, "--json")
     assert "Traceback" not in result.stderr, result.stderr
     return result.returncode, json.loads(result.stdout)
@@ -28,7 +29,7 @@ def ids_of(target: str) -> list[str]:
 
 def test_every_failure_is_retried_with_the_same_id_until_acknowledged(tmp_path: Path) -> None:
     """504, a dropped connection, a timeout, 502 and 503 are all retried; none is unknown."""
-    script = {0: 504, 1: "drop", 2: "stall", 3: 502, 4: 503}
+    script: dict[int, int | str] = {0: 504, 1: "drop", 2: "stall", 3: 502, 4: 503}
     ledger_path = tmp_path / "ledger.json"
     with ScriptedServer(lambda n: script.get(n, 200), stall_seconds=3) as server:
         code, report = run_json("post", "--url", server.url, "-n", "3", "-c", "1", "--ids",

@@ -88,8 +88,8 @@ def test_a_summary_line_comes_each_period_while_serving(tmp_path: Path) -> None:
     )
     url = f"http://{LOOPBACK}:{settings.port}"
 
-    def summary_of_the_posts() -> str | None:
-        return next((line for line in kept.lines if "3 requests" in line), None)
+    def summary_of_the_posts() -> str:
+        return next((line for line in kept.lines if "3 requests" in line), "")
 
     async def main() -> str:
         server = asyncio.create_task(run_server(settings, announce=False))

@@ -22,7 +22,7 @@ from tapad.buckets import MS_PER_HOUR
 from tapad.server.app import batch_outcome
 from tapad.server.batch import MAX_BODY, MAX_EVENTS
 from tapad.server.writer import GroupCommitter, Overloaded
-from tapad.store.base import Event, PartialWrite
+from tapad.store.base import Duplicates, Event, PartialWrite
 from tapad.store.sqlite import SQLiteStore
 from tests.support import InProcessTapad, Nginx, RedisServer, parse_counts, wait_until
 
@@ -58,14 +58,16 @@ def ts() -> int:
     return next(_hours) * 100 * MS_PER_HOUR + 123_456
 
 
-def event(ts: int | float | None, user: str, kind: str = "click", **extra: object) -> dict:
-    found = {"user": user, "event": kind, **extra}
+def event(
+    ts: int | float | None, user: str, kind: str = "click", **extra: object
+) -> dict[str, object]:
+    found: dict[str, object] = {"user": user, "event": kind, **extra}
     if ts is not None:
         found["timestamp"] = ts
     return found
 
 
-def ndjson(events: list[dict]) -> bytes:
+def ndjson(events: Sequence[object]) -> bytes:
     return "".join(json.dumps(e) + "\n" for e in events).encode()
 
 
@@ -344,7 +346,9 @@ def test_a_cluster_batch_applied_in_part_is_504_and_known_not_applied_is_503() -
     was committed, 503 only if none was and none is in doubt."""
     events = [Event(7, "a", True), Event(7, "b", True), Event(8, "a", False)]
 
-    def partial(parts: set[tuple[int, int]], unknown: set[tuple[int, int]] | None = None):
+    def partial(
+        parts: set[tuple[int, int]], unknown: set[tuple[int, int]] | None = None
+    ) -> PartialWrite:
         return PartialWrite("part", parts, lambda user: 0 if user == "a" else 1, unknown)
 
     assert batch_outcome(partial({(7, 0), (7, 1), (8, 0)}), events).status == 200
@@ -421,9 +425,9 @@ class RecordingStore(SQLiteStore):
         super().__init__(str(path), synchronous="normal")
         self.writes: list[list[Event]] = []
 
-    async def write(self, events: Sequence[Event]) -> None:
+    async def write(self, events: Sequence[Event]) -> Duplicates:
         self.writes.append(list(events))
-        await super().write(events)
+        return await super().write(events)
 
 
 async def test_a_request_is_never_split_over_two_transactions(tmp_path: Path) -> None:

@@ -187,10 +187,12 @@ def test_star_allows_every_origin_and_echoes_it(tmp_path: Path) -> None:
 
 def test_origins_are_parsed_as_browsers_send_them() -> None:
     assert parse_origins("*") is None
-    assert parse_origins(" https://A.example/ ,http://127.0.0.1:8000") == {
-        "https://a.example",
-        "http://127.0.0.1:8000",
-    }
+    assert parse_origins(" https://A.example/ ,http://127.0.0.1:8000") == frozenset(
+        {
+            "https://a.example",
+            "http://127.0.0.1:8000",
+        }
+    )
 
 
 @pytest.mark.parametrize(

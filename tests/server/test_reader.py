@@ -21,7 +21,15 @@ import pytest
 
 from tapad.server.reader import CoalescingReader
 from tapad.server.writer import GroupCommitter
-from tapad.store.base import Event, HourCounts, PartialWrite, StoreError
+from tapad.store.base import (
+    Duplicates,
+    Event,
+    HourCounts,
+    PartialWrite,
+    StoreCondition,
+    StoreError,
+    UniqueCount,
+)
 from tapad.store.sqlite import SQLiteStore
 from tests.support import wait_until_async
 
@@ -49,8 +57,8 @@ class SlowReadStore:
     async def connect(self) -> None:
         await self.inner.connect()
 
-    async def write(self, events: Sequence[Event]) -> None:
-        await self.inner.write(events)
+    async def write(self, events: Sequence[Event]) -> Duplicates:
+        return await self.inner.write(events)
 
     async def read(self, hour: int) -> HourCounts:
         return (await self.read_hours([hour]))[0]
@@ -67,6 +75,21 @@ class SlowReadStore:
 
     async def ping(self) -> None:
         await self.inner.ping()
+
+    # The rest of the Store protocol, straight through.
+    def condition(self) -> StoreCondition:
+        return self.inner.condition()
+
+    async def probe_write(self) -> None:
+        await self.inner.probe_write()
+
+    async def delete_hours(
+        self, hours: Sequence[int], progress: Callable[[int], None] | None = None
+    ) -> int:
+        return await self.inner.delete_hours(hours, progress)
+
+    async def uniques(self, hours: Sequence[int]) -> UniqueCount:
+        return await self.inner.uniques(hours)
 
     async def close(self) -> None:
         await self.inner.close()
@@ -112,7 +135,7 @@ def run_with_store(
     return asyncio.run(main())
 
 
-def post(committer: GroupCommitter, user: str) -> Awaitable[PartialWrite | None]:
+def post(committer: GroupCommitter, user: str) -> Awaitable[PartialWrite | int | None]:
     return committer.submit(Event(HOUR, user, True))
 
 

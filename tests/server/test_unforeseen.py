@@ -23,7 +23,7 @@ from aiohttp import web
 
 from tapad.server.config import ServeSettings
 from tapad.server.run import assemble
-from tapad.store.base import CommitUnknown, Event, HourCounts, StoreConfigError
+from tapad.store.base import CommitUnknown, Duplicates, Event, HourCounts, StoreConfigError
 from tapad.store.sqlite import SQLiteStore
 from tests.support import RedisServer, TapadServer, http
 
@@ -34,7 +34,7 @@ TS = 3_600_000 * 5
 class BuggyStore(SQLiteStore):
     """A real SQLite store with a bug in its write and read paths."""
 
-    async def write(self, events: Sequence[Event]) -> None:
+    async def write(self, events: Sequence[Event]) -> Duplicates:
         raise KeyError(SECRET)
 
     async def read_hours(self, hours: Sequence[int]) -> list[HourCounts]:
@@ -44,14 +44,14 @@ class BuggyStore(SQLiteStore):
 class MisconfiguredStore(SQLiteStore):
     """A store that finds it is misconfigured on every write (a key of the wrong type)."""
 
-    async def write(self, events: Sequence[Event]) -> None:
+    async def write(self, events: Sequence[Event]) -> Duplicates:
         raise StoreConfigError(f"WRONGTYPE at {SECRET}")
 
 
 class SilentStore(SQLiteStore):
     """A store that stayed silent past the commit deadline for every batch."""
 
-    async def write(self, events: Sequence[Event]) -> None:
+    async def write(self, events: Sequence[Event]) -> Duplicates:
         raise CommitUnknown(f"no reply from {SECRET}")
 
 
