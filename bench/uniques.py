@@ -18,7 +18,7 @@ alternating slices (so that a shared machine's load, which drifts, weighs on bot
 
 It prints a Markdown table: POST and GET rate and p99 in both phases, their ratios (targets:
 p99 at most 1.5x, rate at least 0.9x), and how long each range's count took (median, max,
-and whether it was exact). The figures go in docs/performance-uniques.md.
+and whether it was exact). The figures go in docs/performance.md.
 """
 
 from __future__ import annotations

@@ -652,7 +652,7 @@ class BackgroundCheckpoint:
 def lower_priority() -> None:
     """Make the calling thread the last to get a core when the cores are busy: a count of
     millions of rows must not take CPU time from the event loop and the writer in the same
-    process (docs/performance-uniques.md). Linux gives each thread a nice value of its own;
+    process (docs/performance.md). Linux gives each thread a nice value of its own;
     elsewhere this does nothing."""
     with contextlib.suppress(AttributeError, OSError):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), COUNT_NICENESS)

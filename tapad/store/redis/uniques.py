@@ -37,12 +37,12 @@ MERGE_STEP = 32  # sketches per PFMERGE: a dense merge is tens of microseconds a
 KEYS_STEP = 256  # SCARD/EXISTS/GET per request (each O(1))
 MERGE_TTL_MS = 60_000  # a merge key left behind by a failed count goes away by itself
 # Pause after each call, as a share of the time it took: 1.0 leaves Redis at least half of
-# the time for the hot path while a count runs (docs/performance-uniques.md).
+# the time for the hot path while a count runs (docs/performance.md).
 PACE = 1.0
 # And after each step of members merged in the tapad process, a pause this many times as long
 # as adding them to the set took: about half of what a step costs the event loop (reading the
 # reply, making the members Python objects), so a count keeps to about a tenth of the event
-# loop's time, which the hot path needs (docs/performance-uniques.md). On a busy machine
+# loop's time, which the hot path needs (docs/performance.md). On a busy machine
 # the step takes longer, and so does the pause.
 MERGE_PACE = 20
 
