@@ -118,6 +118,7 @@ def options_from_table(command: Callable[..., None]) -> Callable[..., None]:
 @options_from_table
 def serve(**options: Any) -> None:
     """Run the HTTP server."""
+    from tapad.server.auth import Tokens
     from tapad.server.config import ServeSettings, StartupError
     from tapad.server.cors import BadOrigins, parse_origins
     from tapad.server.logs import configure_logging
@@ -128,6 +129,10 @@ def serve(**options: Any) -> None:
             parse_origins(options["cors_origins"])  # refused here in one line, not in each worker
         except BadOrigins as exc:
             raise fail(str(exc), 2) from None
+    try:
+        Tokens.configured(options["write_token"], options["read_token"])  # malformed: exit 2
+    except ValueError as exc:
+        raise fail(str(exc), 2) from None
     configure_logging()
     settings = ServeSettings(**options)
     try:

@@ -218,6 +218,26 @@ SETTINGS: tuple[Setting, ...] = (
         min=0,
         metavar="MEMBERS",
     ),
+    Setting(
+        "write_token",
+        None,
+        "Tokens (comma-separated, several while rotating) one of which every write must "
+        "carry, as 'Authorization: Bearer TOKEN' or key=TOKEN. Default: writes are open.",
+        "TAPAD_WRITE_TOKEN",
+        default_text="none: open",
+        kind=str,
+        metavar="TOKENS",
+    ),
+    Setting(
+        "read_token",
+        None,
+        "Tokens one of which every read (GET /analytics..., /metrics) must carry, as for "
+        "--write-token. Default: reads are open.",
+        "TAPAD_READ_TOKEN",
+        default_text="none: open",
+        kind=str,
+        metavar="TOKENS",
+    ),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

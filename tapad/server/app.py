@@ -20,10 +20,12 @@ from aiohttp.web_request import BaseRequest
 
 from tapad.buckets import format_hour
 from tapad.hour_rows import CONTENT_TYPES, render_text
+from tapad.server.auth import Tokens
 from tapad.server.batch import BatchRefused, body_kind, parse_events, read_body
 from tapad.server.cors import Cors
 from tapad.server.dashboard import DASHBOARD_FILES, TAPAD_JS, dashboard_file, tapad_js
 from tapad.server.metrics import CONTENT_TYPE, Metrics
+from tapad.server.openapi import OPENAPI_PATH, openapi_response
 from tapad.server.outage import Outage
 from tapad.server.query import (
     BadRequest,
@@ -131,10 +133,12 @@ class TapadHandler:
         metrics: Metrics | None = None,
         window: Window | None = None,
         cors: Cors | None = None,
+        tokens: Tokens | None = None,
     ) -> None:
         self.store = store
         self.window = window or Window()  # --accept-past/--accept-future (window.py)
         self.cors = cors  # None: no --cors-origins, no CORS headers, OPTIONS is a 405
+        self.tokens = tokens  # None: no token configured, no token work on any request
         self.committer = committer
         self.reader = reader
         self.metrics = metrics or Metrics()
@@ -162,9 +166,14 @@ class TapadHandler:
         path, _, query = request.raw_path.partition("?")
         method = request.method
         response: web.StreamResponse
-        if path == "/analytics" and method == "POST":
-            # WRITE TOKEN CHECK (POST /analytics): the write paths are this one, batch()
-            # and pixel(), each marked so.
+        # Tokens: every scoped route (auth.py: SCOPES), checked here once; none configured,
+        # one None check.
+        if (
+            self.tokens is not None
+            and (refused := self.tokens.refuse(method, path, query, request.headers)) is not None
+        ):
+            response = refused
+        elif path == "/analytics" and method == "POST":
             try:
                 event = parse_post(query, self.window)
                 outcome = await self.committer.submit(event)
@@ -237,7 +246,13 @@ class TapadHandler:
         if path == "/healthz":
             return await self.healthz(request)
         if path == "/metrics":
+            if method not in ("GET", "HEAD"):
+                return not_allowed(method, "GET, HEAD")
             return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+        if path == OPENAPI_PATH:
+            if method not in ("GET", "HEAD"):
+                return not_allowed(method, "GET, HEAD")
+            return openapi_response()
         return web.Response(status=404, text=f"not found: {path[:100]}\n", content_type=TEXT)
 
     async def batch(self, request: BaseRequest, method: str) -> web.Response:
@@ -248,7 +263,6 @@ class TapadHandler:
         """
         if method != "POST":
             return not_allowed(method, "POST")
-        # WRITE TOKEN CHECK (POST /analytics/batch)
         headers = request.headers
         try:
             ndjson, gzip = body_kind(headers.get("Content-Type"), headers.get("Content-Encoding"))
@@ -282,7 +296,6 @@ class TapadHandler:
         """
         if method != "GET":
             return not_allowed(method, "GET")
-        # WRITE TOKEN CHECK (GET /analytics/pixel.gif; the token comes as key=)
         try:
             query = request.raw_path.partition("?")[2]
             event = parse_pixel(query, self.window.now(), self.window)
@@ -350,7 +363,7 @@ class TapadHandler:
 
     async def healthz(self, request: BaseRequest) -> web.Response:
         if request.method not in ("GET", "HEAD"):
-            return web.Response(status=405, headers={"Allow": "GET, HEAD"}, content_type=TEXT)
+            return not_allowed(request.method, "GET, HEAD")
         problem = await self.problem()
         if problem is not None:
             return unavailable(problem)

@@ -6,7 +6,7 @@ configuration without loading the server.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tapad.settings import default
 from tapad.store.base import CHECK_EVERY
@@ -39,6 +39,9 @@ class ServeSettings:
     accept_past: int | None = default("accept_past")
     accept_future: int | None = default("accept_future")
     exact_uniques_limit: int = default("exact_uniques_limit")
+    # Secrets: kept out of the repr, so no log line or traceback shows them.
+    write_token: str | None = field(default=default("write_token"), repr=False)
+    read_token: str | None = field(default=default("read_token"), repr=False)
     reuse_port: bool = False  # not a setting: set for the worker processes
     store_check_every: float = CHECK_EVERY  # not a setting: tests check more often
     summary_every: float = SUMMARY_EVERY  # not a setting: seconds between summary lines

@@ -12,6 +12,7 @@ from aiohttp import web
 from tapad.adapters.aiohttp import name_server
 from tapad.server.access_log import AccessLog, access_log, summarise
 from tapad.server.app import TapadHandler
+from tapad.server.auth import Tokens
 from tapad.server.config import ServeSettings, StartupError
 from tapad.server.cors import Cors
 from tapad.server.drain import close_gently
@@ -124,6 +125,7 @@ def assemble(store: Store, settings: ServeSettings) -> tuple[BoundedServer, Tapa
         metrics,
         Window(settings.accept_past, settings.accept_future),
         Cors(settings.cors_origins) if settings.cors_origins is not None else None,
+        Tokens.configured(settings.write_token, settings.read_token),
     )
     quiet_client_errors(metrics.malformed.inc)
     name_server(SERVER_NAME)
