@@ -342,3 +342,42 @@ def test_dashboard_files_are_served_from_the_package(server: TapadServer) -> Non
     assert re.findall(r'(?:src|href)="(https?:[^"]+)"', body) == []
     assert http("POST", f"{server.url}/")[0] == 405
     assert http("GET", f"{server.url}/static/nothing.js")[0] == 404
+
+
+def test_dashboard_asks_for_the_read_token_and_keeps_it_for_the_tab(
+    sqlite_url: str, browser: Browser
+) -> None:
+    read, write = "dash-read-5e1b", "dash-write-a90c"
+    server = TapadServer(sqlite_url, "--read-token", read, "--write-token", write).start()
+    try:
+        now_ms = int(time.time() * 1000)
+        for user, kind in [("ann", "click"), ("bob", "impression")]:
+            url = f"{server.url}/analytics?timestamp={now_ms}&user={user}&{kind}&key={write}"
+            assert http("POST", url)[0] == 200
+        browser.driver.get(f"{server.url}/")
+        form = browser.driver.find_element(By.ID, "token-form")
+        field = browser.driver.find_element(By.ID, "token")
+        wait_for("the token asked for", form.is_displayed)
+        assert browser.metric("clicks") is None, "numbers shown without the token"
+
+        field.send_keys(write)  # a write token does not read: asked again
+        form.submit()
+        wait_for("the refused token asked for again", lambda: "refused" in form.text)
+        field.send_keys(read)
+        form.submit()
+        wait_for(
+            "the numbers, with the token",
+            lambda: browser.metrics() == {"unique_users": 2, "clicks": 1, "impressions": 1},
+        )
+        assert not form.is_displayed()
+        assert wait_for("the chart", lambda: browser.points() == 24)
+
+        browser.driver.refresh()  # the same tab: the token is kept, not asked again
+        wait_for("the numbers after a reload", lambda: browser.metric("clicks") == 1)
+        assert not browser.driver.find_element(By.ID, "token-form").is_displayed()
+    finally:
+        server.stop()
+    browser.collect_logs()
+    outside = [u for u in browser.requests if read in u or write in u]
+    assert outside == [], f"a token in a URL: {outside}"
+    assert read not in server.log.decode()

@@ -3,6 +3,8 @@
 // unique users of each of the last 7 UTC days from GET /analytics/uniques every minute.
 // Every time shown is UTC (the local time is in a tooltip), as in the API and the exports.
 // Nothing but this server is asked; nothing is built: this file is served as it is.
+// A server with a read token answers 401: the page then asks for the token once, keeps it
+// for this tab (sessionStorage) and sends it as "Authorization: Bearer"; on a 401 it asks again.
 "use strict";
 
 (() => {
@@ -19,6 +21,7 @@
   // median hour: one busy hour on a linear scale presses every other hour onto the zero line.
   const LOG_FROM_RATIO = 20;
   const NO_VALUE = "\u2014"; // an em dash: a figure this server cannot give
+  const TOKEN_KEY = "tapad.readToken";
 
   const number = new Intl.NumberFormat();
   const compact = new Intl.NumberFormat(undefined, { notation: "compact" });
@@ -50,7 +53,11 @@
     logShown: false,
     uniquesAt: null, // tick of the last reading of the daily unique users
     uniquesMissing: false,
+    token: sessionStorage.getItem(TOKEN_KEY),
+    asking: false,
   };
+
+  class Unauthorized extends Error {}
 
   const hourStart = (ms) => ms - (ms % MS_PER_HOUR);
   const hourLabel = (ms) => new Date(ms).toISOString().slice(0, 13); // YYYY-MM-DDTHH, UTC
@@ -61,8 +68,10 @@
     const abort = new AbortController();
     const timer = setTimeout(() => abort.abort(), TIMEOUT_MS);
     try {
-      const response = await fetch(url, { cache: "no-store", signal: abort.signal });
+      const headers = state.token ? { Authorization: `Bearer ${state.token}` } : {};
+      const response = await fetch(url, { cache: "no-store", signal: abort.signal, headers });
       const text = await response.text();
+      if (response.status === 401) throw new Unauthorized(text.split("\n")[0]);
       if (!response.ok) throw new Error(`${response.status} ${text.split("\n")[0]}`);
       return text;
     } finally {
@@ -349,8 +358,36 @@
     $("#uniques").replaceWith(list);
   }
 
+  // -- the read token -----------------------------------------------------------------------
+
+  function askToken() {
+    state.asking = true;
+    const form = $("#token-form");
+    $("#token-why").textContent = state.token
+      ? "that token was refused: enter the read token"
+      : "this server asks for one to show its numbers";
+    form.hidden = false;
+    $("#status").dataset.state = "token";
+    $("#status").textContent = "waiting for the read token";
+    $("#token").focus();
+  }
+
+  $("#token-form").addEventListener("submit", (event) => {
+    event.preventDefault(); // nothing is sent anywhere but in the Authorization header
+    const token = $("#token").value.trim();
+    if (!token) return;
+    state.token = token;
+    sessionStorage.setItem(TOKEN_KEY, token);
+    $("#token").value = "";
+    $("#token-form").hidden = true;
+    state.asking = false;
+    state.tick = 0;
+    state.uniquesAt = null; // read again with the token
+    refresh();
+  });
+
   async function refresh() {
-    if (document.hidden) return; // nobody is looking: ask nothing
+    if (document.hidden || state.asking) return; // nobody is looking, or no token yet
     try {
       const stale = await readNow();
       if (stale || state.tick % RANGE_EVERY === 0) await readRange();
@@ -360,7 +397,8 @@
       showFirstEventHint();
       showStatus(null);
     } catch (error) {
-      showStatus(error);
+      if (error instanceof Unauthorized) askToken();
+      else showStatus(error);
     }
   }
 
