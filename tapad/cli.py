@@ -247,6 +247,13 @@ SeedOption = Annotated[
     int | None, typer.Option(metavar="N", help="Seed for a repeatable traffic mix.")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")]
+TokenOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Token to send as 'Authorization: Bearer' (the server's write token for post, "
+        "read token for get)."
+    ),
+]
 ProcessesOption = Annotated[
     int,
     typer.Option(
@@ -317,6 +324,7 @@ def loadgen_post(
         float,
         typer.Option(min=0.0, help="With --ids: seconds an event is retried, from its first send."),
     ] = 300.0,
+    token: TokenOption = None,
 ) -> None:
     """Send POSTs and record what the server acknowledged in a ledger."""
     from tapad.loadgen.command import LoadOptions, run_post
@@ -324,7 +332,7 @@ def loadgen_post(
 
     options = LoadOptions(
         url, requests, concurrency, Mix(old_ratio, old_hours, click_ratio), rate, retries,
-        timeout, seed, as_json, processes, batch, ids, retry_for,
+        timeout, seed, as_json, processes, batch, ids, retry_for, token=token,
     )  # fmt: skip
     _load(run_post, options, users, ledger)
 
@@ -353,6 +361,7 @@ def loadgen_get(
     seed: SeedOption = None,
     as_json: JsonOption = False,
     processes: ProcessesOption = 1,
+    token: TokenOption = None,
 ) -> None:
     """Send GETs with the same mix; with --verify, check answers against a ledger."""
     from tapad.loadgen.command import LoadOptions, run_get
@@ -360,7 +369,7 @@ def loadgen_get(
 
     options = LoadOptions(
         url, requests, concurrency, Mix(old_ratio, old_hours), rate, retries, timeout, seed,
-        as_json, processes,
+        as_json, processes, token=token,
     )  # fmt: skip
     _load(run_get, options, verify, hll)
 

@@ -6,7 +6,7 @@ import asyncio
 import json
 import signal
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ class LoadOptions:
     batch: int = 0  # POST: events per request, to /analytics/batch (0: single POSTs)
     ids: bool = False  # POST: an id on every event, every failure retried with it
     retry_for: float = 300.0  # with ids: seconds an event is retried until acknowledged
+    token: str | None = field(default=None, repr=False)  # write token (post) or read (get)
 
 
 def analytics_url(url: str) -> str:
@@ -133,6 +134,10 @@ def _execute(job: Job, options: LoadOptions) -> JobResult:
 def _job(options: LoadOptions, base: str, method: str, **fields: Any) -> Job:
     if options.processes > options.concurrency:
         raise LoadgenError("--processes cannot exceed --concurrency (one connection at least each)")
+    if options.token is not None and not (
+        options.token and all("!" <= ch <= "~" for ch in options.token)
+    ):
+        raise LoadgenError("--token must be printable ASCII without spaces")
     config = LoadConfig(
         method=method,
         requests=options.requests,
@@ -142,6 +147,7 @@ def _job(options: LoadOptions, base: str, method: str, **fields: Any) -> Job:
         timeout=options.timeout,
         content_type=BATCH_TYPE if method == "POST" and options.batch else None,
         retry_for=options.retry_for if method == "POST" and options.ids else None,
+        token=options.token,
     )
     batch = options.batch if method == "POST" else 0
     ids = options.ids and method == "POST"

@@ -47,7 +47,7 @@ class Answer:
 class Endpoint:
     """Where requests go and the bytes every request starts and ends with."""
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, token: str | None = None) -> None:
         url = URL(base)
         self.host = url.raw_host or ""
         self.port = url.port or (443 if url.scheme == "https" else 80)
@@ -58,7 +58,8 @@ class Endpoint:
         if url.explicit_port is not None:
             host += f":{url.port}"
         self.path = url.raw_path or "/"
-        self._tail = f" HTTP/1.1\r\nHost: {host}\r\nUser-Agent: tapad-loadgen\r\n".encode()
+        auth = f"Authorization: Bearer {token}\r\n" if token else ""
+        self._tail = f" HTTP/1.1\r\nHost: {host}\r\nUser-Agent: tapad-loadgen\r\n{auth}".encode()
 
     def request_bytes(
         self, method: str, target: str, body: bytes | None = None, content_type: str = ""

@@ -53,6 +53,7 @@ class LoadConfig:
     # POST with event ids: retry every answer but a 200 or a 4xx (429 aside) until
     # acknowledged, for up to this many seconds from the first send; None: see the doc.
     retry_for: float | None = None
+    token: str | None = field(default=None, repr=False)  # sent as Authorization: Bearer
 
 
 @dataclass
@@ -289,7 +290,7 @@ async def run_load(
     """
     outcome = outcome or Outcome()
     outcome.requests = config.requests
-    runner = _Runner(config, Endpoint(base), make, on_answer, outcome, on_unknown)
+    runner = _Runner(config, Endpoint(base, config.token), make, on_answer, outcome, on_unknown)
     stopper = None
     if stop is not None:
 

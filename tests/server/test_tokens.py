@@ -6,10 +6,12 @@ endpoint added to SCOPES without one fails ``test_every_scoped_route_is_sampled`
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -226,3 +228,33 @@ def test_the_query_parsers_ignore_key() -> None:
 def test_mask_key_hides_the_token_for_an_access_log() -> None:
     assert mask_key("/analytics?user=a&key=secret&click") == "/analytics?user=a&key=***&click"
     assert mask_key("/metrics") == "/metrics"
+
+
+def _loadgen(server: TapadServer, command: str, *args: str) -> tuple[int, dict[str, Any]]:
+    run = subprocess.run(
+        [sys.executable, "-m", "tapad", "loadgen", command, "--url", server.url, "-n", "50",
+         "-c", "4", "--retries", "0", "--json", *args],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert "Traceback" not in run.stderr, run.stderr
+    return run.returncode, json.loads(run.stdout)
+
+
+def test_loadgen_sends_its_token(server: TapadServer) -> None:
+    code, report = _loadgen(server, "post", "--token", WRITE[1])
+    assert code == 0 and report["acknowledged"] == 50, report
+    code, report = _loadgen(server, "get", "--token", READ[0])
+    assert code == 0 and report["acknowledged"] == 50, report
+    code, report = _loadgen(server, "post", "--token", READ[0])  # the other scope's
+    assert code != 0 and report["acknowledged"] == 0, report
+    code, report = _loadgen(server, "get")
+    assert code != 0 and report["acknowledged"] == 0, report
+
+
+def test_loadgen_refuses_a_token_that_would_break_the_header(server: TapadServer) -> None:
+    command = ["loadgen", "post", "--url", server.url, "--token", "a\r\nX: y"]
+    run = subprocess.run(
+        [sys.executable, "-m", "tapad", *command],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert run.returncode == 2 and run.stderr.count("\n") == 1 and "--token" in run.stderr
