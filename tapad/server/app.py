@@ -363,7 +363,7 @@ class TapadHandler:
 
     async def healthz(self, request: BaseRequest) -> web.Response:
         if request.method not in ("GET", "HEAD"):
-            return not_allowed(request.method, "GET, HEAD")
+            return web.Response(status=405, headers={"Allow": "GET, HEAD"}, content_type=TEXT)
         problem = await self.problem()
         if problem is not None:
             return unavailable(problem)
