@@ -29,9 +29,9 @@ WRITE_TOKEN = "fuzz-write-7c1f"
 READ_TOKEN = "fuzz-read-02ab"
 MAX_EXAMPLES = 10  # per operation and phase: the four runs take two to three minutes
 # Described, not yet served by this tree: remove a path here once its endpoint is.
-NOT_YET_SERVED = {"/analytics/batch", "/analytics/pixel.gif", "/analytics/uniques", "/tapad.js"}
-# Described, not yet read by this tree (event ids): the same.
-NOT_YET_READ = {"#/components/parameters/id"}
+NOT_YET_SERVED = {"/analytics/pixel.gif", "/analytics/uniques", "/tapad.js"}
+# Parameters described, not yet read by this tree: the same (e.g. "#/components/parameters/id").
+NOT_YET_READ: set[str] = set()
 
 # Rules the description cannot state, so a request it calls valid may get a 400.
 # Each operation's schema-valid requests may then be refused with these statuses.
@@ -39,6 +39,9 @@ KNOWN_REFUSALS = {
     # exactly one of click, impression or event= names the kind: none or two is a 400
     "recordEvent": ["2xx", "400"],
     "recordPixel": ["2xx", "400"],
+    # an NDJSON or text/plain body is described as a string: that each line must be an
+    # event object is not stated; nor that a user is unique after percent-decoding rules
+    "recordBatch": ["2xx", "400"],
     # from must not be after to, and from..to covers at most 744 hours
     "hourRange": ["2xx", "400"],
     "uniqueUsers": ["2xx", "400"],
@@ -70,6 +73,11 @@ def _config(tokens: bool) -> str:
                 settings.append(f'headers = {{ Authorization = "Bearer {WRITE_TOKEN}" }}')
             if tokens and "read" in tags:
                 settings.append(f'headers = {{ Authorization = "Bearer {READ_TOKEN}" }}')
+            if op_id == "recordBatch":
+                # more than 10,000 events is 413 (the contract's), not the 400 expected of
+                # other schema-violating requests
+                refusals = '["400", "401", "405", "413", "415", "422"]'
+                settings.append(f"checks.negative_data_rejection.expected-statuses = {refusals}")
             if op_id in KNOWN_REFUSALS:
                 statuses = ", ".join(f'"{s}"' for s in KNOWN_REFUSALS[op_id])
                 settings.append(f"checks.positive_data_acceptance.expected-statuses = [{statuses}]")
@@ -132,6 +140,8 @@ def test_live_server_answers_as_described(fuzzed: tuple[TapadServer, bool], tmp_
     run = subprocess.run(
         command, cwd=tmp_path, capture_output=True, text=True, timeout=200, check=False
     )
-    report = run.stdout[-6000:] + run.stderr[-2000:]
+    failures = run.stdout.find("= FAILURES =")  # schemathesis's report: from its failures on
+    report = run.stdout[failures:][:12000] if failures >= 0 else run.stdout[-6000:]
+    report += run.stderr[-2000:]
     assert run.returncode == 0, report
     assert "failures" not in report.splitlines()[-1], report

@@ -69,18 +69,28 @@ def _compared_paths(source: Path) -> set[str]:
     return found
 
 
+def _int(node: ast.AST) -> int | None:
+    if isinstance(node, ast.Constant) and isinstance(node.value, int):
+        return node.value
+    return None
+
+
 def _statuses_in_code() -> set[int]:
-    """Every ``status=NNN`` in the server's modules, and 200 (aiohttp's default)."""
+    """Every ``status=NNN`` in the server's modules, every ``...Refused(NNN, ...)`` (a
+    refusal carrying its status), and 200 (aiohttp's default)."""
     found = {200}
     for module in SERVER.glob("*.py"):
         for node in ast.walk(ast.parse(module.read_text())):
-            if (
-                isinstance(node, ast.keyword)
-                and node.arg == "status"
-                and isinstance(node.value, ast.Constant)
-                and isinstance(node.value.value, int)
+            if isinstance(node, ast.keyword) and node.arg == "status":
+                found.add(_int(node.value) or 200)
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id.endswith("Refused")
+                and node.args
+                and _int(node.args[0]) is not None
             ):
-                found.add(node.value.value)
+                found.add(_int(node.args[0]) or 200)
     return found
 
 
@@ -110,6 +120,7 @@ def test_every_route_in_code_is_described() -> None:
 
 
 def test_every_status_in_code_is_described() -> None:
+    assert {413, 415} <= _statuses_in_code(), "the batch's refusals are not found"
     doc = description()
     described = {int(s) for _, _, op in _operations(doc) for s in op["responses"]}
     missing = (_statuses_in_code() | EDGE_STATUSES) - described

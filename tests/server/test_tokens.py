@@ -27,10 +27,11 @@ WRITE = ("w-first-5d0e", "w-second-91aa")  # two: the old and the new while rota
 READ = ("r-first-7b3c", "r-second-e4f2")
 WRONG = "not-a-token-0000"
 # Described but not served by this tree yet: remove a route here once it is.
-NOT_YET_SERVED = {"/analytics/batch", "/analytics/pixel.gif", "/analytics/uniques"}
+NOT_YET_SERVED = {"/analytics/pixel.gif", "/analytics/uniques"}
 
 SAMPLES: dict[tuple[str, str], str] = {
     ("POST", "/analytics"): f"/analytics?timestamp={TS}&user=alice&click",
+    ("POST", "/analytics/batch"): "/analytics/batch",
     ("GET", "/analytics"): f"/analytics?timestamp={TS}",
     ("GET", "/analytics/hours"): f"/analytics/hours?from={TS}&to={TS}",
     ("HEAD", "/analytics/hours"): f"/analytics/hours?from={TS}&to={TS}",
@@ -82,7 +83,11 @@ def _send(
         headers["Authorization"] = f"Bearer {token}"
     if token is not None and how == "key":
         target = _with_key(target, token)
-    return client.request(route[0], target, headers=headers)
+    body = None
+    if route[1] == "/analytics/batch":
+        headers["Content-Type"] = "application/x-ndjson"
+        body = f'{{"timestamp": {TS}, "user": "bea", "event": "click"}}\n'.encode()
+    return client.request(route[0], target, headers=headers, content=body)
 
 
 def _assert_refused(response: httpx.Response) -> None:
