@@ -14,11 +14,11 @@ put into a log line, an answer or a metric label.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 from enum import Enum
 from urllib.parse import unquote_plus
 
 from aiohttp import web
-from multidict import CIMultiDictProxy
 
 WRITE_TOKEN_ENV = "TAPAD_WRITE_TOKEN"
 READ_TOKEN_ENV = "TAPAD_READ_TOKEN"
@@ -87,8 +87,8 @@ def _from_query(query: str) -> list[str]:
     return found
 
 
-def _from_header(headers: CIMultiDictProxy[str]) -> str | None:
-    value = headers.get("Authorization")
+def _from_header(headers: Mapping[str, str]) -> str | None:
+    value = headers.get("Authorization")  # aiohttp's headers: any case of the name
     if value is None:
         return None
     scheme, _, credentials = value.strip().partition(" ")
@@ -121,7 +121,7 @@ class Tokens:
         return tokens if any(tokens.by_scope.values()) else None
 
     def refuse(
-        self, method: str, path: str, query: str, headers: CIMultiDictProxy[str]
+        self, method: str, path: str, query: str, headers: Mapping[str, str]
     ) -> web.Response | None:
         """The 401 for a request that lacks its scope's token; None to let it through."""
         scope = SCOPES.get((method, path))
