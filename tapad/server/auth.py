@@ -138,12 +138,3 @@ class Tokens:
             except UnicodeEncodeError:  # lone surrogates: not a configured token
                 continue
         return None if found else unauthorized(scope)
-
-
-def mask_key(target: str) -> str:
-    """A request target as an access log may show it: every ``key=`` value as ``***``."""
-    path, sep, query = target.partition("?")
-    if "key=" not in query:
-        return target
-    pairs = ["key=***" if p[:4] == "key=" else p for p in query.split("&")]
-    return path + sep + "&".join(pairs)
