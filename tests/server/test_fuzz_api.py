@@ -29,7 +29,7 @@ WRITE_TOKEN = "fuzz-write-7c1f"
 READ_TOKEN = "fuzz-read-02ab"
 MAX_EXAMPLES = 10  # per operation and phase: the four runs take two to three minutes
 # Described, not yet served by this tree: remove a path here once its endpoint is.
-NOT_YET_SERVED = {"/analytics/uniques"}
+NOT_YET_SERVED: set[str] = set()
 # Parameters described, not yet read by this tree: the same (e.g. "#/components/parameters/id").
 NOT_YET_READ: set[str] = set()
 
