@@ -96,6 +96,7 @@ def test_prometheus_scrapes_metrics_with_the_read_token(
     finally:
         prometheus.terminate()
         prometheus.wait(20)
+    assert target is not None
     if token.startswith(READ):  # the first of the list, as compose.yaml writes it
         assert target["health"] == "up", target
     else:
