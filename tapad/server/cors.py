@@ -27,7 +27,7 @@ METHODS = {
     "/analytics/hours": "GET, HEAD",
     "/analytics/uniques": "GET, HEAD",
     "/healthz": "GET, HEAD",
-    "/metrics": "GET",
+    "/metrics": "GET, HEAD",
     "/openapi.json": "GET, HEAD",
     TAPAD_JS: "GET, HEAD",
     **dict.fromkeys(DASHBOARD_FILES, "GET, HEAD"),
