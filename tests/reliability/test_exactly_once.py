@@ -159,7 +159,7 @@ class Clients:
                 if status not in RETRIED:
                     self.refused.append(f"{status} {text[:100]}")
                     return
-                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))  # a client's backoff
                 backoff = min(0.5, backoff * 2)
             if size == 1:
                 self.duplicates += duplicate
@@ -237,11 +237,11 @@ def kill_mid_batch_and_restart(node: RedisServer, clients: Clients) -> None:
     same port and dir: the batch is settled against what the AOF kept."""
     assert node.proc is not None
     node.pause()
-    time.sleep(2 * STORE_TIMEOUT)
+    time.sleep(2 * STORE_TIMEOUT)  # the pause kept up: a batch is then surely in flight
     node.proc.kill()
     node.proc.wait(10)
     node.proc = None
-    time.sleep(0.5)
+    time.sleep(0.5)  # the outage kept up a moment: retries meet a refused port
     node.start()
 
 
@@ -302,7 +302,7 @@ def test_sqlite_disk_stalled(
             clients.wait_for(504)
         clients.more()
         with frozen(frozen_fs):  # past the store timeout, within the deadline
-            time.sleep(STORE_TIMEOUT + 1.5)
+            time.sleep(STORE_TIMEOUT + 1.5)  # the stall kept up past the store timeout
 
     srv = TapadServer(f"sqlite:///{frozen_fs / 'tapad.db'}").start()
     try:

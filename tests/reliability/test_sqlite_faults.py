@@ -211,7 +211,7 @@ def test_disk_full_answers_503_until_space_comes_back(small_fs: Path) -> None:
         deadline = time.monotonic() + 8
         while time.monotonic() < deadline:
             answers.append(http("GET", f"{srv.url}/healthz")[::2])
-            time.sleep(0.2)
+            time.sleep(0.2)  # sampling /healthz over a window, not waiting for a change
         assert set(answers) == {(503, "store refusing writes\n")}, set(answers)
         filler.unlink()
         wait_until(lambda: http("GET", f"{srv.url}/healthz")[0] == 200, what="/healthz 200")
