@@ -6,8 +6,9 @@
 
 For each store (SQLite with synchronous=FULL as shipped; Redis) one server pinned to core
 0, the load and redis-server on core 1. Per round, side by side: single POSTs from wrk
-(as ``bench/cpu.py``), the server's own ceiling with batches of 1,000 (as
-``bench/batch.py``), and one ``Client`` in one thread of this process, giving ``--events``
+(as ``bench/cpu.py``), the server's own ceiling with batches of 1,000 events that carry
+new ids, as the client's do (as ``bench/ids.py``), and one ``Client`` in one thread of this
+process, giving ``--events``
 clicks as fast as it can and then ``flush()``-ing: events/s is what was given over the
 time until every event was acknowledged. Target: the client at least 5x the single
 POSTs, or the batch ceiling if that is lower.
@@ -32,13 +33,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
-from batch import make_bodies, measure_batches, measure_singles
+from batch import measure_batches, measure_singles
 from common import Processes, find_tool, free_port, redis_server_args, wait_for_port
+from ids import bodies as id_bodies
 
 from tapad.client import Client
 from tapad.usernames.generate import generate_usernames
 
 CHUNK = 20_000  # calls per timed chunk of the per-call cost
+CEILING_BODIES = 100  # batches of 1,000 with new ids, each sent once, for the ceiling
 
 
 def client_rate(url: str, users: list[str], events: int) -> float:
@@ -91,7 +94,6 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="tapad-client-"))
     procs = Processes(workdir)
     users = generate_usernames(100_000, seed=0)
-    bodies = make_bodies(1000, users)
     try:
         rport = free_port()
         wait_for_port(rport, procs.start("redis", redis_server_args(rport, workdir), "1"))
@@ -109,7 +111,8 @@ def main() -> int:
         for n in range(args.rounds):
             for store, (pid, url) in servers.items():
                 single = measure_singles(pid, url, args.seconds).events_per_s
-                ceiling = measure_batches(pid, url, bodies, 1000, args.seconds).events_per_s
+                fresh = id_bodies(users, 1000, CEILING_BODIES, True, seed=n)  # new ids each round
+                ceiling = measure_batches(pid, url, fresh, 1000, 60, once=True).events_per_s
                 client = client_rate(url, users, args.events)
                 for name, value in (("single", single), ("batch", ceiling), ("client", client)):
                     rows.setdefault((store, name), []).append(value)

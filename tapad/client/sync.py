@@ -1,10 +1,10 @@
-"""``Client``: events buffered in the caller's thread, delivered by one background thread.
+"""``Client``: events buffered in the caller's thread, delivered by background threads.
 
-The caller's cost is a check, a stamp and an append under a lock; the sender thread
-takes up to ``batch_size`` events (or what ``flush_interval`` gathered), posts them as
-one batch and retries it with the same ids until it is acknowledged, refused, or
-``retry_for`` has passed. Batches go one at a time, in order, so events settle in the
-order they were given and ``flush()`` only has to wait for a count.
+The caller's cost is a check, a stamp and an append under a lock; two sender threads take
+up to ``batch_size`` events each (or what ``flush_interval`` gathered), post them as one
+batch and retry it with the same ids until it is acknowledged, refused, or ``retry_for``
+has passed. Batches settle out of order; ``flush()`` waits until every event before its
+mark has.
 
 What analytics-python and posthog-python users lost, and what this does instead:
 events pending at exit are flushed by an ``atexit`` hook (not merely a joined thread);
@@ -52,6 +52,10 @@ from tapad.client.events import (
 log = logging.getLogger("tapad.client")
 
 _LIVE: weakref.WeakSet[Client] = weakref.WeakSet()  # clients a forked child must reset
+# Batches in flight at once, each from a sender thread of its own: while one waits for its
+# answer the next is on its way, and the server's group commit may take both in one
+# transaction. Events settle out of order; flush() waits for all before its mark.
+SENDERS = 2
 
 
 class Client:
@@ -104,19 +108,21 @@ class Client:
         self._queue: deque[Event] = deque()
         self._oldest = 0.0  # monotonic time the oldest queued event was given
         self._given = 0  # events taken so far
-        self._settled = 0  # of those, acknowledged or refused (in order)
-        self._flush_until = 0  # send at once while _settled is below this
+        self._settled = 0  # of those, acknowledged or refused
+        self._taken = 0  # of those, taken from the queue into batches (in order)
+        self._in_flight: dict[int, int] = {}  # a batch not yet settled: its first event's number
+        self._flush_until = 0  # send at once while events before this are not all settled
         self._stats = Stats()
         self._refused_total = 0
         self._closing = False
         self._abandon = threading.Event()  # close() gave up: stop retrying
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._ids = IdMaker()
         # Made here, in the caller's thread: httpx imports its transport lazily, and a
         # fork() while the sender thread was halfway through that import would leave the
         # child a module it can never finish importing. A child makes its own (the
         # parent's pool holds the parent's connections).
-        self._http = httpx.Client(timeout=self.timeout)
+        self._http = [httpx.Client(timeout=self.timeout) for _ in range(SENDERS)]
 
     # -- the caller's side -----------------------------------------------------------
 
@@ -146,7 +152,7 @@ class Client:
             self._stats.queued += 1
             if len(queue) == 1:
                 self._oldest = time.monotonic()
-                if self._thread is None:
+                if not self._threads:
                     self._start()
                 self._work.notify()
             elif len(queue) >= self.batch_size:
@@ -173,11 +179,17 @@ class Client:
             self._flush_until = max(self._flush_until, target)
             self._work.notify()
             deadline = None if timeout is None else time.monotonic() + timeout
-            while self._settled < target:
+            while self._settled_before() < target:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
-                    raise FlushTimeout(target - self._settled, timeout or 0.0)
+                    raise FlushTimeout(target - self._settled_before(), timeout or 0.0)
                 self._settled_cv.wait(left)
+
+    def _settled_before(self) -> int:
+        """How many of the first events given are all settled (under the lock): batches
+        settle out of order with two in flight, so it is where the oldest unsettled
+        batch, or the queue, begins."""
+        return min(self._in_flight) if self._in_flight else self._taken
 
     def close(self, timeout: float | None = None) -> None:
         """Flush (for at most ``timeout`` seconds, if given), then stop the sender."""
@@ -186,10 +198,10 @@ class Client:
         finally:
             with self._lock:
                 self._closing = True
-                self._work.notify()
+                self._work.notify_all()
             self._abandon.set()
-            if self._thread is not None:
-                self._thread.join(1.0)  # a daemon: one stuck in a request is left
+            for thread in self._threads:
+                thread.join(1.0)  # a daemon: one stuck in a request is left
             _LIVE.discard(self)
 
     def stats(self) -> dict[str, int]:
@@ -220,18 +232,22 @@ class Client:
     # -- the sender thread -------------------------------------------------------------
 
     def _start(self) -> None:
-        self._thread = threading.Thread(target=self._send_forever, name="tapad-client", daemon=True)
-        self._thread.start()
+        for n, http in enumerate(self._http):
+            thread = threading.Thread(
+                target=self._send_forever, args=(http,), name=f"tapad-client-{n}", daemon=True
+            )
+            self._threads.append(thread)
+            thread.start()
 
-    def _send_forever(self) -> None:
-        with self._http as http:
+    def _send_forever(self, http: httpx.Client) -> None:
+        with http:
             while True:
-                batch = self._next_batch()
-                if batch is None:
+                taken = self._next_batch()
+                if taken is None:
                     return
-                self._deliver(http, batch)
+                self._deliver(http, *taken)
 
-    def _next_batch(self) -> list[Event] | None:
+    def _next_batch(self) -> tuple[int, list[Event]] | None:
         """Wait for a full batch, ``flush_interval`` since the oldest event, a flush or
         close; None when closing with nothing left."""
         with self._lock:
@@ -242,7 +258,7 @@ class Client:
                     if (
                         len(queue) >= self.batch_size
                         or waited >= self.flush_interval
-                        or self._settled < self._flush_until
+                        or self._settled_before() < self._flush_until
                         or self._closing
                     ):
                         break
@@ -254,10 +270,13 @@ class Client:
             batch = [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
             if queue:
                 self._oldest = time.monotonic()
+            start = self._taken
+            self._in_flight[start] = len(batch)
+            self._taken += len(batch)
             self._stats.sent += len(batch)
-            return batch
+            return start, batch
 
-    def _deliver(self, http: httpx.Client, batch: list[Event]) -> None:
+    def _deliver(self, http: httpx.Client, start: int, batch: list[Event]) -> None:
         body = encode(batch, self._ids)
         first = time.monotonic()
         retries = 0
@@ -265,22 +284,22 @@ class Client:
             answer = self._post(http, body)
             if answer.acknowledged:
                 accepted, duplicates = parse_ack(answer.text, len(batch))
-                self._settle(len(batch), acknowledged=accepted, duplicates=duplicates)
+                self._settle(start, len(batch), acknowledged=accepted, duplicates=duplicates)
                 return
             if answer.retryable:
                 delay = retry_delay(retries, answer.retry_after)
                 spent = time.monotonic() - first
                 if spent + delay > self.retry_for or self._abandon.is_set():
-                    self._refuse(refused(answer, len(batch), gave_up_after=spent))
+                    self._refuse(start, refused(answer, len(batch), gave_up_after=spent))
                     return
                 retries += 1
                 with self._lock:
                     self._stats.retried += len(batch)
                 if self._abandon.wait(delay):
-                    self._refuse(refused(answer, len(batch), gave_up_after=spent))
+                    self._refuse(start, refused(answer, len(batch), gave_up_after=spent))
                     return
                 continue
-            self._refuse(refused(answer, len(batch)))
+            self._refuse(start, refused(answer, len(batch)))
             return
 
     def _post(self, http: httpx.Client, body: bytes) -> Answer:
@@ -294,19 +313,22 @@ class Client:
             response.headers.get("Retry-After"),
         )
 
-    def _settle(self, events: int, *, acknowledged: int = 0, duplicates: int = 0) -> None:
+    def _settle(
+        self, start: int, events: int, *, acknowledged: int = 0, duplicates: int = 0
+    ) -> None:
         with self._lock:
+            del self._in_flight[start]
             self._settled += events
             self._stats.acknowledged += acknowledged
             self._stats.duplicates += duplicates
             self._settled_cv.notify_all()
 
-    def _refuse(self, error: DeliveryError) -> None:
+    def _refuse(self, start: int, error: DeliveryError) -> None:
         with self._lock:
             self._stats.refused += error.events
             self._refused_total += error.events
         report(error, self.on_error)
-        self._settle(error.events)
+        self._settle(start, error.events)
 
     def _after_fork_in_child(self) -> None:
         self._fresh_state()
