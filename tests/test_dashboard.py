@@ -310,6 +310,15 @@ def test_screenshot_on_loadgen_data(server: TapadServer, browser: Browser, tmp_p
     browser.driver.get(f"{server.url}/")
     wait_for("the loadgen hour on the page", lambda: (browser.metric("clicks") or 0) >= clicks_now)
     wait_for("24 points", lambda: browser.points() == 24)
+    wait_for(
+        "today's unique users",
+        lambda: (
+            browser.driver.find_element(By.CSS_SELECTOR, '[data-metric="daily_unique_users"]')
+            .text.replace("\u2248 ", "")
+            .replace(",", "")
+            .isdigit()
+        ),
+    )
     out = Path(os.environ.get("TAPAD_DASHBOARD_PNG") or tmp_path / "dashboard.png")
     assert browser.driver.save_screenshot(str(out))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
