@@ -536,3 +536,15 @@ class InProcessTapad:
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join()
+
+
+def store_url_of(kind: str, request: Any, tmp_path_factory: Any) -> str:
+    """A fresh store of ``kind`` ("sqlite", "redis" or "cluster") for a module-scoped server:
+    a new SQLite file, or the session's Redis or Redis Cluster, emptied."""
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path_factory.mktemp('sqlite')}/tapad.db"
+    store: RedisServer | RedisClusterProcs = request.getfixturevalue(
+        "redis_server" if kind == "redis" else "redis_cluster"
+    )
+    store.flush()
+    return store.url

@@ -66,6 +66,19 @@ class Answer:
         return self.status is None or self.status in RETRY_STATUSES
 
 
+def batch_target(url: str, write_token: str | None, batch_size: int) -> tuple[str, dict[str, str]]:
+    """Where a client posts its batches, and the headers of every request; ValueError for a
+    URL that is not HTTP or a batch size the server would refuse."""
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"url: must start with http:// or https://, got {url!r}")
+    if not 1 <= batch_size <= 10_000:
+        raise ValueError("batch_size: must be 1 to 10000 (the server's batch limit)")
+    headers = {"Content-Type": "application/json"}
+    if write_token:
+        headers["Authorization"] = f"Bearer {write_token}"
+    return url.rstrip("/") + "/analytics/batch", headers
+
+
 def parse_ack(text: str, events: int) -> tuple[int, int]:
     """``accepted`` and ``duplicates`` from a ``200``'s body (all accepted if unreadable)."""
     try:

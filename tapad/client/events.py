@@ -78,6 +78,17 @@ class IdMaker:
         return event_id if isinstance(event_id, str) else f"{self.prefix}{event_id:x}"
 
 
+def stamp(user: str, kind: str, timestamp: int | None, event_id: str | None, ids: IdMaker) -> Event:
+    """An event checked and stamped at the call: the caller's clock and a drawn id, unless
+    given (``click()`` and ``impression()`` of both clients)."""
+    return (
+        now_ms() if timestamp is None else check_timestamp(timestamp),
+        check_user(user),
+        kind,
+        ids.next() if event_id is None else check_id(event_id),
+    )
+
+
 def encode(events: Sequence[Event], ids: IdMaker) -> bytes:
     """The body of one ``POST /analytics/batch``: a JSON array."""
     text = ids.text

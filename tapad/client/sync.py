@@ -32,6 +32,7 @@ from tapad.client.delivery import (
     Answer,
     ErrorHandler,
     Stats,
+    batch_target,
     one_line,
     parse_ack,
     refused,
@@ -39,15 +40,7 @@ from tapad.client.delivery import (
     retry_delay,
 )
 from tapad.client.errors import DeliveryError, FlushTimeout, QueueFull
-from tapad.client.events import (
-    Event,
-    IdMaker,
-    check_id,
-    check_timestamp,
-    check_user,
-    encode,
-    now_ms,
-)
+from tapad.client.events import Event, IdMaker, encode, stamp
 
 log = logging.getLogger("tapad.client")
 
@@ -79,14 +72,7 @@ class Client:
         exit_timeout: float = 10.0,
         on_error: ErrorHandler | None = None,
     ) -> None:
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"url: must start with http:// or https://, got {url!r}")
-        if not 1 <= batch_size <= 10_000:
-            raise ValueError("batch_size: must be 1 to 10000 (the server's batch limit)")
-        self.endpoint = url.rstrip("/") + "/analytics/batch"
-        self._headers = {"Content-Type": "application/json"}
-        if write_token:
-            self._headers["Authorization"] = f"Bearer {write_token}"
+        self.endpoint, self._headers = batch_target(url, write_token, batch_size)
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.max_queue = max_queue
@@ -135,12 +121,7 @@ class Client:
         self._add(user, "impression", timestamp, id)
 
     def _add(self, user: str, kind: str, timestamp: int | None, event_id: str | None) -> None:
-        event = (
-            now_ms() if timestamp is None else check_timestamp(timestamp),
-            check_user(user),
-            kind,
-            self._ids.next() if event_id is None else check_id(event_id),
-        )
+        event = stamp(user, kind, timestamp, event_id, self._ids)
         with self._lock:
             if self._closing:
                 raise RuntimeError("tapad client is closed")

@@ -24,7 +24,7 @@ from tapad.server.batch import MAX_BODY, MAX_EVENTS
 from tapad.server.writer import GroupCommitter, Overloaded
 from tapad.store.base import Duplicates, Event, PartialWrite
 from tapad.store.sqlite import SQLiteStore
-from tests.support import InProcessTapad, Nginx, RedisServer, parse_counts, wait_until
+from tests.support import InProcessTapad, Nginx, RedisServer, parse_counts, store_url_of, wait_until
 
 NDJSON = "application/x-ndjson"
 BASE_BLOCK = 20_000  # hour 2,000,000: far from "now" and from tests/server/test_http.py
@@ -37,16 +37,7 @@ def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[InProcessTapad]:
     """One in-process server per store for the module; each test works in hours of its own."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('sqlite')}/tapad.db"
-    elif request.param == "redis":
-        redis: RedisServer = request.getfixturevalue("redis_server")
-        redis.flush()
-        url = redis.url
-    else:
-        cluster = request.getfixturevalue("redis_cluster")
-        cluster.flush()
-        url = cluster.url
+    url = store_url_of(request.param, request, tmp_path_factory)
     srv = InProcessTapad(url).start()
     yield srv
     srv.stop()

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tapad.buckets import MS_PER_HOUR
-from tests.support import InProcessTapad, RedisServer, parse_counts
+from tests.support import InProcessTapad, parse_counts, store_url_of
 
 _hours = itertools.count(30_000)  # hour 3,000,000 and on: no other test's hours
 
@@ -19,16 +19,7 @@ _hours = itertools.count(30_000)  # hour 3,000,000 and on: no other test's hours
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[InProcessTapad]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('sqlite')}/tapad.db"
-    elif request.param == "redis":
-        redis: RedisServer = request.getfixturevalue("redis_server")
-        redis.flush()
-        url = redis.url
-    else:
-        cluster = request.getfixturevalue("redis_cluster")
-        cluster.flush()
-        url = cluster.url
+    url = store_url_of(request.param, request, tmp_path_factory)
     srv = InProcessTapad(url).start()
     yield srv
     srv.stop()

@@ -12,7 +12,7 @@ import pytest
 
 from tapad.buckets import MS_PER_HOUR
 from tapad.server.query import BadRequest, parse_pixel, parse_post
-from tests.support import InProcessTapad, RedisServer, parse_counts
+from tests.support import InProcessTapad, RedisServer, parse_counts, store_url_of
 
 GIF = bytes.fromhex(
     "47494638396101000100f00000ffffff00000021f90401000000002c00000000010001000002024401003b"
@@ -25,12 +25,7 @@ _hours = itertools.count(31_000)  # hour 3,100,000 and on: no other test's hours
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[InProcessTapad]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('sqlite')}/tapad.db"
-    else:
-        redis: RedisServer = request.getfixturevalue("redis_server")
-        redis.flush()
-        url = redis.url
+    url = store_url_of(request.param, request, tmp_path_factory)
     srv = InProcessTapad(url).start()
     yield srv
     srv.stop()
