@@ -33,7 +33,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -354,16 +354,18 @@ class SQLiteStore:
             )
         except sqlite3.OperationalError as exc:
             raise StoreConfigError(f"cannot open {self.path}: {exc}") from None
-        conn.execute(self._wait_for_lock)
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute(f"PRAGMA synchronous = {self._synchronous.upper()}")
+        with closed_on_error(conn):  # not a database, say: one line, and no connection left
+            conn.execute(self._wait_for_lock)
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {self._synchronous.upper()}")
         return conn
 
     def _writer_conn(self) -> sqlite3.Connection:
         if self._writer is None:
             conn = self._open()
-            conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_PAGES}")
-            conn.executescript(SCHEMA)
+            with closed_on_error(conn):
+                conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_PAGES}")
+                conn.executescript(SCHEMA)
             self._writer = conn
         return self._writer
 
@@ -375,7 +377,8 @@ class SQLiteStore:
     def _loop_reader_conn(self) -> sqlite3.Connection:
         if self._loop_reader is None:
             conn = sqlite3.connect(self.path, timeout=0, isolation_level=None)
-            conn.execute("PRAGMA busy_timeout = 0")  # busy: go to the read thread instead
+            with closed_on_error(conn):
+                conn.execute("PRAGMA busy_timeout = 0")  # busy: go to the read thread instead
             self._loop_reader = conn
         return self._loop_reader
 
@@ -679,6 +682,17 @@ def is_interrupted(exc: sqlite3.OperationalError) -> bool:
     if code is not None:
         return code & 0xFF == sqlite3.SQLITE_INTERRUPT
     return "interrupted" in str(exc)
+
+
+@contextlib.contextmanager
+def closed_on_error(conn: sqlite3.Connection) -> Iterator[None]:
+    """Close a connection being set up if a statement fails, rather than leave it to the
+    garbage collector (Python 3.13 warns of every connection it has to close)."""
+    try:
+        yield
+    except BaseException:
+        conn.close()
+        raise
 
 
 def remember_ids(conn: sqlite3.Connection, events: Sequence[Event]) -> Duplicates:

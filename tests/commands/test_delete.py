@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import sqlite3
@@ -57,7 +58,7 @@ def stored(url: str, request: pytest.FixtureRequest) -> Callable[[], dict[int, i
 
         def rows() -> dict[int, int]:
             found: dict[int, int] = {}
-            with sqlite3.connect(path) as conn:
+            with contextlib.closing(sqlite3.connect(path)) as conn:
                 for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'"):
                     for hour, n in conn.execute(
                         f"SELECT hour, count(*) FROM {table} GROUP BY hour"
@@ -87,7 +88,7 @@ def stored(url: str, request: pytest.FixtureRequest) -> Callable[[], dict[int, i
 def add_ids(url: str, request: pytest.FixtureRequest, hours: list[int]) -> None:
     """Remembered ids as another layout may keep them: delete must find them by the hour."""
     if url.startswith("sqlite:"):
-        with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
+        with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as conn, conn:
             conn.execute("CREATE TABLE IF NOT EXISTS hour_ids (hour INTEGER, user TEXT, id TEXT)")
             conn.executemany("INSERT INTO hour_ids VALUES (?, 'ann', 'x')", [(h,) for h in hours])
         return
