@@ -36,8 +36,11 @@ FLAGS = (
 )
 
 
-def chromium(profile: Path, width: int = 1280, height: int = 1000) -> webdriver.Chrome:
-    """A fresh headless Chromium, logging its console."""
+def chromium(
+    profile: Path, width: int = 1280, height: int = 1000, network: bool = False
+) -> webdriver.Chrome:
+    """A fresh headless Chromium, logging its console (and with ``network``, every request
+    it makes, in the "performance" log)."""
     for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
         if not os.access(path, os.X_OK):
             raise RuntimeError(f"{path} is missing (apt-get install -y {package})")
@@ -47,7 +50,8 @@ def chromium(profile: Path, width: int = 1280, height: int = 1000) -> webdriver.
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={profile}")
     options.add_argument(f"--window-size={width},{height}")
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    logs = {"browser": "ALL", "performance": "ALL"} if network else {"browser": "ALL"}
+    options.set_capability("goog:loggingPrefs", logs)
     return webdriver.Chrome(
         options=options,
         service=Service(executable_path=CHROMEDRIVER, log_output=subprocess.DEVNULL),

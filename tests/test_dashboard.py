@@ -25,24 +25,10 @@ from tapad.buckets import MS_PER_HOUR, current_hour
 from tests.support import TapadServer, http, wait_until
 
 selenium = pytest.importorskip("selenium", reason="pip install -e '.[test]'")
-from selenium import webdriver  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-default-apps",
-    "--disable-extensions",
-    "--hide-scrollbars",
-)
+from tests.browser import chromium  # noqa: E402
+
 NETWORK_SCHEMES = {"http", "https", "ws", "wss", "ftp"}
 T = TypeVar("T")
 
@@ -56,20 +42,7 @@ class Browser:
     """One headless Chromium with a fresh profile, logging the console and the network."""
 
     def __init__(self, profile: Path, width: int = 1280, height: int = 1000) -> None:
-        for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
-            if not os.access(path, os.X_OK):
-                raise RuntimeError(f"{path} is missing (apt-get install -y {package})")
-        options = webdriver.ChromeOptions()
-        options.binary_location = CHROMIUM
-        for flag in FLAGS:
-            options.add_argument(flag)
-        options.add_argument(f"--user-data-dir={profile}")
-        options.add_argument(f"--window-size={width},{height}")
-        options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-        self.driver = webdriver.Chrome(
-            options=options,
-            service=Service(executable_path=CHROMEDRIVER, log_output=subprocess.DEVNULL),
-        )
+        self.driver = chromium(profile, width, height, network=True)
         self.requests: list[str] = []
         self.console: list[dict[str, object]] = []
 
