@@ -5,10 +5,10 @@
     python bench/client.py --events 300000 --rounds 5
 
 For each store (SQLite with synchronous=FULL as shipped; Redis) one server pinned to core
-0, the load and redis-server on core 1. Per round, side by side: single POSTs from wrk
-(as ``bench/cpu.py``), the server's own ceiling with batches of 1,000 events that carry
-new ids, as the client's do (as ``bench/ids.py``), and one ``Client`` in one thread of this
-process, giving ``--events``
+0, the load and redis-server on core 1. Per round, side by side: single POSTs from
+``tapad loadgen post`` (``--singles`` of them, 32 connections), the server's own ceiling
+with batches of 1,000 events that carry new ids, as the client's do (as ``bench/ids.py``),
+and one ``Client`` in one thread of this process, giving ``--events``
 clicks as fast as it can and then ``flush()``-ing: events/s is what was given over the
 time until every event was acknowledged. Target: the client at least 5x the single
 POSTs, or the batch ceiling if that is lower.
@@ -21,9 +21,11 @@ makes its ids from a per-process random prefix and a counter instead. Target: un
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
-from batch import measure_batches, measure_singles
+from batch import measure_batches
 from common import Processes, find_tool, free_port, redis_server_args, wait_for_port
 from ids import bodies as id_bodies
 
@@ -42,6 +44,16 @@ from tapad.usernames.generate import generate_usernames
 
 CHUNK = 20_000  # calls per timed chunk of the per-call cost
 CEILING_BODIES = 100  # batches of 1,000 with new ids, each sent once, for the ceiling
+
+
+def loadgen_rate(url: str, requests: int) -> float:
+    """Single POSTs/s that ``tapad loadgen post`` reaches (it runs on this script's core)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tapad", "loadgen", "post", "--url", url,
+         "-n", str(requests), "-c", "32", "--json"],
+        capture_output=True, text=True, check=True, timeout=600,
+    )  # fmt: skip
+    return float(json.loads(done.stdout)["throughput"])
 
 
 def client_rate(url: str, users: list[str], events: int) -> float:
@@ -85,10 +97,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=3, help="per single/batch measurement")
     parser.add_argument("--events", type=int, default=200_000, help="given to the client")
     parser.add_argument("--stores", default="sqlite,redis")
+    parser.add_argument("--singles", type=int, default=30_000, help="POSTs from loadgen")
     args = parser.parse_args()
-    missing = [t for t in ("wrk", "redis-server", "taskset") if find_tool(t) is None]
+    missing = [t for t in ("redis-server", "taskset") if find_tool(t) is None]
     if missing:
-        print(f"missing: {', '.join(missing)} (apt-get install -y wrk redis-server util-linux)")
+        print(f"missing: {', '.join(missing)} (apt-get install -y redis-server util-linux)")
         return 2
     os.sched_setaffinity(0, {1})
     workdir = Path(tempfile.mkdtemp(prefix="tapad-client-"))
@@ -110,7 +123,7 @@ def main() -> int:
         rows: dict[tuple[str, str], list[float]] = {}
         for n in range(args.rounds):
             for store, (pid, url) in servers.items():
-                single = measure_singles(pid, url, args.seconds).events_per_s
+                single = loadgen_rate(url, args.singles)
                 fresh = id_bodies(users, 1000, CEILING_BODIES, True, seed=n)  # new ids each round
                 ceiling = measure_batches(pid, url, fresh, 1000, 60, once=True).events_per_s
                 client = client_rate(url, users, args.events)
@@ -122,7 +135,7 @@ def main() -> int:
                     flush=True,
                 )
         print(f"\nmedians of {args.rounds} rounds; server on one core")
-        print("| store | single POSTs (events/s) | batches of 1,000 | one Client | target | x |")
+        print("| store | loadgen single POSTs/s | batches of 1,000 | one Client | target | x |")
         print("| --- | ---: | ---: | ---: | ---: | ---: |")
         for store in servers:
             single, ceiling, client = (

@@ -6,7 +6,7 @@ a timeout or a ``503``/``504`` is counted once by the server (its ids are rememb
 Nothing is dropped silently: a full queue raises ``QueueFull``, a refused batch reaches
 ``on_error`` and the log, and ``flush()`` says how many events are still in flight.
 
-This package imports nothing of the server or the stores: it needs httpx only.
+This package imports nothing of the server or the stores: it needs httpx and msgspec.
 """
 
 from __future__ import annotations
